@@ -1,0 +1,45 @@
+"""memplug: composable long-term memory plugins for transformer backbones.
+
+Quick tour::
+
+    import memplug
+    enc = memplug.make_encoder("legs", order=64)
+    ret = memplug.make_retriever("warped", samples=32, warp="exponential", rate=4.0)
+    mem = memplug.make_memory("elastic", encoder=enc, retriever=ret)
+"""
+
+from .contracts import AttentionBackend, Backbone, Encoder, Memory, MemoryRead, Retriever
+from .hookspecs import hookimpl
+from .manager import (
+    available,
+    get_plugin_manager,
+    make_attention,
+    make_backbone,
+    make_encoder,
+    make_memory,
+    make_retriever,
+    register,
+)
+from .registry import PluginError, UnknownComponentError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionBackend",
+    "Backbone",
+    "Encoder",
+    "Memory",
+    "MemoryRead",
+    "Retriever",
+    "PluginError",
+    "UnknownComponentError",
+    "available",
+    "get_plugin_manager",
+    "hookimpl",
+    "make_attention",
+    "make_backbone",
+    "make_encoder",
+    "make_memory",
+    "make_retriever",
+    "register",
+]

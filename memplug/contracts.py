@@ -1,0 +1,308 @@
+"""The contracts every memplug component implements (DESIGN §3).
+
+All tensors are channels-last with batch dimensions leading. Time is continuous: token ``j``
+occupies the interval ``[j, j + 1)``, so a state "after t tokens" describes the signal on
+``encoder.support(t)``.
+
+Five kinds of component, each an abstract base class with a unique ``name`` (the string users
+type in ``make_encoder(name)`` and friends):
+
+- :class:`Encoder`: a HiPPO measure that compresses a stream of C-channel vectors into a
+  fixed-size state of N coefficients per channel.
+- :class:`Retriever`: polynomial sampling; where in the compressed history to look.
+- :class:`Memory`: what a memory-augmented attention layer talks to (Elastic and every baseline).
+- :class:`AttentionBackend`: a kernel computing masked softmax attention.
+- :class:`Backbone`: a decoder whose layers expose their attention inputs and outputs, so the
+  :class:`memplug.model.MemoryModel` driver can put a memory between them.
+
+The core (this package) never imports the plugins; plugins import the core.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Encoder",
+    "Retriever",
+    "Memory",
+    "MemoryRead",
+    "AttentionBackend",
+    "Backbone",
+    "Component",
+]
+
+TimeLike = int | float | Tensor
+
+
+class Component(nn.Module):
+    """Common base: a named, registrable ``nn.Module``.
+
+    ``name`` is the registry key; ``kind`` is set on the five bases below and tells
+    :func:`memplug.register` which registry a class belongs in.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+
+class Encoder(Component, abc.ABC):
+    """A HiPPO measure: online compression of a (..., L, C) stream into a (..., N, C) state.
+
+    Subclasses state in their docstring which measure they are, their (A, B), their
+    reconstruction basis and their support. Encoders have no trainable parameters unless they
+    say so; caches (transition matrices) are plain attributes or non-persistent buffers.
+    """
+
+    kind = "encoder"
+
+    #: N, the number of coefficients per channel (the state is (..., N, C)).
+    order: int
+
+    @abc.abstractmethod
+    def support(self, t: float) -> tuple[float, float]:
+        """The interval ``(lo, hi)`` of absolute time that the state at time ``t`` describes."""
+
+    def init_state(
+        self,
+        *batch: int,
+        channels: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The empty state (the signal before any token): zeros of shape (*batch, N, channels)."""
+        return torch.zeros(*batch, self.order, channels, dtype=dtype, device=device)
+
+    @abc.abstractmethod
+    def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
+        """Absorb tokens ``x`` (..., L, C) at positions ``t0 .. t0+L-1`` into ``state`` (..., N, C).
+
+        Returns the state at time ``t0 + L``. Any ``L >= 1`` and any ``t0 >= 0``.
+        """
+
+    @abc.abstractmethod
+    def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
+        """States at every block boundary, computed in parallel.
+
+        ``x`` is (..., T, C) at positions ``t0 .. t0+T-1``; blocks are ``block`` tokens long,
+        the last one possibly shorter. Returns (..., nblocks, N, C): entry ``i`` is the state
+        after block ``i``. Equal to repeated :meth:`update` (tested to float64 1e-12).
+        """
+
+    @abc.abstractmethod
+    def basis(self, positions: Tensor, t: TimeLike) -> Tensor:
+        """Evaluation matrix: ``basis(p, t) @ state`` reconstructs the signal at positions ``p``.
+
+        ``positions`` is (..., P) absolute times inside ``support(t)``; ``t`` is a scalar or a
+        tensor broadcastable to ``positions[..., 0]``. Returns (..., P, N). Differentiable in
+        ``positions`` (the learned retriever trains through it).
+        """
+
+
+class Retriever(Component, abc.ABC):
+    """Polynomial sampling: the positions at which the compressed history is read back."""
+
+    kind = "retriever"
+
+    #: P, the number of samples read per memory.
+    samples: int
+
+    @abc.abstractmethod
+    def positions(self, t: TimeLike, encoder: Encoder) -> Tensor:
+        """Sorted absolute positions inside ``encoder.support(t)``: (P,) or, for a (nb,) tensor
+        ``t``, (nb, P)."""
+
+    def read(self, encoder: Encoder, state: Tensor, t: TimeLike) -> Tensor:
+        """Samples of the reconstructed signal: ``basis(positions(t), t) @ state``.
+
+        ``state`` is (..., N, C), or (..., nb, N, C) when ``t`` is a (nb,) tensor of block times.
+        Returns (..., P, C) (respectively (..., nb, P, C)).
+        """
+        pos = self.positions(t, encoder)
+        phi = encoder.basis(pos, t).to(state.dtype)  # (P, N) or (nb, P, N)
+        return phi @ state
+
+
+@dataclass
+class MemoryRead:
+    """What a memory gives the queries of each block (block-parallel form).
+
+    Shapes use B batch, Hkv key/value heads, H query heads, nb blocks, L block length,
+    P memory slots, D head dimension. A memory fills either the key/value form (its slots join
+    the local keys in one softmax) or the partial-output form (query-dependent memories).
+
+    - ``keys``, ``values``: (B, Hkv, nb, P, D) raw (not rotated) memory keys and values.
+    - ``key_positions``: (nb, P) or (B, Hkv, nb, P) positions of the memory keys relative to
+      the start of their block (<= 0), or ``None`` to leave them without positional encoding.
+      The layer applies the backbone's rotary embedding to them.
+    - ``bias``: additive logit bias, 5-d and broadcastable to (B, Hkv, nb, 1, P); ``-inf`` hides a slot
+      (e.g. an empty memory at t = 0).
+    - ``output``, ``lse``: (B, H, nb, L, D) and (B, H, nb, L): a partial attention over the
+      memory and its log-sum-exp, merged with local attention as one softmax.
+    - ``gate``: (H,) logits; when set, ``out = sigmoid(g) * output + (1 - sigmoid(g)) * local``
+      instead of the log-sum-exp merge (Memorizing Transformer's and Infini-attention's gate).
+    """
+
+    keys: Tensor | None = None
+    values: Tensor | None = None
+    key_positions: Tensor | None = None
+    bias: Tensor | None = None
+    output: Tensor | None = None
+    lse: Tensor | None = None
+    gate: Tensor | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+
+class Memory(Component, abc.ABC):
+    """The interface a memory-augmented attention layer talks to.
+
+    State is a flat ``dict[str, Tensor]`` so it can be saved with safetensors. The step form
+    (:meth:`read` then :meth:`write`, one block at a time) defines the semantics; the block form
+    (:meth:`forward_blocks`) is what training calls and must equal it. The default
+    :meth:`forward_blocks` loops over the step form; memories with a parallel form (Elastic's
+    scan) override it.
+
+    Queries of block ``i`` see the memory state after blocks ``0 .. i-1``; a block is written
+    only once it is complete.
+    """
+
+    kind = "memory"
+
+    #: True when chunking a sequence differently can change the result (documented per memory).
+    chunk_invariant: ClassVar[bool] = True
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
+        """Called once by the layer before use, with the attention geometry.
+
+        Memories with parameters create them here (shapes depend on the geometry).
+        """
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+
+    @abc.abstractmethod
+    def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+        """The empty memory for ``batch`` sequences."""
+
+    @abc.abstractmethod
+    def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
+        """What the queries ``q`` (B, H, L, D) (raw, not rotated) of the block starting at ``t``
+        may attend to. Returned with an ``nb`` axis of size 1."""
+
+    @abc.abstractmethod
+    def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
+        """Absorb a complete block of raw keys and values (B, Hkv, L, D) starting at ``t0``."""
+
+    def forward_blocks(
+        self, state: dict[str, Tensor], q: Tensor, k: Tensor, v: Tensor, t0: int, complete: int
+    ) -> tuple[MemoryRead, dict[str, Tensor]]:
+        """Reads for ``nb`` consecutive blocks and the state after the first ``complete`` ones.
+
+        ``q`` (B, H, nb, L, D), ``k`` and ``v`` (B, Hkv, nb, L, D), raw; block ``i`` starts at
+        ``t0 + i * L``. Returns the reads stacked on the ``nb`` axis, and the new state.
+        """
+        nb, length = q.shape[2], q.shape[3]
+        reads = []
+        for i in range(nb):
+            t = t0 + i * length
+            reads.append(self.read(state, q[:, :, i], t))
+            if i < complete:
+                state = self.write(state, k[:, :, i], v[:, :, i], t)
+        return stack_reads(reads), state
+
+    def footprint(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> dict[str, int]:
+        """State size in key/value-vector equivalents and bytes, and extra parameters."""
+        state = self.init_state(batch, dtype, torch.device("cpu"))
+        numel = sum(t.numel() for t in state.values())
+        return {
+            "vectors": numel // max(1, batch * self.kv_heads * self.head_dim),
+            "bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "parameters": sum(p.numel() for p in self.parameters()),
+        }
+
+
+def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
+    """Concatenate single-block reads (nb axis of size 1) along the block axis.
+
+    Every field has its block axis at dim 2, except ``key_positions`` ((nb, P) or
+    (B, Hkv, nb, P): dim -2) and ``gate`` (per head, shared by all blocks).
+    """
+    out = {}
+    for f in fields(MemoryRead):
+        items = [getattr(r, f.name) for r in reads]
+        if items[0] is None:
+            out[f.name] = None
+        elif f.name == "gate":
+            out[f.name] = items[0]
+        else:
+            out[f.name] = torch.cat(items, dim=-2 if f.name == "key_positions" else 2)
+    return MemoryRead(**out)
+
+
+class AttentionBackend(Component, abc.ABC):
+    """A softmax attention kernel: ``softmax(q k^T * scale + mask) v``.
+
+    ``q`` (N, H, Lq, D), ``k``/``v`` (N, Hkv, Lk, D) with H a multiple of Hkv (grouped query
+    attention), ``mask`` an additive float mask broadcastable to (N, H, Lq, Lk) or ``None``.
+    """
+
+    kind = "attention"
+
+    #: Higher wins when several backends accept the same call.
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    @abc.abstractmethod
+    def supports(cls, device: torch.device, dtype: torch.dtype, masked: bool) -> bool:
+        """Whether this backend can run here (importable, right device and dtype)."""
+
+    @abc.abstractmethod
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+        """Attention output (N, H, Lq, D)."""
+
+
+class Backbone(Component, abc.ABC):
+    """A decoder-only transformer exposed layer by layer.
+
+    The driver calls ``embed``, then for every layer ``attention_inputs`` -> memory attention ->
+    ``attention_output``, then ``head``. Queries, keys and values come out raw (not rotated);
+    the driver applies :meth:`rotate` with positions local to each attention window.
+    """
+
+    kind = "backbone"
+
+    #: Per-layer geometry.
+    num_layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+    @abc.abstractmethod
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, d) hidden states."""
+
+    @abc.abstractmethod
+    def attention_inputs(self, layer: int, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, d) -> raw q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D)."""
+
+    @abc.abstractmethod
+    def attention_output(self, layer: int, h: Tensor, attn: Tensor) -> Tensor:
+        """Residual stream after the layer: ``h`` (B, T, d) and attention ``attn`` (B, H, T, D)."""
+
+    @abc.abstractmethod
+    def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Apply the positional rotation to ``x`` (..., T, D) at float ``positions`` (..., T).
+
+        Backbones without rotary embeddings return ``x`` unchanged.
+        """
+
+    @abc.abstractmethod
+    def head(self, h: Tensor) -> Tensor:
+        """(B, T, d) -> (B, T, vocab) logits."""
