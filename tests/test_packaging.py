@@ -1,0 +1,64 @@
+"""The wheel installs memplug.plugins / memplug.backbones (never top-level packages) and the
+entry points, so a wheel install imports the same names as an editable one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+    )
+    (path,) = out.glob("memplug-*.whl")
+    return path
+
+
+def test_every_source_package_is_declared():
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    mapping = {"memplug": "memplug", "plugins": "memplug.plugins", "backbones": "memplug.backbones"}
+    found = set()
+    for top, prefix in mapping.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((prefix, *parts)))
+    assert found == declared, f"packages on disk but not in pyproject: {found - declared}; declared but missing: {declared - found}"
+
+
+def test_wheel_layout(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "plugins" not in tops and "backbones" not in tops
+    assert "memplug/plugins/encoders/legs.py" in names
+    assert "memplug/backbones/tiny.py" in names or not (ROOT / "backbones" / "tiny.py").exists()
+
+
+def test_wheel_imports_plugins_and_exposes_entry_points(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import importlib.metadata as m, memplug, memplug.plugins.encoders.legs as legs;"
+        "d = m.distribution('memplug');"
+        "print(memplug.__file__); print(legs.__file__);"
+        "print(sorted(e.name for e in d.entry_points if e.group == 'memplug'))"
+    )
+    # The unpacked wheel goes first on sys.path, ahead of the editable install's finder.
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
+    )
+    memplug_file, legs_file, eps = result.stdout.strip().splitlines()
+    assert memplug_file.startswith(str(site)) and legs_file.startswith(str(site))
+    assert {"legs", "legt", "fout", "jacobi", "uniform", "warped", "learned"} <= set(eval(eps))
