@@ -1,0 +1,56 @@
+"""What every synthetic task provides: batches with scored positions, and an oracle."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A batch of next-token problems.
+
+    ``input_ids`` (B, T) and ``labels`` (B, T): ``labels[:, i]`` is the token after
+    ``input_ids[:, i]``, -100 where nothing is scored. ``scored`` (B, T) marks the positions
+    the task's metric is about (a subset of the labelled ones); ``distance`` (B, T) is, for
+    recall tasks, how many tokens back the information needed at that position was stated
+    (-1 where not applicable).
+    """
+
+    input_ids: Tensor
+    labels: Tensor
+    scored: Tensor
+    distance: Tensor
+
+
+class Task(abc.ABC):
+    """A generator of :class:`Batch` es over a small vocabulary."""
+
+    vocab_size: int
+
+    @abc.abstractmethod
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        """``batch`` sequences of ``length`` tokens (plus their shifted labels)."""
+
+    def oracle_nll(self, batch: Batch, context: str) -> Tensor | None:
+        """Best achievable next-token loss in nats at every position (B, T) for a predictor
+        that sees only ``context``: ``"full"`` (the whole history) or ``"block:L"`` (the
+        tokens of its own length-L block). ``None`` where the task has no closed form."""
+        return None
+
+
+def block_start(length: int, context: str) -> Tensor:
+    """For each position 0..length-1, the first position a ``context`` predictor may see."""
+    pos = torch.arange(length)
+    if context == "full":
+        return torch.zeros_like(pos)
+    kind, _, size = context.partition(":")
+    if kind == "block" and size.isdigit() and int(size) > 0:
+        return pos - pos % int(size)
+    if kind == "window" and size.isdigit() and int(size) > 0:
+        block = int(size) // 2  # block + previous block of size W/2
+        return (pos - pos % block - block).clamp_min(0)
+    raise ValueError(f"context must be 'full', 'block:L' or 'window:W' with positive integers, got {context!r}")

@@ -1,0 +1,56 @@
+"""Multi-key associative recall across blocks.
+
+``pairs`` distinct keys, each bound to a random value, are stated as ``PAIR k v`` triples
+within the first ``span`` tokens; later, ``ASK k`` questions ask for the value, and the scored
+token is ``v`` after ``ASK k``. Filler between is random. Without the binding in view the value
+is at chance (ln V nats); with it, exactly predictable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Batch, Task, block_start
+
+
+class RecallTask(Task):
+    def __init__(self, keys: int = 16, values: int = 16, pairs: int = 4, queries: int = 4, span: int = 128) -> None:
+        if not 1 <= pairs <= keys:
+            raise ValueError(f"pairs must be in [1, keys={keys}], got {pairs}")
+        if values < 2 or queries < 1 or span < 3 * pairs:
+            raise ValueError(f"need values >= 2, queries >= 1 and span >= 3 * pairs; got values={values}, queries={queries}, span={span}")
+        self.keys, self.values, self.pairs, self.queries, self.span = keys, values, pairs, queries, span
+        # vocabulary: filler/values 0..V-1, keys V..V+K-1, then PAIR and ASK markers
+        self.pair_mark, self.ask_mark = values + keys, values + keys + 1
+        self.vocab_size = values + keys + 2
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        if length < self.span + 3 * self.queries + 1:
+            raise ValueError(f"length must be >= span + 3 * queries + 1 = {self.span + 3 * self.queries + 1}, got {length}")
+        seq = torch.randint(self.values, (batch, length + 1), generator=generator)
+        scored = torch.zeros(batch, length, dtype=torch.bool)
+        distance = torch.full((batch, length), -1)
+        for b in range(batch):
+            keys = torch.randperm(self.keys, generator=generator)[: self.pairs] + self.values
+            vals = torch.randint(self.values, (self.pairs,), generator=generator)
+            # non-overlapping triple slots inside the span, and after it
+            stated = torch.randperm(self.span // 3, generator=generator)[: self.pairs] * 3
+            asked = self.span + torch.randperm((length - self.span) // 3, generator=generator)[: self.queries] * 3
+            for i, p in enumerate(stated.tolist()):
+                seq[b, p : p + 3] = torch.tensor([self.pair_mark, keys[i], vals[i]])
+            for p in asked.tolist():
+                i = int(torch.randint(self.pairs, (1,), generator=generator))
+                seq[b, p : p + 3] = torch.tensor([self.ask_mark, keys[i], vals[i]])
+                scored[b, p + 1] = True  # input k predicts v
+                distance[b, p + 1] = p + 1 - (int(stated[i]) + 1)
+        return Batch(seq[:, :-1], seq[:, 1:].clone(), scored, distance)
+
+    def oracle_nll(self, batch: Batch, context: str) -> Tensor:
+        """Exact on scored positions: 0 if the binding is in view, else ln V."""
+        T = batch.input_ids.shape[1]
+        statement = torch.arange(T) - batch.distance
+        visible = statement >= block_start(T, context)[None, :]
+        return torch.where(batch.scored & visible, 0.0, math.log(self.values)).double()
