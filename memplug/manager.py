@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from . import contracts, hookspecs
+from .data.base import Dataset
 from .registry import Registry
 
 BUILTIN_DIST = "memplug"
@@ -29,7 +30,7 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "memory": ("memplug_add_memories", contracts.Memory),
     "attention": ("memplug_add_attention_backends", contracts.AttentionBackend),
     "backbone": ("memplug_add_backbones", contracts.Backbone),
-    "dataset": ("memplug_add_datasets", None),
+    "dataset": ("memplug_add_datasets", Dataset),
 }
 
 

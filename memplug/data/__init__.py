@@ -1,0 +1,22 @@
+"""Corpora as document-level splits, and the token windows training and evaluation read.
+
+Built-in datasets (registered through the ``memplug`` entry-point group like third-party
+ones): ``literature`` (Shakespeare and Milton), ``code`` (the Python standard library),
+``pydocs`` (Python's documentation sources). ``memplug data prepare NAME`` on the command line.
+"""
+
+from .base import Dataset, Document, SourceMissingError
+from .cache import cache_dir
+from .prepare import Prepared, Split, TokenizedSplit, get_dataset, prepare
+
+__all__ = [
+    "Dataset",
+    "Document",
+    "Prepared",
+    "SourceMissingError",
+    "Split",
+    "TokenizedSplit",
+    "cache_dir",
+    "get_dataset",
+    "prepare",
+]

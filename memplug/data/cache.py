@@ -1,0 +1,33 @@
+"""Where prepared corpora, fetched sources and trained tokenizers live.
+
+``MEMPLUG_CACHE`` wins; otherwise ``$XDG_CACHE_HOME/memplug``, otherwise ``~/.cache/memplug``
+(the platformdirs convention on Linux, used on every platform for one predictable place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "tree_fingerprint", "CACHE_ENV"]
+
+CACHE_ENV = "MEMPLUG_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache directory (or a path below it); not created here."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg, "memplug") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "memplug")
+    return Path(root).joinpath(*parts)
+
+
+def tree_fingerprint(paths: list[Path]) -> str:
+    """A cheap identity of a set of files (names, sizes, modification times) for cache keys."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

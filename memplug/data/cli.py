@@ -1,0 +1,68 @@
+"""``memplug data``: list the registered datasets and prepare their splits."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+
+from ..cli import COMMANDS
+from ..manager import registry
+from .base import SourceMissingError
+from .literature import Literature, fetch_command
+from .prepare import get_dataset, prepare
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``["root=/x", ...]`` -> ``{"root": "/x"}``; a pair without ``=`` is an error naming it."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"memplug data: --option takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    sub.add_parser("list", help="registered datasets and whether their source is here")
+    prep = sub.add_parser("prepare", help="build the document-level train/validation/test splits (cached)")
+    prep.add_argument("name", help="dataset name (see `memplug data list`)")
+    prep.add_argument("--validation", type=float, default=0.05, help="fraction of groups for validation")
+    prep.add_argument("--test", type=float, default=0.05, help="fraction of groups for test")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the partition")
+    prep.add_argument("--force", action="store_true", help="rebuild even when cached")
+    prep.add_argument("--fetch", action="store_true", help="download a missing source first (literature)")
+    prep.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.data_command == "list":
+        for name, entry in registry("dataset").entries().items():
+            try:
+                status = "ready: " + get_dataset(name).source()
+            except SourceMissingError as exc:
+                status = "missing: " + str(exc).splitlines()[-1].strip()
+            print(f"{name:<12} {entry.cls.description}\n{'':<12} ({entry.provider}) {status}")
+        return 0
+    options = parse_options(args.option)
+    if args.fetch and args.name == Literature.name:
+        try:
+            Literature(**options).source()
+        except SourceMissingError:
+            command = fetch_command()
+            print(f"fetching: {command}", file=sys.stderr)
+            subprocess.run([sys.executable, *shlex.split(command)[1:]], check=True)
+    try:
+        prepared = prepare(args.name, validation=args.validation, test=args.test, seed=args.seed,
+                           force=args.force, progress=lambda m: print(m, file=sys.stderr), **options)
+    except (SourceMissingError, ValueError) as exc:
+        print(f"memplug data prepare: {exc}", file=sys.stderr)
+        return 2
+    print(prepared.summary())
+    return 0
+
+
+COMMANDS["data"] = ("prepare and list corpora (document-level splits, cached)", _add_arguments, _run)
