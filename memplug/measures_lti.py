@@ -1,0 +1,154 @@
+"""Time-invariant HiPPO measures: a sliding window (or any fixed-shape weight) over the past.
+
+A time-invariant measure weighs the past by the lag ``x = t - s`` only, so its coefficients
+obey one linear ODE with constant matrices, ``c' = A c + B f``. Subclass
+:class:`TimeInvariantMeasure`, give it
+
+- :meth:`~TimeInvariantMeasure.transition`: the continuous ``(A (N, N), B (N,))`` for its
+  window θ (float64), and
+- :meth:`~TimeInvariantMeasure.lag_basis`: the reconstruction basis as a function of the lag,
+  ``f(t - x) ≈ lag_basis(x) @ c`` for ``x`` in ``[0, θ]``,
+
+and the base provides ``update``, ``scan``, ``basis`` and ``support`` (= ``[max(0, t - θ), t]``).
+
+Discretisation: token ``j`` holds its value over ``[j, j + 1)``, so zero-order hold with a
+step of one token is exact for the token signal: ``Ā, B̄ = zoh(A, B, 1)``. A block of L
+tokens is one matmul, ``c' = Ā^L c + K x`` with ``K = [Ā^(L-1) B̄ ... B̄]``
+(:func:`memplug.ops.discretize.block_transition`); ``(Ā^L, K)`` are built in float64 and kept
+in a small LRU cache per ``(θ, L, dtype, device)``, so a long stream of equal blocks builds
+them once and the cache never grows past ``cache_size`` entries.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from .contracts import Encoder, TimeLike
+from .ops.discretize import block_transition, zoh
+from .ops.scan import linear_recurrence
+
+__all__ = ["TimeInvariantMeasure"]
+
+
+class TimeInvariantMeasure(Encoder, abc.ABC):
+    """Base class of measures whose weight depends on the lag ``t - s`` only (LegT, FouT, LagT).
+
+    Args:
+        order: N, coefficients per channel (>= 1).
+        window: θ > 0 in tokens; the support is ``[max(0, t - θ), t]`` and ``transition`` /
+            ``lag_basis`` are written for this θ.
+        cache_size: how many block lengths keep their ``(Ā^L, K)`` (per dtype and device).
+    """
+
+    def __init__(self, order: int, window: float, cache_size: int = 8) -> None:
+        super().__init__()
+        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        if not float(window) > 0:
+            raise ValueError(f"window must be > 0 tokens, got {window!r}")
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be an int >= 1, got {cache_size!r}")
+        self.order = order
+        self.window = float(window)
+        self.cache_size = cache_size
+        self._blocks: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}, window={self.window:g}"
+
+    # ---- what a measure defines -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def transition(self) -> tuple[Tensor, Tensor]:
+        """The continuous ``(A, B)`` of ``c' = A c + B f`` for window ``self.window``: float64
+        tensors of shapes (N, N) and (N,) (NumPy arrays are accepted too)."""
+
+    @abc.abstractmethod
+    def lag_basis(self, lag: Tensor) -> Tensor:
+        """Reconstruction basis at lags ``x = t - s``: (...,) -> (..., N), so that
+        ``f(t - x) ≈ lag_basis(x) @ c``. Must be differentiable in ``lag``."""
+
+    # ---- what the base provides -------------------------------------------------------------
+
+    def support(self, t: TimeLike) -> tuple[TimeLike, TimeLike]:
+        """``(max(0, t - θ), t)``; elementwise for a tensor ``t``."""
+        if isinstance(t, Tensor):
+            return (t - self.window).clamp(min=0), t
+        return max(0.0, t - self.window), t
+
+    def discrete(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """Per-token ``(Ā (N, N), B̄ (N,))`` by zero-order hold over one token, float64."""
+        A, B = self.transition()
+        A = torch.as_tensor(A, dtype=torch.float64, device=device)
+        B = torch.as_tensor(B, dtype=torch.float64, device=device)
+        n = self.order
+        if A.shape != (n, n) or B.shape != (n,):
+            raise ValueError(
+                f"{type(self).__name__}.transition() must return A ({n}, {n}) and B ({n},), "
+                f"got {tuple(A.shape)} and {tuple(B.shape)}"
+            )
+        return zoh(A, B, 1.0)
+
+    def block(self, length: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(Ā^L (N, N), K (N, L))`` for a block of ``L = length`` tokens, cached (LRU)."""
+        key = (self.window, length, dtype, torch.device(device))
+        hit = self._blocks.get(key)
+        if hit is not None:
+            self._blocks.move_to_end(key)
+            return hit
+        Ad, Bd = self.discrete(device)
+        power, kernel = block_transition(Ad, Bd, length)
+        entry = (power.to(dtype), kernel.to(dtype))
+        self._blocks[key] = entry
+        while len(self._blocks) > self.cache_size:
+            self._blocks.popitem(last=False)
+        return entry
+
+    def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
+        """State (..., N, C) after tokens ``x`` (..., L, C); the result does not depend on ``t0``
+        (time invariance) beyond the zero history before position 0."""
+        _check_stream(x, t0)
+        power, kernel = self.block(x.shape[-2], torch.promote_types(state.dtype, x.dtype), x.device)
+        return power @ state + kernel @ x  # (..., N, C)
+
+    def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
+        """States after every block of ``block`` tokens (the last may be shorter): (..., nb, N, C).
+
+        Every block's input term ``K x_i`` comes from one batched matmul; the states then follow
+        from the block recurrence ``s_i = Ā^L s_(i-1) + K x_i``.
+        """
+        _check_stream(x, t0)
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
+        length = x.shape[-2]
+        full, rest = divmod(length, block)
+        drive, powers = [], []
+        if full:
+            power, kernel = self.block(block, dtype, x.device)
+            blocks = x[..., : full * block, :].unflatten(-2, (full, block))  # (..., nb, L, C)
+            drive.append(kernel @ blocks)  # (..., nb, N, C)
+            powers.append(power.expand(full, -1, -1))  # (nb, N, N)
+        if rest:
+            power, kernel = self.block(rest, dtype, x.device)
+            drive.append((kernel @ x[..., full * block :, :]).unsqueeze(-3))  # (..., 1, N, C)
+            powers.append(power.unsqueeze(0))  # (1, N, N)
+        return linear_recurrence(torch.cat(powers), torch.cat(drive, dim=-3), state)
+
+    def basis(self, positions: Tensor, t: TimeLike) -> Tensor:
+        """(..., P) absolute positions -> (..., P, N) via the lag ``t - positions``."""
+        if isinstance(t, Tensor) and t.dim() > 0:
+            t = t.unsqueeze(-1)  # (..., 1): one time per row of positions
+        return self.lag_basis(t - positions)
+
+
+def _check_stream(x: Tensor, t0: int) -> None:
+    if x.dim() < 2 or x.shape[-2] < 1:
+        raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
+    if t0 < 0:
+        raise ValueError(f"t0 must be >= 0, got {t0}")
+
