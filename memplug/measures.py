@@ -1,0 +1,339 @@
+"""Scale-invariant HiPPO measures: the whole past [0, t], weighted by (s/t)^β.
+
+A scale-invariant measure describes the signal f on [0, t] by its coefficients in an
+orthonormal polynomial family q_0 .. q_{N-1} on [0, 1] with the weight u^β (β > -1):
+
+    c_n(t) = ∫_0^1 f(t u) q_n(u) u^β du = (1/t) ∫_0^t f(s) q_n(s/t) (s/t)^β ds,
+    f(s) ≈ Σ_n c_n(t) q_n(s/t)  on [0, t].
+
+β = 0 is LegS (shifted Legendre); β > 0 weighs recent history more (Jacobi P_n^(0,β)).
+
+**Exact block update** (DESIGN §4). For t1 > t0 and r = t0/t1, q_n(r v) is a polynomial of degree
+n in v, so its integral against f(t0 v) v^β equals its integral against the degree-(N-1)
+projection of f at t0. Splitting [0, 1] at r gives, with no discretisation at all,
+
+    c(t1) = M(r) c(t0) + U(t0, t1) x,        M(r)[n, m] = r^(β+1) ∫_0^1 q_n(r u) q_m(u) u^β du,
+
+where x are the L = t1 - t0 tokens (f is constant on each cell [j, j+1)) and
+U(t0, t1)[n, j] = ∫ q_n(u) u^β du over the cell [(t0+j)/t1, (t0+j+1)/t1] (exact, from the
+antiderivative of q_n u^β). M is an N-point Gauss-Jacobi quadrature of polynomials of degree
+< 2N - 1: exact. It depends only on r, so an update costs the same at any absolute position,
+and no table grows with the length of the stream.
+
+For β = 0 the block term has a cheaper exact form (DESIGN §6): the block's own projection
+d = U(0, L) x onto [t0, t1] determines its integral against every polynomial of degree < N, so
+U(t0, t1) x = (1 - r) T(r) d with T[n, m] = ∫_0^1 q_n(r + (1 - r) v) q_m(v) dv. U(0, L) depends
+only on L; M(r) and T(r) are two N x N quadratures.
+
+Transitions are built in float64 on the CPU, cast to the inputs' dtype and device, and kept in
+an LRU cache bounded in bytes (keyed by the reduced ratio t0/t1, or by (t0, t1) for the
+direct U, and by dtype and device): in training the block positions repeat and an update costs
+only matmuls.
+
+The continuous form is the ODE t c'(t) = A c + B f(t), with A = -(β+1) I - K,
+K[n, m] = ∫_0^1 u q_n'(u) q_m(u) u^β du, and B = q(1) (:meth:`ScaleInvariantMeasure.ode_matrices`);
+M(r) = expm(A ln(1/r)).
+
+Subclass :class:`ScaleInvariantMeasure` to add a measure: set ``beta`` and, to use another
+orthonormal basis of the polynomials of degree < N for the weight u^β (or a faster evaluation
+of the same one), override :meth:`~ScaleInvariantMeasure.family`,
+:meth:`~ScaleInvariantMeasure.family_derivative`,
+:meth:`~ScaleInvariantMeasure.weighted_antiderivative` and
+:meth:`~ScaleInvariantMeasure.quadrature`; ``update``, ``scan``, ``basis`` and ``support``
+follow. (Only weights u^β keep the exact update: the identity needs w(r u) ∝ w(u).)
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import torch
+from torch import Tensor
+
+from .contracts import Encoder, TimeLike
+from .ops.legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
+from .ops.quadrature import shifted_gauss_jacobi
+from .ops.scan import linear_recurrence
+
+__all__ = ["ScaleInvariantMeasure"]
+
+_F64 = torch.float64
+_CPU = torch.device("cpu")
+
+
+class _TensorLRU:
+    """Least-recently-used cache of tensors, bounded by their total size in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Hashable) -> Tensor | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: Hashable, value: Tensor) -> Tensor:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old.numel() * old.element_size()
+        self._items[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, evicted = self._items.popitem(last=False)
+            self._bytes -= evicted.numel() * evicted.element_size()
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _position(value: object, arg: str) -> int:
+    """An int >= 0 from an int-like (Python, NumPy or 0-d integer tensor)."""
+    try:
+        pos = operator.index(value.item() if isinstance(value, Tensor) and value.numel() == 1 else value)
+    except TypeError:
+        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {value!r}") from None
+    if pos < 0:
+        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {pos}")
+    return pos
+
+
+class ScaleInvariantMeasure(Encoder):
+    """A HiPPO measure on [0, t] with the scale-invariant weight (s/t)^β, exact block update.
+
+    Measure: ω_t(s) = (s/t)^β / t on [0, t].  Basis: an orthonormal family q_n on [0, 1] for the
+    weight u^β (default: Jacobi, q_n(u) = sqrt(2n+β+1) P_n^(0,β)(2u-1)); f(s) ≈ Σ c_n q_n(s/t).
+    Support: [0, t].  ODE: t c' = A c + B f (:meth:`ode_matrices`).
+
+    Args:
+        order: N, coefficients per channel (>= 1).
+        beta: the weight exponent β > -1 (0: uniform, LegS).
+        cache_bytes: bound on the transition cache (per encoder, all dtypes and devices).
+        scan_method: how :meth:`scan` runs the block recurrence, see
+            :func:`memplug.ops.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
+            ``"parallel"``).
+    """
+
+    def __init__(
+        self, order: int, beta: float = 0.0, *, cache_bytes: int = 256 * 2**20, scan_method: str = "auto"
+    ) -> None:
+        super().__init__()
+        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        beta = float(beta)
+        if not (math.isfinite(beta) and beta > -1):
+            raise ValueError(f"beta must be a finite number > -1, got {beta!r}")
+        if not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
+        if scan_method not in ("auto", "sequential", "parallel"):
+            raise ValueError(f"scan_method must be 'auto', 'sequential' or 'parallel', got {scan_method!r}")
+        self.order = order
+        self.beta = beta
+        self.scan_method = scan_method
+        self._cache = _TensorLRU(cache_bytes)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}, beta={self.beta:g}"
+
+    # ---- the family: override these for another orthonormal basis --------------------------
+
+    def family(self, u: Tensor) -> Tensor:
+        """q_0 .. q_{N-1} at ``u`` in [0, 1]: (...) -> (..., N), differentiable in ``u``."""
+        return shifted_jacobi(self.order, u, self.beta)
+
+    def family_derivative(self, u: Tensor) -> Tensor:
+        """q_n'(u): (...) -> (..., N)."""
+        return shifted_jacobi_derivative(self.order, u, self.beta)
+
+    def weighted_antiderivative(self, u: Tensor) -> Tensor:
+        """∫_0^u q_n(v) v^β dv: (...) -> (..., N); its differences are the exact cell integrals."""
+        return shifted_jacobi_antiderivative(self.order, u, self.beta)
+
+    def quadrature(self) -> tuple[Tensor, Tensor]:
+        """Nodes and weights (N,) of a rule exact for ``∫_0^1 p(u) u^β du``, deg p <= 2N - 2,
+        float64 on the CPU (default: Gauss-Jacobi)."""
+        return shifted_gauss_jacobi(self.order, self.beta)
+
+    # ---- transitions (float64, uncached; the definitions) -----------------------------------
+
+    def transition(self, ratio: float | Tensor) -> Tensor:
+        """M(r) for r = t0/t1 in [0, 1]: (N, N), or (k, N, N) for a (k,) tensor of ratios; float64."""
+        r = torch.as_tensor(ratio, dtype=_F64)
+        nodes, weights = self.quadrature()
+        q_scaled = self.family(r[..., None] * nodes)  # (..., N nodes, N)
+        return r[..., None, None] ** (self.beta + 1) * (q_scaled.mT @ self._weighted_nodes())
+
+    def block_shift(self, ratio: float | Tensor) -> Tensor:
+        """T(r)[n, m] = ∫_0^1 q_n(r + (1-r) v) q_m(v) dv (β = 0 only): (N, N) or (k, N, N), float64."""
+        self._require_uniform("block_shift")
+        r = torch.as_tensor(ratio, dtype=_F64)
+        nodes, _ = self.quadrature()
+        q_shifted = self.family(r[..., None] + (1 - r[..., None]) * nodes)  # (..., N nodes, N)
+        return q_shifted.mT @ self._weighted_nodes()
+
+    def block_input(self, t0: int, t1: int) -> Tensor:
+        """U(t0, t1) (N, L): the exact projection of tokens t0 .. t1-1 onto the state at t1, from
+        cell integrals of q_n u^β; float64."""
+        t0, t1 = _position(t0, "t0"), _position(t1, "t1")
+        if t1 <= t0:
+            raise ValueError(f"t1 must be > t0, got t0={t0}, t1={t1}")
+        edges = torch.arange(t0, t1 + 1, dtype=_F64) / t1  # (L+1,) cell edges in u
+        cumulative = self.weighted_antiderivative(edges)  # (L+1, N)
+        return (cumulative[1:] - cumulative[:-1]).T  # (N, L)
+
+    def ode_matrices(self) -> tuple[Tensor, Tensor]:
+        """(A (N, N), B (N,)) of t c' = A c + B f, float64: A = -(β+1) I - K,
+        K[n, m] = ∫ u q_n'(u) q_m(u) u^β du, B = q(1)."""
+        nodes, _ = self.quadrature()
+        k = (nodes[:, None] * self.family_derivative(nodes)).mT @ self._weighted_nodes()  # (N, N)
+        a = -(self.beta + 1) * torch.eye(self.order, dtype=_F64) - k
+        return a, self.family(torch.ones((), dtype=_F64))
+
+    # ---- the Encoder contract ---------------------------------------------------------------
+
+    def support(self, t: TimeLike) -> tuple[TimeLike, TimeLike]:
+        """[0, t]: the whole past."""
+        if isinstance(t, Tensor):
+            return torch.zeros_like(t), t
+        return 0.0, t
+
+    def basis(self, positions: Tensor, t: TimeLike) -> Tensor:
+        """(..., P) absolute positions in [0, t] -> (..., P, N): q_n(positions / t).
+
+        ``t`` is a number or a tensor broadcastable to ``positions[..., 0]`` (one time per row).
+        At t = 0 (an empty state) the rows are q(0). Differentiable in ``positions``.
+        """
+        t = torch.as_tensor(t, dtype=positions.dtype, device=positions.device)
+        if t.dim() > 0:
+            t = t.unsqueeze(-1)  # (..., 1): one time per row of positions
+        u = torch.where(t > 0, positions / torch.where(t > 0, t, torch.ones_like(t)), torch.zeros_like(positions))
+        return self.family(u)
+
+    def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
+        """State (..., N, C) at t0 + L after the tokens ``x`` (..., L, C) at positions t0 ..:
+        ``M(t0/t1) state + U(t0, t1) x``, computed in the promoted dtype of state and x."""
+        t0 = _position(t0, "t0")
+        self._check_stream(state, x)
+        dtype = torch.promote_types(state.dtype, x.dtype)
+        length = x.shape[-2]
+        transition = self._by_ratio("M", [(t0, t0 + length)], dtype, x.device)[0]  # (N, N)
+        return transition @ state.to(dtype) + self._drive(x.to(dtype), t0, length)
+
+    def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
+        """States after every block (..., nb, N, C): every block's input term from batched
+        matmuls, then the block recurrence (:func:`memplug.ops.scan.linear_recurrence`)."""
+        t0 = _position(t0, "t0")
+        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        if state is not None:
+            self._check_stream(state, x)
+        elif x.dim() < 2 or x.shape[-2] < 1:
+            raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
+        dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
+        x = x.to(dtype)
+        full, rest = divmod(x.shape[-2], block)
+        starts = [t0 + i * block for i in range(full)]
+        drives, transitions = [], []
+        if full:
+            blocks = x[..., : full * block, :].unflatten(-2, (full, block))  # (..., nb, L, C)
+            drives.append(self._drive_blocks(blocks, starts))  # (..., nb, N, C)
+            transitions.append(self._by_ratio("M", [(s, s + block) for s in starts], dtype, x.device))
+        if rest:
+            s = t0 + full * block
+            drives.append(self._drive(x[..., full * block :, :], s, rest).unsqueeze(-3))  # (..., 1, N, C)
+            transitions.append(self._by_ratio("M", [(s, s + rest)], dtype, x.device))  # (1, N, N)
+        return linear_recurrence(
+            torch.cat(transitions), torch.cat(drives, dim=-3), None if state is None else state.to(dtype),
+            method=self.scan_method,
+        )
+
+    # ---- cached pieces ----------------------------------------------------------------------
+
+    @property
+    def uniform_weight(self) -> bool:
+        """β = 0: the block term uses the cheaper form (1 - r) T(r) U(0, L)."""
+        return self.beta == 0
+
+    def _require_uniform(self, what: str) -> None:
+        if not self.uniform_weight:
+            raise ValueError(f"{what} needs the uniform weight (beta = 0), got beta = {self.beta:g}")
+
+    def _weighted_nodes(self) -> Tensor:
+        """diag(w) Q(nodes): (N nodes, N), float64, cached."""
+        key = ("WQ", _F64, _CPU)
+        hit = self._cache.get(key)
+        if hit is None:
+            nodes, weights = self.quadrature()
+            hit = self._cache.put(key, weights[:, None] * self.family(nodes))
+        return hit
+
+    def _cached(self, key: tuple, dtype: torch.dtype, device: torch.device, build) -> Tensor:
+        full_key = (*key, dtype, torch.device(device))
+        hit = self._cache.get(full_key)
+        if hit is None:
+            hit = self._cache.put(full_key, build().to(device=device, dtype=dtype))
+        return hit
+
+    def _by_ratio(self, kind: str, spans: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Per-ratio matrices (k, N, N) for spans (t0, t1): ``"M"`` gives M(r), ``"S"`` gives
+        (1 - r) T(r). Keyed by the reduced fraction t0/t1; the misses are built in one batch."""
+        device = torch.device(device)
+        keys = []
+        for t0, t1 in spans:
+            g = math.gcd(t0, t1)
+            keys.append((kind, t0 // g, t1 // g, dtype, device))
+        found = {k: self._cache.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, hit in found.items() if hit is None]
+        if missing:
+            ratios = torch.tensor([k[1] / k[2] for k in missing], dtype=_F64)  # (m,)
+            if kind == "M":
+                mats = self.transition(ratios)
+            else:
+                mats = (1 - ratios)[:, None, None] * self.block_shift(ratios)
+            mats = mats.to(device=device, dtype=dtype)  # (m, N, N)
+            for k, mat in zip(missing, mats):
+                found[k] = self._cache.put(k, mat)
+        return torch.stack([found[k] for k in keys])
+
+    def _own_input(self, length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """U(0, L) (N, L): the projection of a block onto its own span (β = 0)."""
+        return self._cached(("U", 0, length), dtype, device, lambda: self.block_input(0, length))
+
+    def _drive(self, x: Tensor, t0: int, length: int) -> Tensor:
+        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C)."""
+        dtype, device = x.dtype, x.device
+        t1 = t0 + length
+        if self.uniform_weight:
+            own = self._own_input(length, dtype, device) @ x  # (..., N, C)
+            return own if t0 == 0 else self._by_ratio("S", [(t0, t1)], dtype, device)[0] @ own
+        return self._cached(("U", t0, t1), dtype, device, lambda: self.block_input(t0, t1)) @ x
+
+    def _drive_blocks(self, blocks: Tensor, starts: list[int]) -> Tensor:
+        """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C)."""
+        dtype, device, length = blocks.dtype, blocks.device, blocks.shape[-2]
+        if self.uniform_weight:
+            own = self._own_input(length, dtype, device) @ blocks  # (..., nb, N, C)
+            return self._by_ratio("S", [(s, s + length) for s in starts], dtype, device) @ own
+        inputs = torch.stack(
+            [self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length)) for s in starts]
+        )  # (nb, N, L)
+        return inputs @ blocks
+
+    def _check_stream(self, state: Tensor, x: Tensor) -> None:
+        if x.dim() < 2 or x.shape[-2] < 1:
+            raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
+        if state.dim() < 2 or state.shape[-2] != self.order or state.shape[-1] != x.shape[-1]:
+            raise ValueError(
+                f"state must be (..., N, C) = (..., {self.order}, {x.shape[-1]}) for x of shape "
+                f"{tuple(x.shape)}, got {tuple(state.shape)}"
+            )
