@@ -20,6 +20,7 @@ from .manager import (
     make_retriever,
     register,
 )
+from .model import MemoryModel, ModelOutput, ModelState, build_model
 from .registry import PluginError, UnknownComponentError
 
 __version__ = "0.1.0"
@@ -33,7 +34,11 @@ __all__ = [
     "Retriever",
     "PluginError",
     "UnknownComponentError",
+    "MemoryModel",
+    "ModelOutput",
+    "ModelState",
     "available",
+    "build_model",
     "get_plugin_manager",
     "hookimpl",
     "make_attention",

@@ -1,0 +1,225 @@
+"""MemoryAttention: the one attention layer every backbone runs through (DESIGN §3).
+
+A sequence is cut into blocks of ``block`` tokens. The queries of a block attend, in one
+softmax, to ``[memory slots | local keys]``: the memory's read for that block (what it holds of
+everything before the block), then the local keys (the block, or the previous block and the
+block), causal and aligned bottom-right: the "trapezoid" (see :mod:`memplug.ops.attention`).
+Memories that give a partial attention output instead of keys are merged by log-sum-exp (as if
+their keys were in the softmax) or by a per-head gate.
+
+Block-parallel: a call with T new tokens prefixes the cached partial block, pads to whole
+blocks, asks the memory for every block's read in one ``forward_blocks`` call, and runs one
+batched attention call for all blocks. Training (a whole sequence) and streaming (chunks of any
+length) take the same path, which is why any chunking gives the same outputs.
+
+Positions (a decision of this project): rotary positions are local to each attention window,
+never absolute. With ``span="block"`` a block's tokens sit at 0..L-1; with ``span="previous"``
+the previous block sits at 0..L-1 and the block at L..2L-1. Memory keys come raw; a memory that
+gives ``key_positions`` (relative to the block start, <= 0) has them rotated at
+``W0 + key_positions`` with ``W0`` the window position of the block start; ``None`` leaves them
+unrotated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .contracts import AttentionBackend, Memory, MemoryRead
+from .manager import make_attention, registry
+from .ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
+
+__all__ = ["MemoryAttention", "select_attention", "SPANS"]
+
+SPANS = ("block", "previous")
+MEMORY_PREFIX = "mem."
+
+Rotate = Callable[[Tensor, Tensor], Tensor]
+
+
+def select_attention(device: torch.device, dtype: torch.dtype, masked: bool) -> AttentionBackend:
+    """The registered attention backend with the highest priority that supports this call."""
+    reg = registry("attention")
+    candidates = [reg.get(n) for n in reg.names()]
+    usable = [c for c in candidates if c.supports(device, dtype, masked)]
+    if not usable:
+        raise RuntimeError(f"no attention backend supports device={device}, dtype={dtype}, masked={masked}; "
+                           f"registered: {reg.names()}")
+    return max(usable, key=lambda c: c.priority)()
+
+
+class MemoryAttention(nn.Module):
+    """Block-local attention with a memory in the same softmax.
+
+    ``memory``: a :class:`memplug.contracts.Memory` or ``None`` (plain block-local attention).
+    ``block``: block length L. ``span``: ``"block"`` (local keys are the block) or
+    ``"previous"`` (the previous block and the block). ``attention``: ``"auto"``, a backend
+    name or an :class:`~memplug.contracts.AttentionBackend`. ``scale``: softmax scale
+    (default ``1/sqrt(head_dim)``).
+    """
+
+    def __init__(
+        self,
+        memory: Memory | None,
+        block: int,
+        span: str = "block",
+        attention: str | AttentionBackend = "auto",
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(f"block must be a positive int, got {block!r}")
+        if span not in SPANS:
+            raise ValueError(f"span must be one of {SPANS}, got {span!r}")
+        self.memory, self.block, self.span, self.scale = memory, block, span, scale
+        self.attention = attention if attention == "auto" else make_attention(attention)
+        self._geometry: tuple[int, int, int] | None = None
+        self._selected: dict[tuple[str, torch.dtype], AttentionBackend] = {}
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
+        """Tell the memory the attention geometry (memories with parameters create them here)."""
+        self._geometry = (heads, kv_heads, head_dim)
+        if self.memory is not None:
+            self.memory.setup(heads, kv_heads, head_dim)
+
+    def backend(self, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
+        """The backend for a call on ``device`` in ``dtype`` (auto-selection is cached per pair)."""
+        if not isinstance(self.attention, str):
+            return self.attention
+        key = (device.type, dtype)
+        if key not in self._selected:
+            self._selected[key] = select_attention(device, dtype, masked=True)
+        return self._selected[key]
+
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor], t0: int, rotate: Rotate | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Attention for T new tokens at absolute positions ``t0 .. t0+T-1``.
+
+        ``q`` (B, H, T, D), ``k`` and ``v`` (B, Hkv, T, D), raw (not rotated). ``cache`` is this
+        layer's part of the model state (empty at the start of a stream): the raw keys/values of
+        the partial block (``"k"``, ``"v"``), of the previous complete block (``"prev_k"``,
+        ``"prev_v"``, span ``"previous"``) and the memory state (``"mem.*"``). ``rotate(x, pos)``
+        applies the backbone's positional rotation. Returns (B, H, T, D) and the new cache.
+        """
+        B, H, T, D = q.shape
+        Hkv, L = k.shape[1], self.block
+        if self._geometry is None:
+            self.setup(H, Hkv, D)
+        r = t0 % L  # tokens of the current block already seen (cached)
+        b0 = t0 - r  # absolute start of the first block of this call
+        cached = cache.get("k")
+        if (0 if cached is None else cached.shape[2]) != r:
+            raise ValueError(f"cache holds {0 if cached is None else cached.shape[2]} tokens of the partial block, "
+                             f"but t0={t0} with block={L} needs {r}")
+        if r:
+            k = torch.cat([cache["k"].to(k.dtype), k], dim=2)  # (B, Hkv, r+T, D)
+            v = torch.cat([cache["v"].to(v.dtype), v], dim=2)
+        n = r + T
+        nb, complete = -(-n // L), n // L
+        pad = nb * L - n
+        # Zero queries stand in for the cached positions and the tail padding; their rows are dropped.
+        q = F.pad(q, (0, 0, r, pad))  # (B, H, nb*L, D)
+        qb = rearrange(q, "b h (n l) d -> b h n l d", l=L)  # (B, H, nb, L, D)
+        kb = rearrange(F.pad(k, (0, 0, 0, pad)), "b h (n l) d -> b h n l d", l=L)  # (B, Hkv, nb, L, D)
+        vb = rearrange(F.pad(v, (0, 0, 0, pad)), "b h (n l) d -> b h n l d", l=L)
+
+        read, mem_state = MemoryRead(), {}
+        if self.memory is not None:
+            state = {name[len(MEMORY_PREFIX):]: t for name, t in cache.items() if name.startswith(MEMORY_PREFIX)}
+            if not state:
+                state = self.memory.init_state(B, k.dtype, k.device)
+            read, mem_state = self.memory.forward_blocks(state, qb, kb, vb, b0, complete)
+
+        out = self._attend(qb, kb, vb, read, cache, b0, rotate)  # (B, H, nb, L, D)
+        out = rearrange(out, "b h n l d -> b h (n l) d")[:, :, r : r + T]  # (B, H, T, D)
+
+        new_cache = {MEMORY_PREFIX + name: t for name, t in mem_state.items()}
+        if n > complete * L:  # a partial block remains: keep its raw keys and values
+            new_cache["k"], new_cache["v"] = k[:, :, complete * L :], v[:, :, complete * L :]
+        if self.span == "previous":
+            if complete:
+                new_cache["prev_k"], new_cache["prev_v"] = kb[:, :, complete - 1], vb[:, :, complete - 1]
+            elif "prev_k" in cache:
+                new_cache["prev_k"], new_cache["prev_v"] = cache["prev_k"], cache["prev_v"]
+        return out, new_cache
+
+    def _attend(
+        self, qb: Tensor, kb: Tensor, vb: Tensor, read: MemoryRead, cache: dict[str, Tensor], b0: int,
+        rotate: Rotate | None,
+    ) -> Tensor:
+        """One batched attention call over all blocks: (B, H, nb, L, D) queries -> (B, H, nb, L, D)."""
+        B, H, nb, L, D = qb.shape
+        Hkv = kb.shape[1]
+        rotate = rotate if rotate is not None else (lambda x, pos: x)
+        w0 = L if self.span == "previous" else 0  # window position of the block start
+        pos = torch.arange(w0, w0 + L, device=qb.device)  # (L,)
+        q = rotate(qb, pos)  # (B, H, nb, L, D)
+        keys, values = [rotate(kb, pos)], [vb]  # local keys, then what goes before them
+        key_valid = None
+        if self.span == "previous":
+            # Block i's previous block is block i-1; block 0's comes from the cache (absent at t = 0).
+            first_k = cache.get("prev_k", torch.zeros_like(kb[:, :, 0])).to(kb.dtype)[:, :, None]  # (B, Hkv, 1, L, D)
+            first_v = cache.get("prev_v", torch.zeros_like(vb[:, :, 0])).to(vb.dtype)[:, :, None]
+            prev_k = torch.cat([first_k, kb[:, :, :-1]], dim=2)  # (B, Hkv, nb, L, D)
+            prev_v = torch.cat([first_v, vb[:, :, :-1]], dim=2)
+            keys.insert(0, rotate(prev_k, pos - L))
+            values.insert(0, prev_v)
+            if "prev_k" not in cache:
+                key_valid = torch.ones(nb, 2 * L, dtype=torch.bool, device=qb.device)
+                key_valid[0, :L] = False  # (nb, 2L): the stream's first block has no previous block
+        local = sum(x.shape[-2] for x in keys)
+        slots = 0
+        if read.keys is not None:
+            mem_k = read.keys.to(kb.dtype)  # (B, Hkv, nb, P, D)
+            if read.key_positions is not None:
+                mem_k = rotate(mem_k, w0 + read.key_positions)
+            keys.insert(0, mem_k)
+            values.insert(0, read.values.to(vb.dtype))
+            slots = mem_k.shape[-2]
+        k = torch.cat(keys, dim=-2)  # (B, Hkv, nb, P + local, D)
+        v = torch.cat(values, dim=-2)
+
+        mask = trapezoid_mask(L, local, slots, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, S)
+        mask = mask.reshape(1, 1, -1, L, slots + local)  # (1, 1, nb|1, L, S)
+        if read.bias is not None and slots:
+            bias = F.pad(read.bias.to(q.dtype), (0, local))  # (B|1, Hkv|1, nb|1, 1, S): zero on local keys
+            if bias.shape[1] > 1:
+                bias = repeat_kv(bias.transpose(1, 2), H).transpose(1, 2)  # per query head
+            mask = mask + bias  # (B|1, H|1, nb|1, L, S)
+        mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, S)
+
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
+        qf = rearrange(q, "b h n l d -> (b n) h l d")  # (B*nb, H, L, D)
+        kf = rearrange(k, "b h n s d -> (b n) h s d")  # (B*nb, Hkv, S, D)
+        vf = rearrange(v, "b h n s d -> (b n) h s d")
+        if read.output is not None and read.gate is None:
+            if read.lse is None:
+                raise ValueError("a MemoryRead with `output` needs `lse` (log-sum-exp merge) or `gate` (gated mix)")
+            backend = self.backend(q.device, q.dtype)
+            if hasattr(backend, "forward_lse"):
+                out, lse = backend.forward_lse(qf, kf, vf, mask, scale)
+            else:  # the log-sum-exp comes from the explicit definition
+                out, lse = reference_attention(qf, kf, vf, mask, scale)
+            lse = rearrange(lse, "(b n) h l -> b h n l", b=B)  # (B, H, nb, L)
+            out = rearrange(out, "(b n) h l d -> b h n l d", b=B)
+            out, _ = merge_lse(out, lse, read.output.to(out.dtype), read.lse.to(lse.dtype))
+            return out
+        out = self.backend(q.device, q.dtype)(qf, kf, vf, mask, scale)  # (B*nb, H, L, D)
+        out = rearrange(out, "(b n) h l d -> b h n l d", b=B)
+        if read.output is not None:
+            out = merge_gated(read.output.to(out.dtype), out, read.gate)
+        return out
+
+    @staticmethod
+    def _flatten_mask(mask: Tensor, batch: int, nb: int) -> Tensor:
+        """(B|1, H|1, nb|1, L, S) -> a mask for the (B*nb)-batched call, copied only if it varies."""
+        if mask.shape[0] == 1 and mask.shape[2] == 1:
+            return mask[:, :, 0]  # (1, H|1, L, S): the same for every block, broadcast
+        mask = mask.expand(batch, mask.shape[1], nb, *mask.shape[3:])
+        return rearrange(mask, "b h n l s -> (b n) h l s")  # (B*nb, H|1, L, S)

@@ -1,0 +1,158 @@
+"""``elastic``: Elastic Memory (arXiv 2602.11212), an encoder x retriever memory.
+
+Compression. The layer's raw keys and values (before RoPE) of each key/value head are one
+2D-channel signal ``[k | v]``; the encoder (a HiPPO measure, LegS by default) compresses it
+online into a state of N coefficients per channel, so one scan serves keys and values. The
+encoder runs in float32, also under bf16 autocast.
+
+Reading (polynomial sampling). The queries of a block read the state at the block start at the
+retriever's P positions, ``basis(positions, t) @ state``; the P reconstructed ``[k | v]``
+vectors join the local keys in one softmax (the layer's trapezoid). A block that starts at
+t = 0 has an empty memory, hidden by a ``-inf`` bias.
+
+Block-parallel. ``forward_blocks`` gets every block of a call at once: ``encoder.scan`` gives
+the states after each complete block, the states at the block starts are
+``[state, scan[..., :-1]]``, and one ``retriever.read`` with a (nb,) tensor of block times reads
+them all. It equals the step form (``read`` / ``write`` per block) because the scan equals
+repeated updates.
+
+Options. ``positions="none"`` (default): samples carry no positional encoding (the paper's
+choice). ``positions="sample"``: each sample is rotated at its own position relative to the
+block start (clipped to ``max_distance`` tokens when given). ``logit_offset``: a constant added
+to every memory logit, parameter-free. DESIGN §6 measured that ``-ln P`` (the P samples start
+with the weight of about one key) helps early learning on text but stopped the model from
+learning to use its memory on a gist task, so the default is 0 (which supersedes the -ln P
+default in the model issue); pass ``logit_offset="-lnP"`` or a float.
+
+Elastic adds no parameters of its own (a learned retriever brings its own).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import memplug
+from memplug.contracts import Encoder, Memory, MemoryRead, Retriever
+from memplug.manager import make_encoder, make_retriever
+
+POSITIONS = ("none", "sample")
+LOG_P = "-lnP"
+
+
+def _component(kind: str, make, spec: Any, options: dict[str, Any], defaults: dict[str, Any]):
+    """Build an encoder/retriever from a name (with defaults) or pass a ready object through."""
+    if isinstance(spec, str):
+        return make(spec, **{**defaults, **options})
+    if options:
+        raise ValueError(f"{kind} options {sorted(options)} given together with a ready {kind} object")
+    return make(spec)
+
+
+class ElasticMemory(Memory):
+    """Elastic Memory: HiPPO-compressed raw keys/values, read back by polynomial sampling.
+
+    Args:
+        encoder: a registered encoder name or an :class:`Encoder` (default ``"legs"``).
+        retriever: a registered retriever name or a :class:`Retriever` (default ``"uniform"``).
+        order: N for an encoder given by name (default 64).
+        samples: P for a retriever given by name (default 64).
+        encoder_options, retriever_options: more options for components given by name.
+        positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
+        max_distance: with ``positions="sample"``, clip the distance to the block start.
+        logit_offset: 0.0 (default), a float, or ``"-lnP"``; added to every memory logit.
+    """
+
+    name = "elastic"
+
+    def __init__(
+        self,
+        encoder: str | Encoder = "legs",
+        retriever: str | Retriever = "uniform",
+        order: int | None = None,
+        samples: int | None = None,
+        encoder_options: dict[str, Any] | None = None,
+        retriever_options: dict[str, Any] | None = None,
+        positions: str = "none",
+        max_distance: float | None = None,
+        logit_offset: float | str = 0.0,
+    ) -> None:
+        super().__init__()
+        enc_opts = dict(encoder_options or {}) | ({} if order is None else {"order": order})
+        ret_opts = dict(retriever_options or {}) | ({} if samples is None else {"samples": samples})
+        self.encoder = _component("encoder", make_encoder, encoder, enc_opts, {"order": 64})
+        self.retriever = _component("retriever", make_retriever, retriever, ret_opts, {"samples": 64})
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if max_distance is not None and not max_distance > 0:
+            raise ValueError(f"max_distance must be > 0 or None, got {max_distance!r}")
+        if isinstance(logit_offset, str) and logit_offset != LOG_P:
+            raise ValueError(f"logit_offset must be a float or {LOG_P!r}, got {logit_offset!r}")
+        self.positions, self.max_distance, self.logit_offset = positions, max_distance, logit_offset
+
+    def extra_repr(self) -> str:
+        return f"positions={self.positions!r}, logit_offset={self.logit_offset!r}"
+
+    def set_retriever(self, retriever: Retriever) -> None:
+        """Swap the sampling at test time (``MemoryModel.swap_retriever``); the state is unchanged."""
+        self.retriever = retriever
+
+    def offset(self) -> float:
+        return -math.log(self.retriever.samples) if self.logit_offset == LOG_P else float(self.logit_offset)
+
+    # --- Memory contract -----------------------------------------------------------------
+    def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+        # float32 whatever the model's dtype: the state accumulates the whole history
+        coef = self.encoder.init_state(batch, self.kv_heads, channels=2 * self.head_dim,
+                                       dtype=torch.float32, device=device)  # (B, Hkv, N, 2D)
+        return {"coef": coef}
+
+    def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
+        return self._read(state["coef"].unsqueeze(2), t, q.dtype)  # one block: (B, Hkv, 1, N, 2D)
+
+    def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
+        with torch.autocast(k.device.type, enabled=False):
+            x = torch.cat([k, v], dim=-1).float()  # (B, Hkv, L, 2D)
+            return {"coef": self.encoder.update(state["coef"], x, t0)}
+
+    def forward_blocks(
+        self, state: dict[str, Tensor], q: Tensor, k: Tensor, v: Tensor, t0: int, complete: int
+    ) -> tuple[MemoryRead, dict[str, Tensor]]:
+        nb, length = k.shape[2], k.shape[3]
+        coef = state["coef"]  # (B, Hkv, N, 2D)
+        states = [coef.unsqueeze(2)]  # (B, Hkv, 1, N, 2D): the state at the first block's start
+        if complete:
+            with torch.autocast(k.device.type, enabled=False):
+                x = torch.cat([k[:, :, :complete], v[:, :, :complete]], dim=-1).float()  # (B, Hkv, c, L, 2D)
+                x = x.flatten(2, 3)  # (B, Hkv, c*L, 2D)
+                states.append(self.encoder.scan(x, length, t0, coef))  # (B, Hkv, c, N, 2D): after each block
+        states = torch.cat(states, dim=2)  # (B, Hkv, c+1, N, 2D)
+        starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
+        read = self._read(states[:, :, :nb], starts, q.dtype)
+        return read, {"coef": states[:, :, complete]}
+
+    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype) -> MemoryRead:
+        """Samples of the states at block times ``t``: states (B, Hkv, nb, N, 2D), t (nb,) or int."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
+        with torch.autocast(states.device.type, enabled=False):
+            samples = self.retriever.read(self.encoder, states, t)  # (B, Hkv, nb, P, 2D)
+        keys, values = samples.to(dtype).chunk(2, dim=-1)  # (B, Hkv, nb, P, D) each
+        slots = samples.shape[-2]
+        bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
+        bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
+        key_positions = None
+        if self.positions == "sample":
+            rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
+            if self.max_distance is not None:
+                rel = rel.clamp(min=-self.max_distance)
+            key_positions = rel.to(torch.float32)
+        return MemoryRead(keys=keys, values=values, key_positions=key_positions,
+                          bias=bias.reshape(1, 1, -1, 1, slots))  # (1, 1, nb, 1, P)
+
+
+@memplug.hookimpl
+def memplug_add_memories(registry) -> None:
+    registry.add(ElasticMemory)
