@@ -1,0 +1,332 @@
+"""``check_memory``: the Memory contract (DESIGN §3) as hypothesis properties.
+
+A memory is checked inside a small :class:`memplug.model.MemoryModel` on the ``tiny`` backbone
+(float64 by default, so that leaks far below float32 rounding are still seen). Invariants:
+
+- ``block form == step form`` (memories that override ``forward_blocks``): the parallel form
+  gives the reads and the state of the step form (``read`` then ``write``, block by block);
+- ``causality``: changing the tokens from position j on never changes a logit before j;
+- ``chunking invariance``: any chunking of a sequence, streamed with the state, gives the
+  logits of one call (or the memory declares ``chunk_invariant = False`` with a
+  ``chunk_invariant_reason``);
+- ``state round-trip``: a state saved mid-stream and loaded again continues to the same logits;
+- ``gradient reach``: every trainable parameter of the memory gets a finite, non-zero gradient,
+  and, for a memory that holds a state, the tokens before the last local window change the
+  logits of the last block (what the memory keeps is read).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from hypothesis import settings as Settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from memplug.contracts import Backbone, Memory, MemoryRead
+
+from . import strategies as mst
+from .runner import Mismatch, expect_close, run_invariant
+
+__all__ = ["check_memory", "tiny_backbone"]
+
+MemoryLike = Memory | type | str | Callable[[int], Memory]
+
+
+def tiny_backbone(vocab: int = 32, seed: int = 0) -> Backbone:
+    """The backbone memories are checked in: a 2-layer ``tiny`` decoder (d = 16, 2 query heads
+    sharing 1 key/value head, so grouped-query attention is exercised), initialised with a
+    larger spread than for training (std 0.1) so that what a memory contributes is far above
+    rounding."""
+    from memplug import make_backbone
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make_backbone("tiny", vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, init_std=0.1)
+
+
+def _factory(memory_or_factory: MemoryLike) -> MemoryLike:
+    """What :class:`MemoryModel` accepts: a Memory class becomes ``layer -> cls()``."""
+    if isinstance(memory_or_factory, type):
+        if not issubclass(memory_or_factory, Memory):
+            raise TypeError(f"memory_or_factory must be a memplug.Memory (class, instance, name or "
+                            f"layer -> Memory callable), got the class {memory_or_factory.__name__}")
+        cls = memory_or_factory
+        return lambda layer: cls()
+    return memory_or_factory
+
+
+@dataclass(frozen=True)
+class SequenceCase:
+    """A token sequence, a chunking of it, and a cut ``j`` (tokens from ``j`` on are redrawn)."""
+
+    ids: mst.TokenIds
+    chunking: tuple[int, ...]
+    cut: int
+    other_seed: int
+
+    def describe(self) -> str:
+        return (f"input_ids {(self.ids.batch, self.ids.length)} (seed {self.ids.seed}), chunking={self.chunking}, "
+                f"tokens from j={self.cut} redrawn with seed {self.other_seed}")
+
+
+@st.composite
+def sequence_cases(draw: st.DrawFn, vocab: int, min_length: int, max_length: int) -> SequenceCase:
+    ids = draw(mst.token_ids(vocab, length=st.integers(min_length, max_length)))
+    return SequenceCase(
+        ids=ids,
+        chunking=draw(mst.chunkings(ids.length, max_chunks=5)),
+        cut=draw(st.integers(0, ids.length - 1)),
+        other_seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@dataclass(frozen=True)
+class BlocksCase:
+    """Random raw q/k/v (B, H|Hkv, nb, L, D) for ``forward_blocks`` at block start ``t0``."""
+
+    batch: int
+    blocks: int
+    complete: int
+    t0_blocks: int
+    seed: int
+
+    def describe(self) -> str:
+        return (f"q/k/v of batch {self.batch}, {self.blocks} blocks ({self.complete} complete) starting at block "
+                f"{self.t0_blocks}, seed {self.seed}")
+
+
+def _redrawn(case: SequenceCase, ids: Tensor, vocab: int) -> Tensor:
+    """``ids`` with the tokens from ``case.cut`` on replaced by different ones."""
+    gen = torch.Generator().manual_seed(case.other_seed)
+    shift = torch.randint(1, vocab, ids[:, case.cut :].shape, generator=gen)
+    out = ids.clone()
+    out[:, case.cut :] = (ids[:, case.cut :] + shift) % vocab  # every redrawn token differs
+    return out
+
+
+def _compare_reads(block: MemoryRead, step: MemoryRead, tolerance: float) -> None:
+    for f in fields(MemoryRead):
+        a, b = getattr(block, f.name), getattr(step, f.name)
+        if (a is None) != (b is None):
+            raise Mismatch(f"MemoryRead.{f.name} is {'set' if a is not None else 'None'} in the block form "
+                           f"but {'set' if b is not None else 'None'} in the step form")
+        if a is None:
+            continue
+        try:
+            a, b = torch.broadcast_tensors(a, b)
+        except RuntimeError:
+            raise Mismatch(f"MemoryRead.{f.name}: shapes {tuple(a.shape)} (block form) and {tuple(b.shape)} "
+                           "(step form) do not broadcast") from None
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        if not torch.equal(torch.isfinite(a), torch.isfinite(b)) or not torch.equal(a[~finite], b[~finite]):
+            raise Mismatch(f"MemoryRead.{f.name}: the block and step forms differ in their infinite entries")
+        expect_close(a[finite], b[finite], tolerance, f"MemoryRead.{f.name} of the block form vs the step form")
+
+
+def check_memory(
+    memory_or_factory: MemoryLike,
+    *,
+    block: int = 4,
+    max_blocks: int = 4,
+    span: str = "block",
+    layers: Sequence[int] | None = None,
+    backbone: Backbone | Callable[[], Backbone] | None = None,
+    dtype: torch.dtype = torch.float64,
+    tolerance: float | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Check a memory against its contract; raise ``AssertionError`` naming the first broken
+    invariant, the (shrunk) failing example and the error found.
+
+    Args:
+        memory_or_factory: a :class:`~memplug.contracts.Memory` (deep-copied per layer), a
+            Memory class (built with no arguments), a registered name, or a callable
+            ``layer_index -> Memory``. A memory that needs the block length at construction
+            must be built with ``block`` below.
+        block: the model's block length L.
+        max_blocks: sequences are up to ``max_blocks * L + L - 1`` tokens.
+        span: the layer's local span, ``"block"`` or ``"previous"``.
+        layers: the layers with memory (default all).
+        backbone: the backbone (or a zero-argument factory); default :func:`tiny_backbone`.
+        dtype: the model's dtype (float64 by default).
+        tolerance: relative tolerance of the equalities (default 1e-9 in float64, 1e-4 otherwise).
+        settings: hypothesis settings; by default the active profile, without a deadline.
+    """
+    from memplug.model import MemoryModel, ModelState
+
+    tol = tolerance if tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4)
+    base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone
+    base = tiny_backbone() if base is None else base
+    vocab = base.vocab_size
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = MemoryModel(copy.deepcopy(base), memory=_factory(memory_or_factory), block=block,
+                            layers=layers, span=span).to(dtype)
+    memories = model.memories
+    if not memories:
+        raise ValueError(f"the model built from {memory_or_factory!r} has no memory in any layer")
+    first = memories[0]
+    extra = first.extra_repr()
+    subject = f"memory {first.name or type(first).__name__!r} ({type(first).__name__}{f': {extra}' if extra else ''})"
+    window = block * (2 if span == "previous" else 1)
+    longest = max_blocks * block + block - 1
+
+    def run(invariant: str, statement: str, cases, body) -> None:
+        run_invariant(subject, invariant, statement, cases, body, settings)
+
+    def logits(ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
+        out = model(ids, state=state)
+        return out.logits, out.state
+
+    # -- block form == step form --------------------------------------------------------------
+    overridden = [m for m in memories if type(m).forward_blocks is not Memory.forward_blocks]
+    if overridden:
+        geometry = (base.heads, base.kv_heads, base.head_dim)
+        blocks_cases = st.builds(BlocksCase, batch=st.integers(1, 2), blocks=st.integers(1, max_blocks),
+                                 complete=st.integers(0, max_blocks), t0_blocks=st.integers(0, 3),
+                                 seed=st.integers(0, 2**16)).filter(lambda c: c.complete <= c.blocks)
+
+        def block_form(case: BlocksCase) -> None:
+            h, hkv, d = geometry
+            gen = torch.Generator().manual_seed(case.seed)
+            for memory in overridden:
+                q = torch.randn(case.batch, h, case.blocks, block, d, generator=gen, dtype=torch.float64).to(dtype)
+                k = torch.randn(case.batch, hkv, case.blocks, block, d, generator=gen, dtype=torch.float64).to(dtype)
+                v = torch.randn(case.batch, hkv, case.blocks, block, d, generator=gen, dtype=torch.float64).to(dtype)
+                # a state with history: the memory after t0_blocks blocks of its own writes
+                state = memory.init_state(case.batch, dtype, torch.device("cpu"))
+                with torch.no_grad():
+                    for i in range(case.t0_blocks):
+                        kv = torch.randn(2, case.batch, hkv, block, d, generator=gen, dtype=torch.float64).to(dtype)
+                        state = memory.write(state, kv[0], kv[1], i * block)
+                    t0 = case.t0_blocks * block
+                    fast, fast_state = memory.forward_blocks(dict(state), q, k, v, t0, case.complete)
+                    slow, slow_state = Memory.forward_blocks(memory, dict(state), q, k, v, t0, case.complete)
+                _compare_reads(fast, slow, tol)
+                if sorted(fast_state) != sorted(slow_state):
+                    raise Mismatch(f"state keys differ: block form {sorted(fast_state)}, step form {sorted(slow_state)}")
+                for key in fast_state:
+                    expect_close(fast_state[key].to(torch.float64), slow_state[key].to(torch.float64), tol,
+                                 f"state[{key!r}] after the block form vs the step form")
+
+        run("block form == step form", "forward_blocks gives the reads and state of read/write block by block",
+            blocks_cases, block_form)
+
+    cases = sequence_cases(vocab, 2, longest)
+
+    # -- causality ----------------------------------------------------------------------------
+    def causality(case: SequenceCase) -> None:
+        ids = case.ids.tensor()
+        with torch.no_grad():
+            base_logits, _ = logits(ids)
+            other_logits, _ = logits(_redrawn(case, ids, vocab))
+        if case.cut:
+            err_before = (base_logits[:, : case.cut] - other_logits[:, : case.cut]).abs().amax(dim=(0, 2))  # (j,)
+            scale = base_logits.abs().max().item()
+            leaked = (err_before > tol * scale).nonzero().flatten().tolist()
+            if leaked:
+                raise Mismatch(f"changing tokens {case.cut}..{ids.shape[1] - 1} changed the logits at positions "
+                               f"{leaked[:8]} (before {case.cut}) by up to {err_before.max().item() / scale:.3g} "
+                               f"(relative; allowed {tol:g})")
+
+    run("causality", "changing tokens from position j on never changes a logit before j", cases, causality)
+
+    # -- chunking invariance ------------------------------------------------------------------
+    exempt = [m for m in memories if not m.chunk_invariant]
+    if exempt:
+        reason = getattr(exempt[0], "chunk_invariant_reason", "")
+        if not isinstance(reason, str) or not reason.strip():
+            raise AssertionError(
+                f"{subject} declares chunk_invariant = False without a reason: set the class attribute "
+                "chunk_invariant_reason to say why chunking can change its results"
+            )
+    else:
+        def chunking(case: SequenceCase) -> None:
+            ids = case.ids.tensor()
+            with torch.no_grad():
+                whole, _ = logits(ids)
+                parts, state, start = [], None, 0
+                for length in case.chunking:
+                    out, state = logits(ids[:, start : start + length], state)
+                    parts.append(out)
+                    start += length
+            expect_close(torch.cat(parts, dim=1), whole, tol, f"logits streamed in chunks {case.chunking} vs one call")
+
+        run("chunking invariance", "any chunking of a sequence, streamed with the state, gives the logits of one call",
+            cases, chunking)
+
+    # -- state round-trip ---------------------------------------------------------------------
+    def round_trip(case: SequenceCase) -> None:
+        ids = case.ids.tensor()
+        split = case.chunking[0] if len(case.chunking) > 1 else max(1, ids.shape[1] // 2)
+        with torch.no_grad():
+            _, state = logits(ids[:, :split])
+            for i, layer in enumerate(state.layers):
+                bad = {k: type(v).__name__ for k, v in layer.items() if not isinstance(v, Tensor)}
+                if bad:
+                    raise Mismatch(f"layer {i} state holds non-tensors {bad} (a memory state is a flat dict of tensors)")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "state.safetensors"
+                state.save(path)
+                loaded = ModelState.load(path)
+            if loaded.position != state.position:
+                raise Mismatch(f"position {state.position} came back as {loaded.position}")
+            for i, (a, b) in enumerate(zip(state.layers, loaded.layers)):
+                if sorted(a) != sorted(b):
+                    raise Mismatch(f"layer {i} state keys {sorted(a)} came back as {sorted(b)}")
+                for key in a:
+                    if a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):
+                        raise Mismatch(f"layer {i} state[{key!r}] changed in the round trip")
+            if split < ids.shape[1]:
+                rest = ids[:, split:]
+                expect_close(logits(rest, loaded)[0], logits(rest, state)[0], 0.0,
+                             f"logits after a state saved and loaded at position {split} vs the live state")
+
+    run("state round-trip", "a state saved and loaded mid-stream continues to the same logits", cases, round_trip)
+
+    # -- gradient reach -----------------------------------------------------------------------
+    trainable = [(f"layer {i}: {name}", p) for i, layer in enumerate(model.attn) if layer.memory is not None
+                 for name, p in layer.memory.named_parameters() if p.requires_grad]
+    empty = memories[0].init_state(1, dtype, torch.device("cpu"))
+    stateful = bool(empty)
+    reach_cases = sequence_cases(vocab, window + block, max(longest, window + 2 * block))
+
+    def reach(case: SequenceCase) -> None:
+        ids = case.ids.tensor()
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels=torch.roll(ids, -1, dims=1))
+        out.loss.backward()
+        for name, p in trainable:
+            if p.grad is None:
+                raise Mismatch(f"parameter {name} got no gradient")
+            if not torch.isfinite(p.grad).all():
+                raise Mismatch(f"parameter {name} got a non-finite gradient")
+            if not p.grad.abs().max() > 0:
+                raise Mismatch(f"parameter {name} got an all-zero gradient")
+        model.zero_grad(set_to_none=True)
+        if stateful:
+            # keep the last (possibly partial) block and its local window; redraw all before
+            last = (ids.shape[1] - 1) // block * block
+            cut = max(0, last - (window - block))
+            if cut == 0:
+                return
+            with torch.no_grad():
+                before = logits(ids)[0][:, last:]
+                other = ids.clone()
+                gen = torch.Generator().manual_seed(case.other_seed)
+                other[:, :cut] = (ids[:, :cut] + torch.randint(1, vocab, (ids.shape[0], cut), generator=gen)) % vocab
+                after = logits(other)[0][:, last:]
+            change = (after - before).abs().max().item() / before.abs().max().item()
+            if not change > 100 * tol:
+                raise Mismatch(f"redrawing the {cut} tokens before the last block's local window changed its logits "
+                               f"by {change:.3g} (relative): the memory's state does not reach the output")
+
+    statement = "every trainable memory parameter gets a gradient" + (
+        "; the tokens before the local window change the last block's logits" if stateful else "")
+    run("gradient reach", statement, reach_cases, reach)

@@ -1,0 +1,200 @@
+"""``check_retriever``: the Retriever contract (DESIGN §3) as hypothesis properties.
+
+Invariants, each checked with every encoder given (by default a LegS and a LegT):
+
+- ``positions``: ``positions(t, encoder)`` is (P,) with P = ``retriever.samples``, finite,
+  sorted, inside ``encoder.support(t)``, the same for ``t`` given as an int, a float or a
+  0-d tensor, and computable with the retriever frozen under ``torch.no_grad``;
+- ``batched positions``: for a (nb,) tensor of times, (nb, P) whose rows are the scalar form;
+- ``read``: ``read(encoder, state, t)`` is ``basis(positions(t), t) @ state`` with shape
+  (*batch, P, C), and its (nb,) form (states (*batch, nb, N, C)) has the scalar reads as rows;
+- ``gradients`` (retrievers with trainable parameters): every trainable parameter gets a
+  finite, non-zero gradient from a read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from hypothesis import settings as Settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from memplug.contracts import Encoder, Retriever
+
+from . import strategies as mst
+from .runner import Mismatch, expect_close, run_invariant
+
+__all__ = ["check_retriever", "default_encoders"]
+
+RetrieverLike = Retriever | Callable[[], Retriever]
+
+
+def default_encoders() -> list[Encoder]:
+    """The encoders a retriever is checked with when none are given: LegS (support [0, t]) and
+    LegT with a window of 64 tokens (support [max(0, t - 64), t])."""
+    from memplug import make_encoder
+
+    return [make_encoder("legs", order=8), make_encoder("legt", order=8, window=64.0)]
+
+
+def _make(retriever_or_factory: RetrieverLike) -> Retriever:
+    retriever = retriever_or_factory if isinstance(retriever_or_factory, Retriever) else retriever_or_factory()
+    if not isinstance(retriever, Retriever):
+        raise TypeError(
+            f"retriever_or_factory must be a memplug.Retriever or a callable returning one, got {type(retriever).__name__}"
+        )
+    return retriever
+
+
+def _subject(retriever: Retriever) -> str:
+    extra = retriever.extra_repr()
+    label = retriever.name or type(retriever).__name__
+    return f"retriever {label!r} ({type(retriever).__name__}{f': {extra}' if extra else ''})"
+
+
+@dataclass(frozen=True)
+class ReadCase:
+    """Block times ``times`` (nb,), read with encoder ``encoder`` from random states."""
+
+    encoder: int
+    encoder_label: str
+    times: tuple[float, ...]
+    state: mst.Stream  # (*batch, nb * N, C) values, reshaped to (*batch, nb, N, C)
+
+    def describe(self) -> str:
+        return f"encoder {self.encoder_label}, times {self.times}, states of batch {self.state.batch} with C={self.state.channels}"
+
+
+def _tolerance(positions: Tensor, hi: float) -> float:
+    return 8 * torch.finfo(positions.dtype).eps * max(1.0, abs(hi))
+
+
+def check_retriever(
+    retriever_or_factory: RetrieverLike,
+    *,
+    encoders: Sequence[Encoder] | None = None,
+    max_t: int = 1_000_000,
+    channels: int = 3,
+    settings: Settings | None = None,
+) -> None:
+    """Check a retriever against its contract; raise ``AssertionError`` naming the first broken
+    invariant, the (shrunk) failing example and the error found.
+
+    Args:
+        retriever_or_factory: a :class:`~memplug.contracts.Retriever`, or a callable returning one.
+        encoders: encoders to read through (default :func:`default_encoders`).
+        max_t: the latest time drawn.
+        channels: the most channels C of a drawn state.
+        settings: hypothesis settings; by default the active profile, without a deadline.
+    """
+    retriever = _make(retriever_or_factory)
+    encoders = list(default_encoders() if encoders is None else encoders)
+    if not encoders or not all(isinstance(e, Encoder) for e in encoders):
+        raise ValueError(f"encoders must be a non-empty list of memplug.Encoder, got {encoders!r}")
+    subject = _subject(retriever)
+    p = retriever.samples
+
+    time = st.one_of(st.integers(1, 64), st.integers(1, max_t), st.floats(0.5, 1e4)).map(float)
+    cases = st.integers(0, len(encoders) - 1).flatmap(
+        lambda i: st.builds(
+            ReadCase,
+            encoder=st.just(i),
+            encoder_label=st.just(repr(encoders[i])),
+            times=st.lists(time, min_size=1, max_size=3).map(tuple),
+            state=mst.streams(length=st.just(1), channels=st.integers(1, channels)),
+        )
+    )
+
+    def run(invariant: str, statement: str, body) -> None:
+        run_invariant(subject, invariant, statement, cases, body, settings)
+
+    def scalar_positions(case: ReadCase, t: float) -> Tensor:
+        encoder = encoders[case.encoder]
+        pos = retriever.positions(t, encoder)
+        if tuple(pos.shape) != (p,):
+            raise Mismatch(f"positions at t={t} have shape {tuple(pos.shape)}, expected ({p},)")
+        if not pos.is_floating_point() or not torch.isfinite(pos).all():
+            raise Mismatch(f"positions at t={t} are not finite floats: {pos.tolist()}")
+        lo, hi = (float(v) for v in encoder.support(t))
+        tol = _tolerance(pos, hi)
+        outside = ((pos < lo - tol) | (pos > hi + tol)).nonzero().flatten().tolist()
+        if outside:
+            shown = [round(pos[i].item(), 6) for i in outside[:5]]
+            raise Mismatch(f"at t={t}, {len(outside)} of {p} positions lie outside the support [{lo:g}, {hi:g}]: "
+                           f"indices {outside[:5]} at {shown}")
+        if (pos[1:] < pos[:-1]).any():
+            raise Mismatch(f"positions at t={t} are not sorted: {pos.tolist()}")
+        return pos
+
+    # -- positions ----------------------------------------------------------------------------
+    def positions(case: ReadCase) -> None:
+        encoder = encoders[case.encoder]
+        for t in case.times:
+            pos = scalar_positions(case, t)
+            forms = {"a 0-d tensor": torch.tensor(t, dtype=torch.float64)}
+            if t == int(t):
+                forms["an int"] = int(t)
+            for form, value in forms.items():
+                expect_close(retriever.positions(value, encoder), pos, _tolerance(pos, t),
+                             f"positions with t={t} given as {form} vs as a float")
+            with torch.no_grad():
+                frozen = [q.requires_grad for q in retriever.parameters()]
+                retriever.requires_grad_(False)
+                try:
+                    again = retriever.positions(t, encoder)
+                finally:
+                    for q, flag in zip(retriever.parameters(), frozen):
+                        q.requires_grad_(flag)
+            expect_close(again, pos, _tolerance(pos, t), f"positions at t={t} with the retriever frozen under no_grad")
+
+    run("positions", f"positions(t) are P={p} sorted finite positions inside encoder.support(t)", positions)
+
+    # -- batched positions --------------------------------------------------------------------
+    def batched(case: ReadCase) -> None:
+        encoder = encoders[case.encoder]
+        rows = torch.stack([scalar_positions(case, t) for t in case.times])  # (nb, P)
+        both = retriever.positions(torch.tensor(case.times, dtype=torch.float64), encoder)
+        expect_close(both, rows, _tolerance(rows, max(case.times)), "positions of a (nb,) tensor of times vs one time at a time")
+
+    run("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows", batched)
+
+    # -- read ---------------------------------------------------------------------------------
+    def read(case: ReadCase) -> None:
+        encoder = encoders[case.encoder]
+        n, nb, batch, c = encoder.order, len(case.times), case.state.batch, case.state.channels
+        gen = torch.Generator().manual_seed(case.state.seed)
+        states = torch.randn(*batch, nb, n, c, generator=gen, dtype=torch.float64)  # (*batch, nb, N, C)
+        scalar = []
+        for i, t in enumerate(case.times):
+            out = retriever.read(encoder, states[..., i, :, :], t)
+            want = encoder.basis(retriever.positions(t, encoder), t).to(torch.float64) @ states[..., i, :, :]
+            expect_close(out, want, 1e-9, f"read at t={t} vs basis(positions(t), t) @ state")
+            scalar.append(out)
+        both = retriever.read(encoder, states, torch.tensor(case.times, dtype=torch.float64))
+        expect_close(both, torch.stack(scalar, dim=-3), 1e-9, "read of (nb,) times vs one time at a time")
+
+    run("read", "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar", read)
+
+    # -- gradients ----------------------------------------------------------------------------
+    trainable = [(name, q) for name, q in retriever.named_parameters() if q.requires_grad]
+    if trainable:
+        def gradients(case: ReadCase) -> None:
+            encoder = encoders[case.encoder]
+            gen = torch.Generator().manual_seed(case.state.seed)
+            state = torch.randn(*case.state.batch, encoder.order, case.state.channels, generator=gen, dtype=torch.float64)
+            retriever.zero_grad(set_to_none=True)
+            loss = sum(retriever.read(encoder, state, t).square().sum() for t in case.times)
+            loss.backward()
+            for name, q in trainable:
+                if q.grad is None:
+                    raise Mismatch(f"parameter {name!r} got no gradient from read")
+                if not torch.isfinite(q.grad).all():
+                    raise Mismatch(f"parameter {name!r} got a non-finite gradient")
+                if not q.grad.abs().max() > 0:
+                    raise Mismatch(f"parameter {name!r} got an all-zero gradient")
+            retriever.zero_grad(set_to_none=True)
+
+        run("gradients", "every trainable parameter gets a finite, non-zero gradient from a read", gradients)
