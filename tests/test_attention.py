@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 import memplug
 from memplug.layers import select_attention
 from memplug.ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
+from single_thread import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def numpy_attention(q, k, v, mask, scale):

@@ -20,6 +20,9 @@ from memplug.backbones.tiny import Rotary
 from memplug.contracts import Memory, MemoryRead
 from memplug.layers import MemoryAttention
 from memplug.ops.attention import reference_attention
+from single_thread import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CAPACITY = 64  # test memories hold up to this many tokens
 

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 import memplug
 from memplug.backbones.tiny import TinyBackbone
 from memplug.model import MemoryModel, ModelState
+from single_thread import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1)
 MEMORIES = {
@@ -21,16 +24,6 @@ MEMORIES = {
     "elastic": dict(memory="elastic", order=16, samples=8),
     "elastic-previous-sample": dict(memory="elastic", order=16, samples=8, span="previous", positions="sample"),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waits on a loaded 2-core machine
-    (a 4k-token call takes 10 ms on one thread and up to seconds with two oversubscribed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_model(kind, block=64, seed=0, **overrides):

@@ -1,0 +1,148 @@
+"""The ``elastic`` memory: block form = step form, reads, hidden empty memory, options, no
+parameters, float32 state under bf16 autocast, and test-time retriever swaps."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import memplug
+from memplug.contracts import Memory
+from memplug.plugins.memories.elastic import ElasticMemory
+from single_thread import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dict(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1)
+
+
+def memory(**options):
+    mem = memplug.make_memory("elastic", **{"order": 12, "samples": 6, **options})
+    mem.setup(4, 2, 8)
+    return mem
+
+
+def blocks(seed, nb=3, length=16, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, 4, nb, length, 8, generator=g)
+    k = torch.randn(batch, 2, nb, length, 8, generator=g)
+    v = torch.randn(batch, 2, nb, length, 8, generator=g)
+    return q, k, v
+
+
+@given(st.integers(0, 1000), st.sampled_from([0, 16, 48]), st.booleans(), st.sampled_from(["none", "sample"]))
+def test_block_form_equals_step_form(seed, t0, last_partial, positions):
+    mem = memory(positions=positions)
+    q, k, v = blocks(seed)
+    state = mem.init_state(2, torch.float32, torch.device("cpu"))
+    if t0:  # start mid-stream from a state that has seen t0 tokens
+        state = mem.write(state, torch.randn(2, 2, t0, 8), torch.randn(2, 2, t0, 8), 0)
+    complete = 2 if last_partial else 3
+    fast, fast_state = mem.forward_blocks(state, q, k, v, t0, complete)
+    slow, slow_state = Memory.forward_blocks(mem, state, q, k, v, t0, complete)  # read/write per block
+    for name in ("keys", "values", "bias", "key_positions"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b.reshape(a.shape), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_state["coef"], slow_state["coef"], atol=1e-5, rtol=1e-5)
+
+
+def test_constant_history_reads_back_constant():
+    """LegS represents a constant exactly, so every sample of a constant k/v stream is that constant."""
+    mem = memory()
+    k = torch.full((1, 2, 4, 16, 8), 0.7)
+    v = torch.full((1, 2, 4, 16, 8), -1.3)
+    q = torch.zeros(1, 4, 4, 16, 8)
+    read, state = mem.forward_blocks(mem.init_state(1, torch.float32, torch.device("cpu")), q, k, v, 0, 4)
+    torch.testing.assert_close(read.keys[:, :, 1:], torch.full_like(read.keys[:, :, 1:], 0.7), atol=1e-4, rtol=0)
+    torch.testing.assert_close(read.values[:, :, 1:], torch.full_like(read.values[:, :, 1:], -1.3), atol=1e-4, rtol=0)
+    assert state["coef"].shape == (1, 2, 12, 16)  # fixed size: N x 2D per kv head
+
+
+def test_empty_memory_hidden_and_logit_offset():
+    q, k, v = blocks(0)
+    for option, offset in ((0.0, 0.0), ("-lnP", -math.log(6)), (1.5, 1.5)):
+        mem = memory(logit_offset=option)
+        read, _ = mem.forward_blocks(mem.init_state(2, torch.float32, torch.device("cpu")), q, k, v, 0, 3)
+        assert read.bias.shape == (1, 1, 3, 1, 6)
+        assert (read.bias[:, :, 0] == float("-inf")).all()  # block 0 starts at t = 0
+        torch.testing.assert_close(read.bias[:, :, 1:], torch.full_like(read.bias[:, :, 1:], offset))
+    assert ElasticMemory.__init__.__defaults__ is not None and memory().logit_offset == 0.0
+
+
+def test_sample_positions():
+    q, k, v = blocks(1)
+    state = memory().init_state(2, torch.float32, torch.device("cpu"))
+    assert memory().forward_blocks(state, q, k, v, 32, 3)[0].key_positions is None
+    rel = memory(positions="sample").forward_blocks(state, q, k, v, 32, 3)[0].key_positions  # (nb, P)
+    starts = torch.tensor([32.0, 48.0, 64.0])[:, None]
+    assert rel.shape == (3, 6) and (rel <= 0).all() and (rel >= -starts).all()
+    clipped = memory(positions="sample", max_distance=10).forward_blocks(state, q, k, v, 32, 3)[0].key_positions
+    assert clipped.min() >= -10 and torch.equal(clipped, rel.clamp(min=-10))
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="positions"):
+        ElasticMemory(positions="absolute")
+    with pytest.raises(ValueError, match="logit_offset"):
+        ElasticMemory(logit_offset="lnP")
+    with pytest.raises(ValueError, match="max_distance"):
+        ElasticMemory(max_distance=0)
+    with pytest.raises(ValueError, match="encoder options"):
+        ElasticMemory(encoder=memplug.make_encoder("legs", order=4), order=8)
+    mem = memplug.make_memory("elastic", encoder=memplug.make_encoder("legt", order=8, window=100.0),
+                              retriever=memplug.make_retriever("uniform", samples=4))
+    assert mem.encoder.order == 8 and mem.retriever.samples == 4
+
+
+def test_no_parameters_added():
+    torch.manual_seed(0)
+    bare = memplug.build_model("tiny", memory=None, block=32, **SMALL)
+    elastic = memplug.build_model("tiny", memory="elastic", block=32, order=8, samples=4, **SMALL)
+    assert sum(p.numel() for p in elastic.parameters()) == sum(p.numel() for p in bare.parameters())
+    assert sum(p.numel() for m in elastic.memories for p in m.parameters()) == 0
+    assert len(elastic.memories) == 2
+
+
+def test_float32_state_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = memplug.build_model("tiny", memory="elastic", block=32, order=8, samples=4, **SMALL)
+    ids = torch.randint(0, 256, (2, 100))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    assert out.logits.dtype == torch.bfloat16
+    assert all(layer["mem.coef"].dtype == torch.float32 for layer in out.state.layers)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        full = model(ids).logits
+    torch.testing.assert_close(out.logits.float(), full, atol=0.15, rtol=0.05)  # bf16 against float32
+
+
+def test_swap_retriever_changes_logits_not_weights():
+    torch.manual_seed(0)
+    model = memplug.build_model("tiny", memory="elastic", block=32, order=16, samples=8, **SMALL).eval()
+    ids = torch.randint(0, 256, (1, 160))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        base = model(ids).logits
+        with model.swap_retriever("warped", samples=8, warp="exponential", rate=4.0) as swap:
+            swapped = model(ids).logits
+            assert all(m.retriever.name == "warped" for m in model.memories)
+            assert len(swap.previous) == 2
+        restored = model(ids).logits
+        handle = model.swap_retriever(memplug.make_retriever("uniform", samples=3))
+        fewer = model(ids).logits
+        handle.restore()
+    torch.testing.assert_close(swapped[:, :32], base[:, :32])  # block 0 reads no memory
+    assert not torch.allclose(swapped[:, 32:], base[:, 32:])
+    assert not torch.allclose(fewer[:, 32:], base[:, 32:])
+    torch.testing.assert_close(restored, base, atol=0, rtol=0)
+    assert model.memories[0].retriever is not model.memories[1].retriever  # one copy per layer
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    with pytest.raises(ValueError, match="set_retriever"):
+        memplug.build_model("tiny", memory=None, **SMALL).swap_retriever("uniform")
