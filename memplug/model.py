@@ -111,7 +111,8 @@ MemorySpec = str | Memory | Callable[[int], Memory] | None
 class MemoryModel(nn.Module):
     """A backbone whose attention layers run through :class:`MemoryAttention`.
 
-    ``memory``: a registered name (built per layer with ``make_memory(name, **memory_options)``),
+    ``memory``: a registered name (built per layer with ``make_memory(name, **memory_options)``,
+    plus ``block`` when the memory's constructor takes one),
     a :class:`Memory` (deep-copied per layer), a callable ``layer_index -> Memory``, or ``None``
     (block-local attention only). ``layers``: indices of the layers that get a memory (``None``:
     all). ``block``, ``span`` and ``attention`` are passed to every :class:`MemoryAttention`.
@@ -137,7 +138,7 @@ class MemoryModel(nn.Module):
         with_memory = set(range(n)) if layers is None else {self._layer_index(i, n) for i in layers}
         self.attn = nn.ModuleList()
         for i in range(n):
-            mem = self._memory_for(memory, i, memory_options) if i in with_memory else None
+            mem = self._memory_for(memory, i, memory_options, block) if i in with_memory else None
             layer = MemoryAttention(mem, block, span, attention, scale=getattr(backbone, "attention_scale", None))
             layer.setup(backbone.heads, backbone.kv_heads, backbone.head_dim)
             self.attn.append(layer)
@@ -149,10 +150,13 @@ class MemoryModel(nn.Module):
         return i % n
 
     @staticmethod
-    def _memory_for(memory: MemorySpec, index: int, options: dict[str, Any]) -> Memory | None:
+    def _memory_for(memory: MemorySpec, index: int, options: dict[str, Any], block: int) -> Memory | None:
         if memory is None:
             return None
         if isinstance(memory, str):
+            # Memories whose constructor takes the block length (melodi, xl) get the model's.
+            if "block" in inspect.signature(registry("memory").get(memory)).parameters:
+                options = {"block": block, **options}
             return make_memory(memory, **options)
         if isinstance(memory, Memory):
             return copy.deepcopy(memory)

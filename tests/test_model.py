@@ -163,6 +163,8 @@ def test_build_model_routes_options():
     assert model.backbone.config.d_model == 32 and model.block == 32
     assert [layer.memory is not None for layer in model.attn] == [False, False, True]
     assert model.attn[2].span == "previous" and model.attn[2].memory.encoder.order == 8
+    melodi = memplug.build_model("tiny", memory="melodi", block=32, **SMALL)
+    assert all(m.block == 32 for m in melodi.memories)  # the model's block reaches memories that take one
     with pytest.raises(ValueError, match="outside"):
         memplug.build_model("tiny", memory=None, n_layers=2, layers=[2])
     with pytest.raises(ValueError, match="memory options"):
