@@ -222,8 +222,7 @@ class ScaleInvariantMeasure(Encoder):
     def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
         """State (..., N, C) at t0 + L after the tokens ``x`` (..., L, C) at positions t0 ..:
         ``M(t0/t1) state + U(t0, t1) x``, computed in the promoted dtype of state and x."""
-        t0 = _position(t0, "t0")
-        self._check_stream(state, x)
+        t0 = self._check_stream(state, x, t0)
         dtype = torch.promote_types(state.dtype, x.dtype)
         length = x.shape[-2]
         transition = self._by_ratio("M", [(t0, t0 + length)], dtype, x.device)[0]  # (N, N)
@@ -236,7 +235,7 @@ class ScaleInvariantMeasure(Encoder):
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
             raise ValueError(f"block must be an int >= 1, got {block!r}")
         if state is not None:
-            self._check_stream(state, x)
+            self._check_stream(state, x, t0)
         elif x.dim() < 2 or x.shape[-2] < 1:
             raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
         dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
@@ -329,7 +328,8 @@ class ScaleInvariantMeasure(Encoder):
         )  # (nb, N, L)
         return inputs @ blocks
 
-    def _check_stream(self, state: Tensor, x: Tensor) -> None:
+    def _check_stream(self, state: Tensor, x: Tensor, t0: object) -> int:
+        """Validates the shapes of ``state`` and ``x``; returns ``t0`` as an int >= 0."""
         if x.dim() < 2 or x.shape[-2] < 1:
             raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
         if state.dim() < 2 or state.shape[-2] != self.order or state.shape[-1] != x.shape[-1]:
@@ -337,3 +337,4 @@ class ScaleInvariantMeasure(Encoder):
                 f"state must be (..., N, C) = (..., {self.order}, {x.shape[-1]}) for x of shape "
                 f"{tuple(x.shape)}, got {tuple(state.shape)}"
             )
+        return _position(t0, "t0")

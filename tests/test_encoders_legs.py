@@ -1,0 +1,208 @@
+"""LegS: the exact block update against the float64 projection of the token signal, chunking and
+scan invariance, linearity, polynomial reproduction, a million-token float32 stream, the ODE
+discretisations converging to the exact update, and the caches."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import legs_dense_projection, legs_matrices, polynomial_projection
+from streams import check_chunking_and_scan, check_exact_projection, relative_error, streams
+
+from memplug.measures import ScaleInvariantMeasure
+from memplug.plugins.encoders.legs import LegS
+from memplug.plugins.encoders.legs import legs_matrices as torch_legs_matrices
+
+positions = st.one_of(st.just(0), st.integers(1, 500), st.integers(10**5, 10**6))
+
+
+@given(streams())
+def test_state_is_the_exact_projection_at_any_t_and_chunking(stream):
+    check_exact_projection(LegS(stream.order), stream, beta=0.0)
+
+
+@st.composite
+def chunked(draw):
+    order, tokens = draw(st.integers(1, 16)), draw(st.integers(1, 70))
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, tokens - 1)), max_size=6)))) if tokens > 1 else []
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    x = torch.randn(*batch, tokens, draw(st.integers(1, 3)), generator=gen, dtype=torch.float64)
+    return order, x, cuts, draw(st.integers(1, tokens + 3)), draw(positions)
+
+
+@given(chunked(), st.sampled_from(["sequential", "parallel"]))
+def test_update_chunking_and_scan_agree_float64(case, method):
+    order, x, cuts, block, t0 = case
+    check_chunking_and_scan(LegS(order, scan_method=method), x, cuts, block, t0, rtol=1e-12)
+
+
+@given(chunked())
+def test_update_chunking_and_scan_agree_float32(case):
+    order, x, cuts, block, t0 = case
+    encoder = LegS(order)
+    check_chunking_and_scan(encoder, x.float(), cuts, block, t0, rtol=1e-5)
+    assert encoder.update(encoder.init_state(channels=x.shape[-1]), x[..., :1, :].float(), t0).dtype == torch.float32
+
+
+@given(chunked(), st.floats(-3, 3), st.floats(-3, 3))
+def test_update_is_linear(case, a, b):
+    order, x, _, _, t0 = case
+    encoder = LegS(order)
+    s1, s2 = torch.randn(2, *x.shape[:-2], order, x.shape[-1], dtype=torch.float64)
+    y = torch.randn_like(x)
+    combined = encoder.update(a * s1 + b * s2, a * x + b * y, t0)
+    separate = a * encoder.update(s1, x, t0) + b * encoder.update(s2, y, t0)
+    torch.testing.assert_close(combined, separate, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("t0", [0, 7, 4096, 10**6, 10**9])
+def test_state_shape_never_depends_on_t(t0):
+    encoder = LegS(12)
+    x = torch.randn(2, 3, 33, 5)
+    state = encoder.update(encoder.init_state(2, 3, channels=5), x, t0)
+    assert state.shape == (2, 3, 12, 5)
+    assert encoder.scan(x, 8, t0=t0).shape == (2, 3, 5, 12, 5)
+
+
+@given(st.integers(1, 24), st.floats(1.0, 1e6), st.integers(0, 2**31))
+def test_basis_reproduces_polynomials_of_degree_below_n(order, t, seed):
+    rng = np.random.default_rng(seed)
+    degree = rng.integers(0, order)
+    coefficients = rng.standard_normal(degree + 1) / t ** np.arange(degree + 1)  # O(1) on [0, t]
+    c = torch.from_numpy(polynomial_projection(coefficients, t, order))
+    s = np.sort(rng.uniform(0, t, size=9))
+    values = LegS(order).basis(torch.from_numpy(s), t) @ c
+    expected = np.polynomial.polynomial.polyval(s, coefficients)
+    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=1e-10 * max(1.0, np.abs(expected).max()))
+
+
+def test_basis_rows_per_block_time_and_empty_state():
+    encoder = LegS(6)
+    t = torch.tensor([0.0, 10.0, 20.0])
+    pos = torch.tensor([[0.0, 0.0], [2.5, 10.0], [5.0, 20.0]])
+    phi = encoder.basis(pos, t)
+    assert phi.shape == (3, 2, 6)
+    torch.testing.assert_close(phi[1], encoder.basis(pos[1], 10.0))
+    assert torch.isfinite(phi[0]).all()  # t = 0: the (zero) state is read at u = 0
+    assert encoder.support(7.0) == (0.0, 7.0)
+
+
+def test_basis_is_differentiable_in_positions():
+    encoder = LegS(7)
+    pos = torch.tensor([[1.3, 4.0, 9.9], [0.2, 5.5, 6.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([10.0, 6.5], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: encoder.basis(p, t), (pos,))
+
+
+def test_million_token_float32_stream_stays_close_to_float64():
+    order, channels, block, tokens = 32, 4, 4096, 1_000_000
+    rng = np.random.default_rng(0)
+    s = np.arange(tokens)[:, None]
+    x = rng.standard_normal((tokens, channels)) + np.sin(2 * np.pi * s / np.array([3e5, 7e4, 1e3, 50]))
+    encoder = LegS(order, cache_bytes=4 * 2**20)  # every block has a new ratio: nothing accumulates
+    states = {}
+    for dtype in (torch.float32, torch.float64):
+        xt = torch.from_numpy(x).to(dtype)
+        state = encoder.init_state(channels=channels, dtype=dtype)
+        for lo in range(0, tokens, block):
+            state = encoder.update(state, xt[lo : lo + block], lo)
+        states[dtype] = state
+    exact = legs_dense_projection(x, order)
+    assert relative_error(states[torch.float64], exact) <= 1e-9
+    assert relative_error(states[torch.float32], states[torch.float64]) <= 1e-4
+    assert encoder._cache._bytes <= 4 * 2**20
+
+
+def test_ode_discretisations_converge_to_the_exact_update():
+    order, tokens = 8, 48
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((tokens, 3)))
+    zero = torch.zeros(order, 3, dtype=torch.float64)
+    exact = LegS(order).update(zero, x, 0)
+    for rule in ("bilinear", "euler"):
+        errors = [relative_error(LegS(order, discretization=rule, substeps=k).update(zero, x, 0), exact) for k in (1, 2, 4, 8)]
+        assert all(b < 0.75 * a for a, b in zip(errors, errors[1:])), (rule, errors)
+        assert errors[-1] < 0.05
+    # ZOH in log-time is exact for a token signal (constant on each cell), at any substeps
+    for k in (1, 3):
+        assert relative_error(LegS(order, discretization="zoh", substeps=k).update(zero, x, 0), exact) < 1e-12
+    late = LegS(order, discretization="zoh").scan(x, 16, t0=1000, state=exact)
+    assert relative_error(late, LegS(order).scan(x, 16, t0=1000, state=exact)) < 1e-12
+
+
+def test_classic_bilinear_recurrence_first_steps():
+    """Step k (token k-1 -> k) of the classic code: c_k = (I - A/2k)^-1 ((I + A/2k) c + B x / k)."""
+    A, B = torch_legs_matrices(5)
+    x = torch.tensor([[0.7], [-1.2], [0.4]], dtype=torch.float64)
+    c = torch.zeros(5, 1, dtype=torch.float64)
+    eye = torch.eye(5, dtype=torch.float64)
+    for k in range(1, 4):
+        lhs = eye - A / (2 * k)
+        c = torch.linalg.solve(lhs, (eye + A / (2 * k)) @ c + B[:, None] * x[k - 1] / k)
+    ode = LegS(5, discretization="bilinear")
+    torch.testing.assert_close(ode.update(torch.zeros(5, 1, dtype=torch.float64), x, 0), c)
+
+
+@given(st.integers(1, 20), st.one_of(st.just(0.0), st.floats(1e-6, 0.999)))
+def test_matrices_and_transition_are_consistent(order, r):
+    """DESIGN's (A, B) equal the ones derived from the family; M(r) = expm(A ln(1/r)); the
+    shifted block form equals the direct cell integrals."""
+    A, B = legs_matrices(order)
+    A_t, B_t = torch_legs_matrices(order)
+    np.testing.assert_allclose(A_t.numpy(), A, rtol=0, atol=1e-14)
+    generic = ScaleInvariantMeasure(order)  # Jacobi family at β = 0, A from quadrature
+    np.testing.assert_allclose(generic.ode_matrices()[0].numpy(), A, rtol=0, atol=1e-11 * order)
+    np.testing.assert_allclose(generic.ode_matrices()[1].numpy(), B, rtol=1e-13)
+    encoder = LegS(order)
+    if r > 0:
+        expm = torch.linalg.matrix_exp(torch.from_numpy(A) * math.log(1 / r))
+        torch.testing.assert_close(encoder.transition(r), expm, rtol=0, atol=1e-12)
+    t0 = int(r * 1000)
+    direct = encoder.block_input(t0, 1000)
+    shifted = (1 - t0 / 1000) * encoder.block_shift(t0 / 1000) @ encoder.block_input(0, 1000 - t0)
+    torch.testing.assert_close(shifted, direct, rtol=0, atol=1e-13)
+
+
+def test_cache_is_reused_and_bounded():
+    encoder = LegS(16)
+    x = torch.randn(2, 256, 3)
+    encoder.scan(x, 32)
+    size = len(encoder._cache)
+    for _ in range(3):
+        encoder.scan(x, 32)  # training: the same block positions every step
+    assert len(encoder._cache) == size
+    small = LegS(16, cache_bytes=16 * 16 * 4 * 3)
+    for t0 in range(0, 64 * 50, 64):
+        small.update(small.init_state(channels=3), x[:, :64], t0)
+    assert small._cache._bytes <= 16 * 16 * 4 * 3 + 16 * 64 * 4
+
+
+def test_follows_device_dtype_and_keeps_gradients():
+    encoder = LegS(8)
+    x = torch.randn(2, 40, 3, requires_grad=True)
+    states = encoder.scan(x, 16)
+    assert states.dtype == torch.float32 and states.device == x.device
+    states.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: LegS(0),
+        lambda: LegS(4, discretization="rk4"),
+        lambda: LegS(4, substeps=0),
+        lambda: LegS(4, scan_method="fast"),
+        lambda: LegS(4).update(torch.zeros(4, 2), torch.zeros(3, 2), -1),
+        lambda: LegS(4).update(torch.zeros(4, 2), torch.zeros(3, 2), 1.5),
+        lambda: LegS(4).update(torch.zeros(5, 2), torch.zeros(3, 2), 0),
+        lambda: LegS(4).update(torch.zeros(4, 2), torch.zeros(0, 2), 0),
+        lambda: LegS(4).scan(torch.zeros(3, 2), 0),
+    ],
+)
+def test_bad_arguments_are_value_errors(call):
+    with pytest.raises(ValueError):
+        call()

@@ -1,0 +1,69 @@
+"""memplug.ops.scan: sequential and doubling block recurrences equal a NumPy loop, and each other
+in values and gradients."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import linear_recurrence as reference
+
+from memplug.ops.scan import linear_recurrence, linear_recurrence_parallel, linear_recurrence_sequential
+
+
+@st.composite
+def recurrences(draw):
+    nb, n, c = draw(st.integers(1, 19)), draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    shared = draw(st.booleans())  # one set of transitions for every sequence
+    start = draw(st.booleans())
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    # scaled so that products of up to 19 transitions stay O(1)
+    A = torch.randn(*(() if shared else batch), nb, n, n, generator=gen, dtype=torch.float64) / (n**0.5 + 0.5)
+    u = torch.randn(*batch, nb, n, c, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(*batch, n, c, generator=gen, dtype=torch.float64) if start else None
+    return A, u, c0
+
+
+@given(recurrences())
+def test_sequential_and_parallel_equal_reference(case):
+    A, u, c0 = case
+    expected = torch.from_numpy(reference(A.numpy(), u.numpy(), None if c0 is None else c0.numpy()))
+    for method in (linear_recurrence_sequential, linear_recurrence_parallel):
+        torch.testing.assert_close(method(A, u, c0), expected, rtol=1e-12, atol=1e-12)
+
+
+@given(recurrences())
+def test_gradients_agree(case):
+    A, u, c0 = case
+    grads = []
+    for method in ("sequential", "parallel"):
+        uu = u.clone().requires_grad_()
+        cc = None if c0 is None else c0.clone().requires_grad_()
+        out = linear_recurrence(A, uu, cc, method=method)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((uu.grad, None if cc is None else cc.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    if c0 is not None:
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_and_auto_method():
+    A = torch.randn(5, 3, 3) / 3
+    u = torch.randn(2, 5, 3, 4)
+    out = linear_recurrence(A, u)
+    assert out.dtype == torch.float32 and out.shape == (2, 5, 3, 4)
+    torch.testing.assert_close(out, linear_recurrence_parallel(A, u), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "A, u, kwargs",
+    [
+        (torch.zeros(3, 2, 2), torch.zeros(4, 2, 1), {}),  # nb differs
+        (torch.zeros(3, 2, 3), torch.zeros(3, 2, 1), {}),  # A not square
+        (torch.zeros(3, 2, 2), torch.zeros(3, 2, 1), {"c0": torch.zeros(3, 1)}),  # c0 wrong N
+        (torch.zeros(3, 2, 2), torch.zeros(3, 2, 1), {"method": "fast"}),
+    ],
+)
+def test_bad_shapes_and_methods_are_value_errors(A, u, kwargs):
+    with pytest.raises(ValueError):
+        linear_recurrence(A, u, **kwargs)
