@@ -1,0 +1,318 @@
+"""Hugging Face causal LMs as memplug backbones: attach memory to a pretrained model.
+
+:class:`HFBackbone` exposes a ``transformers`` ``*ForCausalLM`` layer by layer through the
+:class:`memplug.Backbone` contract, calling the model's own modules: its token embedding, its
+q/k/v/o projections (biases included), its norms, its MLP and its output head, and its rotary
+embedding's frequencies (any RoPE scaling the config set up is already in them). The HF module is
+*held*, not copied: ``attach`` adds no parameters for elastic memory and leaves every weight as
+it was, and training the MemoryModel trains the HF model in place.
+
+Supported families (``config.model_type``): the Llama family (``llama``, ``mistral``, ``qwen2``,
+``qwen3``; SmolLM is a Llama) in :mod:`memplug.backbones.hf_llama`, and GPT-NeoX (``gpt_neox``)
+in :mod:`memplug.backbones.hf_neox`. Anything else raises a ``ValueError`` naming these.
+
+Positions. Like every memplug backbone, the MemoryModel rotates queries and keys at positions
+local to each attention window, so a pretrained model only ever sees distances inside its trained
+range however long the stream is. Memory samples are rotated per the ``rope`` option of
+:func:`attach` (see there); :func:`attach` also clips memory-key positions so that no
+query-key distance leaves the trained range.
+
+This module imports ``transformers`` only inside the functions that load weights, so it imports
+(and registers the ``hf`` backbone) without it; ``pip install "memplug[hf]"`` adds it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import memplug
+from memplug.contracts import Backbone
+from memplug.model import MemoryModel
+
+from .hf_llama import LlamaWiring
+from .hf_neox import NeoXWiring
+
+__all__ = [
+    "HFBackbone",
+    "attach",
+    "build_backbone_from_spec",
+    "load_pretrained",
+    "rotary",
+    "SUPPORTED_MODEL_TYPES",
+]
+
+_WIRINGS = (LlamaWiring(), NeoXWiring())
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for w in _WIRINGS for t in w.model_types)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HF_HINT = 'pip install "memplug[hf]"  (transformers, gguf, accelerate, tokenizers)'
+
+
+def rotary(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: float = 1.0) -> Tensor:
+    """Rotate ``x`` (..., T, D) at float ``positions`` (..., T) the way HF's Llama/NeoX do.
+
+    ``inv_freq`` (R/2,) are the rotary frequencies; the first R channels of each vector rotate
+    (R < D is NeoX's partial rotary) in the "rotate half" layout: channel ``i`` pairs with
+    ``i + R/2``. ``scaling`` multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    As in ``transformers``, the angles are computed in float32 and cast to ``x``'s dtype.
+    """
+    rot = 2 * inv_freq.shape[-1]
+    if rot > x.shape[-1]:
+        raise ValueError(f"rotary width {rot} exceeds the head dimension {x.shape[-1]}")
+    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(device=x.device, dtype=torch.float32)  # (..., T, R/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (..., T, R)
+    cos = (angles.cos() * scaling).to(x.dtype)
+    sin = (angles.sin() * scaling).to(x.dtype)
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)  # (..., T, R)
+    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+
+
+class HFBackbone(Backbone):
+    """A Hugging Face causal LM seen through the :class:`memplug.Backbone` contract.
+
+    ``model`` is a loaded ``*ForCausalLM`` module (held, not copied) or a path: a directory saved
+    with ``save_pretrained`` or a ``.gguf`` file (see :func:`load_pretrained`); ``dtype`` applies
+    when loading from a path. When loaded from a path, ``self.tokenizer`` is the model's tokenizer
+    (``None`` when a module is passed).
+
+    Attributes beyond the contract: ``hf`` (the model), ``family`` (``"llama"`` or
+    ``"gpt_neox"``), ``max_positions`` (the trained context, ``max_position_embeddings``),
+    ``sliding_window`` (Mistral-style local attention of the original model, or ``None``),
+    ``attention_scale`` (the model's softmax scale, read by the MemoryModel) and
+    ``min_position`` (``None``, or the lowest position :meth:`rotate` uses: set by :func:`attach`
+    so that memory keys, which sit before the window, stay within the trained distance).
+    """
+
+    name = "hf"
+
+    def __init__(self, model: nn.Module | str, *, dtype: torch.dtype | str | None = None) -> None:
+        super().__init__()
+        self.tokenizer: Any = None
+        if isinstance(model, (str, Path)):
+            model, self.tokenizer = load_pretrained(str(model), dtype=dtype)
+        elif dtype is not None:
+            raise ValueError("dtype is only used when loading from a path; cast the module with .to(dtype) instead")
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        wiring = next((w for w in _WIRINGS if model_type in w.model_types), None)
+        if wiring is None:
+            raise ValueError(
+                f"model_type {model_type!r} ({type(model).__name__}) is not supported by the hf backbone; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama family and GPT-NeoX)"
+            )
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"{type(model).__name__} has no output head; pass the *ForCausalLM model, not the base model")
+        self.hf = model
+        self.wiring = wiring
+        self.family = wiring.family
+        self.num_layers = config.num_hidden_layers
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.d_model = config.hidden_size
+        self.vocab_size = model.get_output_embeddings().out_features
+        self.max_positions = int(config.max_position_embeddings)
+        self.sliding_window = _sliding_window(config)
+        self.attention_scale = wiring.attention_scale(model)
+        self.min_position: float | None = None
+        rope = self._rope_module()
+        if 2 * rope.inv_freq.shape[-1] > self.head_dim:
+            raise ValueError(f"rotary width {2 * rope.inv_freq.shape[-1]} exceeds head_dim {self.head_dim}")
+
+    def _rope_module(self) -> nn.Module:
+        """The model's rotary embedding (one per model in transformers >= 4.45)."""
+        rope = getattr(self.wiring.decoder(self.hf), "rotary_emb", None)
+        if rope is None or not hasattr(rope, "inv_freq"):
+            raise ValueError(
+                f"{type(self.hf).__name__} has no model-level rotary_emb with inv_freq; "
+                "memplug's hf backbone needs transformers >= 4.45"
+            )
+        return rope
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, d) with the model's own embedding."""
+        return self.wiring.embed(self.hf, input_ids)
+
+    def attention_inputs(self, layer: int, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, d) -> raw q (B, H, T, D), k and v (B, Hkv, T, D) from the layer's own projections."""
+        return self.wiring.attention_inputs(self.hf, layer, h)
+
+    def attention_output(self, layer: int, h: Tensor, attn: Tensor) -> Tensor:
+        """Residual stream after layer ``layer`` from its input ``h`` and attention ``attn`` (B, H, T, D)."""
+        return self.wiring.attention_output(self.hf, layer, h, attn)
+
+    def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Rotate ``x`` (..., T, D) at float ``positions`` (..., T) with the model's RoPE.
+
+        Uses the frequencies the model was built with (``original_inv_freq``: dynamic RoPE
+        variants only change them beyond the trained context, which window-local positions never
+        reach) and its attention factor (YaRN), on the model's rotary width (partial for NeoX).
+        Positions below ``min_position`` (memory keys far before the window) are clipped to it.
+        """
+        if self.min_position is not None:
+            positions = positions.clamp(min=self.min_position)
+        rope = self._rope_module()
+        inv_freq = getattr(rope, "original_inv_freq", None)
+        inv_freq = rope.inv_freq if inv_freq is None else inv_freq
+        return rotary(x, positions, inv_freq, float(getattr(rope, "attention_scaling", 1.0)))
+
+    def head(self, h: Tensor) -> Tensor:
+        """(B, T, d) -> (B, T, vocab) with the model's final norm and output head."""
+        return self.wiring.head(self.hf, h)
+
+
+ROPE_MODES = ("none", "sample")
+
+
+def attach(
+    model: nn.Module | HFBackbone,
+    memory: Any = "elastic",
+    block: int = 1024,
+    layers: Sequence[int] | None = None,
+    rope: str = "none",
+    **cfg: Any,
+) -> MemoryModel:
+    """Turn a Hugging Face causal LM into a :class:`memplug.model.MemoryModel`.
+
+    ``model``: a Llama-family or GPT-NeoX ``*ForCausalLM`` (or an :class:`HFBackbone`). It is
+    held, not copied: the MemoryModel's parameters are the HF model's (plus any a memory adds;
+    elastic adds none) and no weight changes. ``memory``, ``block``, ``layers`` and ``cfg``
+    (``span``, ``attention`` and memory options such as ``order`` and ``samples``) are those of
+    :class:`~memplug.model.MemoryModel`; ``memory=None`` gives block-local attention only.
+
+    ``rope`` says how memory samples are positioned for the model's rotary embedding:
+
+    - ``"none"`` (the paper's choice): samples are not rotated, so their logits carry no
+      distance; rotated queries meet them as keys at position 0.
+    - ``"sample"``: each sample is rotated at the position where it reads the history, relative
+      to the block (Elastic's ``positions="sample"``), so distant samples look distant; its
+      ``max_distance`` defaults to ``max_position_embeddings - block``.
+
+    For any memory, the backbone also clips memory-key positions at
+    ``window - max_position_embeddings`` (``window`` = ``block``, or ``2 * block`` with
+    ``span="previous"``), so no query-key distance exceeds what the model was trained on. The local window itself must fit the trained
+    context: a larger one raises ``ValueError``; one wider than a Mistral-style sliding window
+    warns, since the original model never attended that far.
+    """
+    if rope not in ROPE_MODES:
+        raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+    backbone = model if isinstance(model, HFBackbone) else HFBackbone(model)
+    window = block * (2 if cfg.get("span", "block") == "previous" else 1)
+    if window > backbone.max_positions:
+        raise ValueError(
+            f"block={block} with span={cfg.get('span', 'block')!r} gives a local window of {window} positions, "
+            f"more than the {backbone.max_positions} this model was trained on; use a smaller block"
+        )
+    if backbone.sliding_window is not None and window > backbone.sliding_window:
+        warnings.warn(
+            f"local window of {window} tokens exceeds the model's sliding window of {backbone.sliding_window}",
+            stacklevel=2,
+        )
+    if rope == "sample":
+        if memory != "elastic":
+            raise ValueError(f"rope='sample' positions Elastic's samples; it needs memory='elastic', got {memory!r}")
+        cfg["positions"] = "sample"
+        # Queries sit up to block - 1 after the block start, so this keeps every distance trained.
+        cfg.setdefault("max_distance", backbone.max_positions - block)
+    backbone.min_position = float(window - backbone.max_positions)
+    return MemoryModel(backbone, memory=memory, block=block, layers=layers, **cfg)
+
+
+def _sliding_window(config: Any) -> int | None:
+    """The original model's local-attention width, if it uses one (Mistral, some Qwen2)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def _require_transformers() -> Any:
+    try:
+        import transformers
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"Hugging Face backbones need transformers: {HF_HINT}", name="transformers") from exc
+    return transformers
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+    if dtype not in names:
+        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def load_pretrained(path: str, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` from local files only (no hub access).
+
+    ``path`` is a directory written by ``save_pretrained`` (config + weights, and a tokenizer if
+    saved; ``tokenizer`` is ``None`` when there is none) or a ``.gguf`` file, which
+    ``transformers`` dequantises (it needs the ``gguf`` package). The model is put in eval mode.
+    """
+    transformers = _require_transformers()
+    p = Path(path)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"no GGUF file at {p}")
+        folder, kwargs["gguf_file"] = str(p.parent), p.name
+    elif p.is_dir():
+        folder = str(p)
+    else:
+        raise FileNotFoundError(f"hf backbone path must be a model directory or a .gguf file, got {path!r}")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if (dt := _dtype(dtype)) is not None:
+        model = model.to(dt)
+    # A GGUF file embeds its tokenizer; a directory has one only if its files were saved
+    # (transformers would otherwise build an empty placeholder tokenizer).
+    has_tokenizer = "gguf_file" in kwargs or any((p / f).is_file() for f in TOKENIZER_FILES)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs) if has_tokenizer else None
+    return model.eval(), tokenizer
+
+
+def build_backbone_from_spec(spec: str | Backbone, **cfg: Any) -> Backbone:
+    """The backbone a ``--backbone`` option names.
+
+    ``"hf:smollm2"`` loads the packaged SmolLM2-135M (:func:`memplug.backbones.smollm2.load_smollm2`),
+    ``"hf:<dir>"`` or ``"hf:<file>.gguf"`` a local HF model (:func:`load_pretrained`); for these
+    ``cfg`` may hold ``dtype``, and the result's ``tokenizer`` attribute holds the model's
+    tokenizer. Any other string is a registered backbone name built with
+    ``memplug.make_backbone(spec, **cfg)`` (``"tiny"``); a Backbone object passes through.
+    """
+    if isinstance(spec, Backbone):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"backbone spec must be a non-empty string such as 'tiny' or 'hf:smollm2', got {spec!r}")
+    if not spec.startswith("hf:"):
+        return memplug.make_backbone(spec, **cfg)
+    target = spec[3:]
+    unknown = set(cfg) - {"dtype"}
+    if unknown:
+        raise ValueError(f"options {sorted(unknown)} do not apply to {spec!r}; an hf backbone takes only dtype")
+    if target == "smollm2":
+        from .smollm2 import load_smollm2
+
+        model, tokenizer = load_smollm2(dtype=_dtype(cfg.get("dtype")))
+        backbone = HFBackbone(model)
+        backbone.tokenizer = tokenizer
+        return backbone
+    if not target:
+        raise ValueError("backbone spec 'hf:' needs a target: 'hf:smollm2', 'hf:<model dir>' or 'hf:<file>.gguf'")
+    return HFBackbone(target, dtype=cfg.get("dtype"))
+
+
+@memplug.hookimpl
+def memplug_add_backbones(registry: Any) -> None:
+    registry.add(HFBackbone)

