@@ -83,8 +83,10 @@ def topk_attention(
     themselves (times ``scale``). With ``index`` (..., L, k) given (an outside search such as
     faiss), those slots are used instead of the torch top-k; entries ``< 0`` mean "no slot".
 
-    The output is formed as a dense (..., L, M) weight matrix times ``values`` instead of
-    gathering (..., L, k, D) values: cheaper whenever ``M < k * D``, and the same numbers.
+    The output: for a small store (``M < 4 k``) a dense (..., L, M) weight matrix times
+    ``values`` (one matmul, less memory than gathered values); for a large one the k chosen
+    values are gathered, (..., L, k, D), so the value product costs k, not M, per query. The
+    same numbers either way.
     Returns ``out`` (..., L, D) and ``lse`` (..., L) of the chosen logits (``-inf``: none).
     """
     scores = q @ keys.transpose(-1, -2)  # (..., L, M)
@@ -99,9 +101,15 @@ def topk_attention(
     chosen = torch.isfinite(top)
     logits = (top.masked_fill(~chosen, 0.0) * scale).masked_fill(~chosen, float("-inf"))
     weights, lse = masked_softmax(logits)
-    # scatter_add: padded "no slot" entries (weight 0) may share an index with a real one
-    dense = torch.zeros_like(scores).scatter_add(-1, idx, weights)  # (..., L, M)
-    return dense @ values, lse
+    if scores.shape[-1] < 4 * kk:
+        # scatter_add: padded "no slot" entries (weight 0) may share an index with a real one
+        dense = torch.zeros_like(scores, dtype=weights.dtype).scatter_add(-1, idx, weights)  # (..., L, M)
+        return dense @ values, lse
+    lead = scores.shape[:-2]
+    length, d = idx.shape[-2], values.shape[-1]
+    flat = idx.reshape(*lead, length * kk, 1).expand(*lead, length * kk, d)  # (..., L*k, D)
+    chosen_v = values.expand(*lead, *values.shape[-2:]).gather(-2, flat).reshape(*lead, length, kk, d)
+    return (weights.unsqueeze(-2).to(chosen_v.dtype) @ chosen_v).squeeze(-2), lse  # (..., L, D)
 
 
 def faiss_topk(q: Tensor, keys: Tensor, count: int, k: int) -> Tensor:
