@@ -1,0 +1,92 @@
+"""Results files: every number in docs/results/ comes with the machine, date and command.
+
+``write_report(directory, name, markdown, data)`` writes ``NAME.md`` (a header naming the
+machine, the date, the command line and the wall-clock, then the body) and ``NAME.json`` (the
+same facts and the raw data), each atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """What ran it: CPU, cores, threads, torch build and accelerator."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def command_line() -> str:
+    """The command that is running, as one could type it again."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[0] = "python -m " + Path(argv[0]).parent.name
+    return " ".join(shlex.quote(a) if i else a for i, a in enumerate(argv))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    directory: str | Path, name: str, markdown: str, data: dict[str, Any], *, title: str, seconds: float | None = None
+) -> Path:
+    """Write ``directory/NAME.md`` and ``directory/NAME.json``; returns the Markdown path."""
+    directory = Path(directory)
+    facts = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": command_line(),
+        "machine": machine(),
+        "wall_clock_s": None if seconds is None else round(seconds, 1),
+    }
+    m = facts["machine"]
+    header = [
+        f"# {title}",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads)"
+        + (f", {m['gpu']}" if "gpu" in m else "")
+        + f"; torch {m['torch']}, Python {m['python']}",
+        f"- date: {facts['date']}",
+        f"- command: `{facts['command']}`",
+    ]
+    if seconds is not None:
+        header.append(f"- wall-clock: {seconds / 60:.1f} min")
+    atomic_write(directory / f"{name}.md", "\n".join(header) + "\n\n" + markdown.rstrip() + "\n")
+    atomic_write(directory / f"{name}.json", json.dumps({**facts, "data": data}, indent=1, default=str) + "\n")
+    return directory / f"{name}.md"
