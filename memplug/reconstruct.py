@@ -167,7 +167,7 @@ def _plot(panels: list, rows: int, cols: int, out: Path) -> None:
     axes = fig.subplots(rows, cols, squeeze=False)
     styles = [dict(marker="o", ms=5), dict(marker="s", ms=3.5), dict(marker="^", ms=5, mfc="none"),
               dict(marker="D", ms=3.5), dict(marker="v", ms=4, mfc="none")]
-    for ax, (result, x, grid, curve, dots, order) in zip(axes.flat, panels):
+    for ax, (result, x, grid, curve, dots, order) in zip(axes.flat, panels, strict=True):
         tokens = np.arange(x.shape[0]) + 0.5
         span = max(1, x.shape[0] // order)
         ax.plot(tokens, x, color="0.8", lw=0.5, label="tokens")
@@ -193,8 +193,9 @@ def format_table(results: Sequence[Reconstruction]) -> str:
          *(f"{r.sample_errors[k]:.2e}" for k in retrievers)]
         for r in results
     ]
-    width = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, width)).rstrip() for row in [header, *rows])
+    width = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ("  ".join(str(c).ljust(w) for c, w in zip(row, width, strict=True)) for row in [header, *rows])
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _names(text: str) -> list[str]:

@@ -23,6 +23,7 @@ from memplug.measures_lti import TimeInvariantMeasure
 from memplug.ops.discretize import DISCRETIZATIONS, block_transition, zoh
 from memplug.plugins.encoders.fout import FouT
 from memplug.plugins.encoders.legt import LegT
+from memplug.testing import strategies as mst
 from reference import fout_basis, fout_matrices, legt_basis, legt_matrices, lti_token_states
 
 MEASURES = {"legt": (LegT, legt_matrices, legt_basis), "fout": (FouT, fout_matrices, fout_basis)}
@@ -87,8 +88,7 @@ def test_basis_is_differentiable_in_positions():
 @st.composite
 def streams_and_chunkings(draw):
     length = draw(st.integers(1, 48))
-    cuts = sorted(draw(st.sets(st.integers(1, max(1, length - 1)), max_size=5))) if length > 1 else []
-    chunks = [b - a for a, b in zip([0, *cuts], [*cuts, length])]
+    chunks = draw(mst.chunkings(length, max_chunks=6))
     return length, chunks, draw(st.integers(1, length)), draw(st.integers(0, 2**16))
 
 

@@ -17,8 +17,6 @@ With the lag ``x = t - s`` and ``n, k = 0 .. N-1``:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
