@@ -112,8 +112,9 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         """State (..., N, C) after tokens ``x`` (..., L, C); the result does not depend on ``t0``
         (time invariance) beyond the zero history before position 0."""
         _check_stream(x, t0)
-        power, kernel = self.block(x.shape[-2], torch.promote_types(state.dtype, x.dtype), x.device)
-        return power @ state + kernel @ x  # (..., N, C)
+        dtype = torch.promote_types(state.dtype, x.dtype)
+        power, kernel = self.block(x.shape[-2], dtype, x.device)
+        return power @ state.to(dtype) + kernel @ x.to(dtype)  # (..., N, C)
 
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block of ``block`` tokens (the last may be shorter): (..., nb, N, C).
@@ -125,6 +126,8 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         if not isinstance(block, int) or block < 1:
             raise ValueError(f"block must be an int >= 1, got {block!r}")
         dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
+        x = x.to(dtype)
+        state = None if state is None else state.to(dtype)
         length = x.shape[-2]
         full, rest = divmod(length, block)
         drive, powers = [], []

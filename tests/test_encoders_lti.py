@@ -143,6 +143,16 @@ def test_state_shape_and_value_independent_of_position(name, order, length, t0):
     assert enc.scan(x, 4, t0=t0).shape == (math.ceil(length / 4), order, 2)
 
 
+@pytest.mark.parametrize("name", sorted(MEASURES))
+def test_mixed_dtypes_promote(name):
+    enc = MEASURES[name][0](order=6, window=30.0)
+    x = stream(0, 20, 2).to(torch.bfloat16)
+    state = stream(1, 6, 2).float()
+    expected = enc.update(state, x.float(), 0)
+    assert torch.equal(enc.update(state, x, 0), expected)
+    assert torch.equal(enc.scan(x, 7, state=state)[-1], enc.scan(x.float(), 7, state=state)[-1])
+
+
 def test_block_cache_is_bounded():
     enc = LegT(order=4, window=16.0, cache_size=3)
     s = enc.init_state(channels=1)
