@@ -124,7 +124,7 @@ class Retriever(Component, abc.ABC):
         Returns (..., P, C) (respectively (..., nb, P, C)).
         """
         pos = self.positions(t, encoder)
-        phi = encoder.basis(pos, t).to(state.dtype)  # (P, N) or (nb, P, N)
+        phi = encoder.basis(pos, t).to(state)  # (P, N) or (nb, P, N), on the state's device and dtype
         return phi @ state
 
 
