@@ -168,10 +168,7 @@ class ScaleInvariantMeasure(Encoder):
 
     def transition(self, ratio: float | Tensor) -> Tensor:
         """M(r) for r = t0/t1 in [0, 1]: (N, N), or (k, N, N) for a (k,) tensor of ratios; float64."""
-        r = torch.as_tensor(ratio, dtype=_F64)
-        nodes, weights = self.quadrature()
-        q_scaled = self.family(r[..., None] * nodes)  # (..., N nodes, N)
-        return r[..., None, None] ** (self.beta + 1) * (q_scaled.mT @ self._weighted_nodes())
+        return self._ratio_matrices(torch.as_tensor(ratio, dtype=_F64), shift=False)[..., 0, :, :]
 
     def block_shift(self, ratio: float | Tensor) -> Tensor:
         """T(r)[n, m] = ∫_0^1 q_n(r + (1-r) v) q_m(v) dv (β = 0 only): (N, N) or (k, N, N), float64."""
@@ -180,6 +177,16 @@ class ScaleInvariantMeasure(Encoder):
         nodes, _ = self.quadrature()
         q_shifted = self.family(r[..., None] + (1 - r[..., None]) * nodes)  # (..., N nodes, N)
         return q_shifted.mT @ self._weighted_nodes()
+
+    def _ratio_matrices(self, r: Tensor, shift: bool) -> Tensor:
+        """(..., 1, N, N) [M(r)] or, with ``shift``, (..., 2, N, N) [M(r), (1 - r) T(r)], float64,
+        from one evaluation of the family at the scaled (and shifted) quadrature nodes."""
+        nodes, _ = self.quadrature()
+        r = r[..., None, None]  # (..., 1, 1)
+        points = [r * nodes] + ([r + (1 - r) * nodes] if shift else [])
+        q = self.family(torch.cat(points, dim=-2))  # (..., 1|2, N nodes, N)
+        scale = torch.cat([r ** (self.beta + 1)] + ([1 - r] if shift else []), dim=-1)  # (..., 1, 1|2)
+        return scale.mT[..., None] * (q.mT @ self._weighted_nodes())
 
     def block_input(self, t0: int, t1: int) -> Tensor:
         """U(t0, t1) (N, L): the exact projection of tokens t0 .. t1-1 onto the state at t1, from
@@ -225,8 +232,8 @@ class ScaleInvariantMeasure(Encoder):
         t0 = self._check_stream(state, x, t0)
         dtype = torch.promote_types(state.dtype, x.dtype)
         length = x.shape[-2]
-        transition = self._by_ratio("M", [(t0, t0 + length)], dtype, x.device)[0]  # (N, N)
-        return transition @ state.to(dtype) + self._drive(x.to(dtype), t0, length)
+        mats = self._by_ratio([(t0, t0 + length)], dtype, x.device)[0]  # (1|2, N, N)
+        return mats[0] @ state.to(dtype) + self._drive(x.to(dtype), t0, length, mats)
 
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block (..., nb, N, C): every block's input term from batched
@@ -245,14 +252,18 @@ class ScaleInvariantMeasure(Encoder):
         drives, transitions = [], []
         if full:
             blocks = x[..., : full * block, :].unflatten(-2, (full, block))  # (..., nb, L, C)
-            drives.append(self._drive_blocks(blocks, starts))  # (..., nb, N, C)
-            transitions.append(self._by_ratio("M", [(s, s + block) for s in starts], dtype, x.device))
+            mats = self._by_ratio([(s, s + block) for s in starts], dtype, x.device)  # (nb, 1|2, N, N)
+            drives.append(self._drive_blocks(blocks, starts, mats))  # (..., nb, N, C)
+            transitions.append(mats[:, 0])
         if rest:
             s = t0 + full * block
-            drives.append(self._drive(x[..., full * block :, :], s, rest).unsqueeze(-3))  # (..., 1, N, C)
-            transitions.append(self._by_ratio("M", [(s, s + rest)], dtype, x.device))  # (1, N, N)
+            mats = self._by_ratio([(s, s + rest)], dtype, x.device)[0]  # (1|2, N, N)
+            drives.append(self._drive(x[..., full * block :, :], s, rest, mats).unsqueeze(-3))  # (..., 1, N, C)
+            transitions.append(mats[:1])  # (1, N, N)
         return linear_recurrence(
-            torch.cat(transitions), torch.cat(drives, dim=-3), None if state is None else state.to(dtype),
+            torch.cat(transitions),
+            torch.cat(drives, dim=-3),
+            None if state is None else state.to(dtype),
             method=self.scan_method,
         )
 
@@ -283,48 +294,47 @@ class ScaleInvariantMeasure(Encoder):
             hit = self._cache.put(full_key, build().to(device=device, dtype=dtype))
         return hit
 
-    def _by_ratio(self, kind: str, spans: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Per-ratio matrices (k, N, N) for spans (t0, t1): ``"M"`` gives M(r), ``"S"`` gives
-        (1 - r) T(r). Keyed by the reduced fraction t0/t1; the misses are built in one batch."""
+    def _by_ratio(self, spans: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Per-span matrices for spans (t0, t1): (k, 2, N, N) [M(r), (1 - r) T(r)] for β = 0,
+        else (k, 1, N, N) [M(r)]. Keyed by the reduced fraction t0/t1; misses built in one batch."""
         device = torch.device(device)
         keys = []
         for t0, t1 in spans:
             g = math.gcd(t0, t1)
-            keys.append((kind, t0 // g, t1 // g, dtype, device))
+            keys.append(("R", t0 // g, t1 // g, dtype, device))
         found = {k: self._cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, hit in found.items() if hit is None]
         if missing:
             ratios = torch.tensor([k[1] / k[2] for k in missing], dtype=_F64)  # (m,)
-            if kind == "M":
-                mats = self.transition(ratios)
-            else:
-                mats = (1 - ratios)[:, None, None] * self.block_shift(ratios)
-            mats = mats.to(device=device, dtype=dtype)  # (m, N, N)
-            for k, mat in zip(missing, mats):
-                found[k] = self._cache.put(k, mat)
+            built = self._ratio_matrices(ratios, shift=self.uniform_weight).to(device=device, dtype=dtype)
+            for k, mats in zip(missing, built):
+                found[k] = self._cache.put(k, mats)
         return torch.stack([found[k] for k in keys])
 
     def _own_input(self, length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """U(0, L) (N, L): the projection of a block onto its own span (β = 0)."""
         return self._cached(("U", 0, length), dtype, device, lambda: self.block_input(0, length))
 
-    def _drive(self, x: Tensor, t0: int, length: int) -> Tensor:
-        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C)."""
+    def _drive(self, x: Tensor, t0: int, length: int, mats: Tensor) -> Tensor:
+        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C); ``mats`` from :meth:`_by_ratio`."""
         dtype, device = x.dtype, x.device
         t1 = t0 + length
         if self.uniform_weight:
             own = self._own_input(length, dtype, device) @ x  # (..., N, C)
-            return own if t0 == 0 else self._by_ratio("S", [(t0, t1)], dtype, device)[0] @ own
+            return own if t0 == 0 else mats[1] @ own
         return self._cached(("U", t0, t1), dtype, device, lambda: self.block_input(t0, t1)) @ x
 
-    def _drive_blocks(self, blocks: Tensor, starts: list[int]) -> Tensor:
+    def _drive_blocks(self, blocks: Tensor, starts: list[int], mats: Tensor) -> Tensor:
         """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C)."""
         dtype, device, length = blocks.dtype, blocks.device, blocks.shape[-2]
         if self.uniform_weight:
             own = self._own_input(length, dtype, device) @ blocks  # (..., nb, N, C)
-            return self._by_ratio("S", [(s, s + length) for s in starts], dtype, device) @ own
+            return mats[:, 1] @ own
         inputs = torch.stack(
-            [self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length)) for s in starts]
+            [
+                self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length))
+                for s in starts
+            ]
         )  # (nb, N, L)
         return inputs @ blocks
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import jacobi_matrices, polynomial_projection
-from streams import check_chunking_and_scan, check_exact_projection, relative_error, streams
-
 from memplug.plugins.encoders.jacobi import Jacobi
 from memplug.plugins.encoders.legs import LegS
+from reference import jacobi_matrices, polynomial_projection
+from streams import check_chunking_and_scan, check_exact_projection, streams
 
 betas = st.floats(-0.9, 4.0)
 

@@ -89,9 +89,7 @@ def test_derivatives_equal_autograd(n, beta):
         (shifted_jacobi(n, u, beta), shifted_jacobi_derivative(n, u, beta)),
         (shifted_legendre(n, u), shifted_legendre_derivative(n, u)),
     ):
-        auto = torch.stack(
-            [torch.autograd.grad(values[:, k].sum(), u, retain_graph=True)[0] for k in range(n)], -1
-        )
+        auto = torch.stack([torch.autograd.grad(values[:, k].sum(), u, retain_graph=True)[0] for k in range(n)], -1)
         torch.testing.assert_close(slopes.detach(), auto, rtol=1e-10, atol=1e-10)
 
 

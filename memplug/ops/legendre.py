@@ -21,16 +21,16 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "legendre",
-    "legendre_derivative",
-    "legendre_antiderivative",
-    "shifted_legendre",
-    "shifted_legendre_derivative",
-    "shifted_legendre_antiderivative",
     "jacobi",
+    "legendre",
+    "legendre_antiderivative",
+    "legendre_derivative",
     "shifted_jacobi",
-    "shifted_jacobi_derivative",
     "shifted_jacobi_antiderivative",
+    "shifted_jacobi_derivative",
+    "shifted_legendre",
+    "shifted_legendre_antiderivative",
+    "shifted_legendre_derivative",
 ]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["linear_recurrence", "linear_recurrence_sequential", "linear_recurrence_parallel"]
+__all__ = ["linear_recurrence", "linear_recurrence_parallel", "linear_recurrence_sequential"]
 
 
 def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:

@@ -147,4 +147,3 @@ class LegS(ScaleInvariantMeasure):
 @memplug.hookimpl
 def memplug_add_encoders(registry) -> None:
     registry.add(LegS)
-
