@@ -113,13 +113,20 @@ class BPETokenizer(Tokenizer):
         return cls(tok)
 
     @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
+    def from_json(cls, text: str) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTok
 
-        return cls(HFTok.from_file(str(path)))
+        return cls(HFTok.from_str(text))
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        return cls.from_json(Path(path).read_text())
 
     def save(self, path: str | Path) -> None:
-        atomic_write_bytes(path, self._tok.to_str().encode())
+        atomic_write_bytes(path, self.to_json().encode())
 
     @property
     def fingerprint(self) -> str:

@@ -87,3 +87,14 @@ def test_apply_overrides_copies():
     raw = {"train": {"lr": 1.0}}
     out = apply_overrides(raw, ["train.lr=2"])
     assert raw == {"train": {"lr": 1.0}} and out == {"train": {"lr": 2}}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_build_their_model(path):
+    from memplug.train import build_model_and_tokenizer
+
+    config = load_config(path)
+    if config.data.tokenizer == "bpe":  # the BPE needs the corpus; the model only its size
+        config = load_config(path, ["data.tokenizer=byte", "model.vocab_size=256"])
+    model, tokenizer = build_model_and_tokenizer(config, None)  # builds every memory with its options
+    assert model.block == config.model["block"] and tokenizer.vocab_size == 256

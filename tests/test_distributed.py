@@ -1,0 +1,40 @@
+"""Two DDP processes (torchrun, gloo on CPU) train like one process on the same global batch."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from memplug.train import train
+from train_helpers import make_corpus, tiny_config, tiny_overrides
+
+
+def _train_losses(path) -> dict[int, float]:
+    with open(path, newline="") as handle:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "train"}
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_two_processes_match_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
+    make_corpus(tmp_path / "src")
+    extra = ["train.steps=3", "train.warmup=1", "train.micro_batch=1"]
+    one = train(tiny_config(tmp_path, "name=one", *extra))
+    sets = sum((["--set", o] for o in tiny_overrides(tmp_path) + ["name=two", *extra]), [])
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "memplug", "train", *sets],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = _train_losses(tmp_path / "runs" / "two" / "log.csv")
+    assert sorted(two) == [1, 2, 3]
+    for step, loss in two.items():
+        assert loss == pytest.approx(one.losses[step], abs=1e-5)  # the log keeps 6 decimals
+    meta = (tmp_path / "runs" / "two" / "checkpoints" / "step_0000003" / "meta.json").read_text()
+    assert '"world_size": 2' in meta
