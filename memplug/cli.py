@@ -45,7 +45,8 @@ def _load_commands() -> None:
     """Import the modules that add sub-commands (kept lazy: torch-heavy imports happen here)."""
     from importlib import import_module
 
-    for module in ("memplug.reconstruct", "memplug.train", "memplug.evaluate", "memplug.data.cli", "memplug.demo"):
+    for module in ("memplug.reconstruct", "memplug.train", "memplug.evaluate", "memplug.data.cli", "memplug.demo",
+                   "memplug.tasks.cli"):
         try:
             import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,243 @@
+"""Shared pieces of the evidence scripts (tasks_suite, swaps, ablations, lm_sweep, length).
+
+- :class:`Preset` and :func:`parse` : every script takes ``--preset smoke|cpu|gpu`` (sizes),
+  ``--budget`` (training seconds per arm), ``--threads``, ``--seed`` and ``--out``.
+- :func:`memory_spec` / :func:`build` : one model per arm from a memory spec such as ``none``,
+  ``knn``, ``elastic`` (LegS) or ``elastic:jacobi``, at a budget scale (:mod:`memplug.budget`),
+  with the same initial backbone weights for every arm of a seed.
+- :func:`collect` : per-scored-token losses, hits, distances, positions and exact oracles over
+  fresh evaluation batches, so a table can be cut by distance or position afterwards.
+- :func:`finish` : the Markdown + JSON report (:func:`memplug.report.write_report`) and its plot.
+
+Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memplug.model import MemoryModel, build_model
+from memplug.report import write_report
+from memplug.tasks.base import Task
+from memplug.tasks.run import TaskRun, train_on_task
+
+import memory_configs
+
+LN2 = math.log(2)
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+#: every memory of the comparison: the baselines, then Elastic with each measure
+MEMORIES = ("none", "xl", "knn", "melodi", "infini", "full",
+            "elastic", "elastic:jacobi", "elastic:legt", "elastic:fout")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one run: the model, the data shape, the training budget and the evaluation."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    block: int
+    length: int
+    batch: int
+    budget: float  # training seconds per arm (a cap when ``steps`` is set)
+    eval_batches: int
+    lr: float = 2e-3
+    scale: int = 4  # memory budget multiple (memplug.budget) unless a script sweeps it
+    layers: tuple[int, ...] = (-1,)  # the layers that get a memory
+    bf16: bool = True
+    steps: int | None = None  # training steps per arm: equal work for every arm on a shared machine
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.ArgumentParser], None] | None = None,
+          argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Preset]:
+    """Common arguments, then the preset with ``--budget`` applied; sets the torch threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(presets), default="cpu", help="sizes (default cpu)")
+    parser.add_argument("--budget", type=float, default=None, help="training seconds per arm (default: preset's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per arm (then --budget is only a cap); default: the preset's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--out", default=str(RESULTS), help="results folder (default docs/results)")
+    parser.add_argument("--name", default=None, help="report name (default: the script's)")
+    if add is not None:
+        add(parser)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    preset = presets[args.preset]
+    if args.budget is not None:
+        if not args.budget > 0:
+            parser.error(f"--budget must be > 0 seconds, got {args.budget}")
+        preset = replace(preset, budget=args.budget)
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error(f"--steps must be >= 1, got {args.steps}")
+        preset = replace(preset, steps=args.steps)
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    return args, preset
+
+
+def memory_spec(spec: str, p: Preset, scale: int | None = None) -> dict[str, Any]:
+    """``build_model`` memory keywords for ``spec`` (``name`` or ``elastic:ENCODER``) at ``scale``.
+
+    Elastic encoders: ``legs`` (default), ``jacobi`` (β = 1, a recency-weighted scale-invariant
+    measure), ``legt`` / ``fout`` with a window of the whole training sequence.
+    """
+    name, _, encoder = spec.partition(":")
+    scale = p.scale if scale is None else scale
+    options = memory_configs.model_options(name, scale, p.block, p.head_dim)
+    if encoder:
+        if name != "elastic":
+            raise ValueError(f"only elastic takes an encoder suffix, got spec {spec!r}")
+        options["encoder"] = encoder
+        if encoder == "jacobi":
+            options["encoder_options"] = {"beta": 1.0}
+        elif encoder in ("legt", "fout"):
+            options["encoder_options"] = {"window": float(p.length)}
+    return options
+
+
+def build(vocab: int, spec: str, p: Preset, seed: int, device: torch.device, scale: int | None = None,
+          **extra: Any) -> MemoryModel:
+    """The tiny backbone with memory ``spec`` in ``p.layers``; the backbone's initial weights
+    depend only on ``seed`` (they are drawn first, before any memory parameter)."""
+    options = {**memory_spec(spec, p, scale), **extra}
+    memory = options.pop("memory", "elastic")
+    torch.manual_seed(seed)
+    model = build_model("tiny", memory=memory, block=p.block, layers=list(p.layers) if memory else None,
+                        vocab_size=vocab, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads, **options)
+    return model.to(device)
+
+
+def parameters(model: torch.nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters())
+
+
+def train(model: MemoryModel, task: Task, p: Preset, seed: int, seconds: float | None = None,
+          steps: int | None = None, label: str = "") -> TaskRun:
+    """``train_on_task`` for the preset's steps and budget (or ``seconds`` / ``steps``), no progress bar."""
+    run = train_on_task(model, task, length=p.length, batch=p.batch, lr=p.lr, seconds=seconds or p.budget,
+                        steps=steps or p.steps, seed=seed, bf16=p.bf16 and model_device(model).type != "mps", progress=False)
+    print(f"  trained {label or 'arm'}: {run.steps} steps in {run.seconds:.0f} s, last loss "
+          f"{sum(run.losses[-10:]) / max(1, len(run.losses[-10:])):.3f}", flush=True)
+    return run
+
+
+def effort(p: Preset, share: float = 1.0) -> str:
+    """The training effort per arm in words: ``"250 steps (at most 150 s)"`` or ``"150 s"``."""
+    if p.steps:
+        return f"{max(1, int(p.steps * share))} steps (at most {p.budget * share:.0f} s)"
+    return f"{p.budget * share:.0f} s"
+
+
+def portion(p: Preset, share: float) -> dict[str, Any]:
+    """``train`` keywords for ``share`` of the preset's effort (steps when set, else seconds)."""
+    return {"seconds": p.budget * share, "steps": max(1, int(p.steps * share)) if p.steps else None}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def collect(model: MemoryModel, task: Task, p: Preset, *, seed: int = 1234, batches: int | None = None,
+            oracles: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Every scored token of ``batches`` fresh evaluation batches (the same ones for every arm):
+    ``nll`` (nats), ``hit`` (argmax correct), ``distance``, ``position`` and ``oracle:CONTEXT``
+    (the task's exact best loss for that context), each a flat float64 tensor."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for _ in range(batches or p.eval_batches):
+        data = task.sample(p.batch, p.length, gen)
+        logits = model(data.input_ids.to(device)).logits.float().cpu()  # (B, T, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), data.labels, reduction="none")  # (B, T)
+        mask = data.scored
+        pos = torch.arange(p.length).expand_as(mask)
+        found = {"nll": nll[mask], "hit": (logits.argmax(-1) == data.labels)[mask],
+                 "distance": data.distance[mask], "position": pos[mask]}
+        for context in oracles:
+            found[f"oracle:{context}"] = task.oracle_nll(data, context)[mask]
+        for key, value in found.items():
+            parts.setdefault(key, []).append(value.double())
+    model.train(was_training)
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
+def bits(values: dict[str, torch.Tensor], where: torch.Tensor | None = None, key: str = "nll") -> float:
+    """Mean of ``values[key]`` in bits over the tokens ``where`` selects (nan if none)."""
+    x = values[key] if where is None else values[key][where]
+    return float(x.mean() / LN2) if x.numel() else float("nan")
+
+
+def accuracy(values: dict[str, torch.Tensor], where: torch.Tensor | None = None) -> float:
+    x = values["hit"] if where is None else values["hit"][where]
+    return float(x.mean()) if x.numel() else float("nan")
+
+
+def fmt(x: float | int | str | None, digits: int = 3) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 3) -> str:
+    """A Markdown table of ``rows`` with ``columns`` (missing cells blank)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c), digits) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = (8, 4.5)) -> None:
+    """A PNG at ``path`` drawn by ``draw(plt)`` (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.figure(figsize=size)
+    draw(plt)
+    plt.tight_layout()
+    plt.savefig(path, dpi=100)
+    plt.close("all")
+
+
+def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data: dict[str, Any], started: float,
+           preset: Preset, draw: Callable[[Any], None] | None = None) -> Path:
+    """Write ``NAME.md`` / ``NAME.json`` (with machine, date, command, wall-clock) and ``NAME.png``."""
+    name = args.name or name
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if draw is not None:
+        plot(out / f"{name}.png", draw)
+        markdown += f"\n\n![{name}]({name}.png)\n"
+    settings = (f"Preset `{args.preset}`: {asdict(preset)}; seed {args.seed}; device {args.device}; "
+                f"torch threads {torch.get_num_threads()}; load average at the end "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+    path = write_report(out, name, settings + "\n\n" + markdown,
+                        {"preset": asdict(preset), "preset_name": args.preset, "seed": args.seed, **data},
+                        title=title, seconds=time.perf_counter() - started)
+    print(f"wrote {path}", flush=True)
+    return path
