@@ -90,7 +90,7 @@ class StreamCase:
     def describe(self) -> str:
         before = "zero history" if self.prefix is None else f"state from {self.prefix.length} tokens before t0"
         return (
-            f"x {self.stream.shape} {str(self.dtype).removeprefix('torch.')} ({self.stream.kind}, seed "
+            f"x of shape {self.stream.shape} {str(self.dtype).removeprefix('torch.')} ({self.stream.kind}, seed "
             f"{self.stream.seed}) at t0={self.t0}, {before}, chunking={self.chunking}, scan block={self.block}"
         )
 
@@ -155,7 +155,7 @@ class LongCase:
     block: int
 
     def describe(self) -> str:
-        return (f"x {self.stream.shape} ({self.stream.kind}, seed {self.stream.seed}) at t0={self.t0}, "
+        return (f"x of shape {self.stream.shape} ({self.stream.kind}, seed {self.stream.seed}) at t0={self.t0}, "
                 f"updated in blocks of {self.block}")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as Settings
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor
@@ -35,20 +35,25 @@ class Mismatch(Exception):
 def kit_settings(base: Settings | None = None) -> Settings:
     """The active hypothesis profile (or ``base``), adapted to contract checks.
 
-    Inherited: the number of examples, derandomisation, database, phases, verbosity. Changed:
-    no deadline (one example may run whole model forwards), no ``too_slow`` /
-    ``data_too_large`` / ``nested_given`` health checks, and one reported bug per invariant (the
-    checks raise a single kind of error, so several would be the same bug).
+    Inherited: the number of examples, derandomisation, database, verbosity, and the phases
+    except ``explain``. Changed: no deadline (one example may run whole model forwards), no
+    ``too_slow`` / ``data_too_large`` / ``nested_given`` health checks, one reported bug per
+    invariant (the checks raise a single kind of error, so several would be the same bug), and
+    no ``explain`` phase (a check draws one example object, whose description already says
+    what failed; explaining would rerun the failing forwards many times).
     """
     base = Settings() if base is None else base
     suppressed = {*base.suppress_health_check, HealthCheck.too_slow, HealthCheck.data_too_large,
                   HealthCheck.nested_given}
     return Settings(base, deadline=None, suppress_health_check=sorted(suppressed, key=lambda h: h.value),
-                    report_multiple_bugs=False)
+                    report_multiple_bugs=False, phases=[p for p in base.phases if p != Phase.explain])
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """``max |actual - expected| / max |expected|`` (the absolute error when ``expected`` is 0)."""
+    """``max |actual - expected| / max |expected|`` (the absolute error when ``expected`` is 0;
+    0 for empty tensors)."""
+    if expected.numel() == 0:
+        return 0.0
     diff = (actual.detach().to(torch.float64) - expected.detach().to(torch.float64)).abs().max().item()
     scale = expected.detach().to(torch.float64).abs().max().item()
     return diff / scale if scale > 0 else diff

@@ -53,10 +53,6 @@ def _strategy(value: T | SearchStrategy[T]) -> SearchStrategy[T]:
     return value if isinstance(value, SearchStrategy) else st.just(value)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 @dataclass(frozen=True)
 class Stream:
     """A reproducible token stream of shape (*batch, length, channels).
