@@ -149,6 +149,17 @@ def test_classic_bilinear_recurrence_first_steps():
     torch.testing.assert_close(ode.update(torch.zeros(5, 1, dtype=torch.float64), x, 0), c)
 
 
+def test_bilinear_steps_are_right_for_large_order():
+    """N >= 160 is where a batched torch.linalg.solve goes wrong on 2 CPU threads (torch 2.13)."""
+    order = 192
+    a_bar, b_bar = LegS(order, discretization="bilinear").ode_steps(t0=10, tokens=3)
+    A, B = legs_matrices(order)
+    for step, t in enumerate((11.0, 12.0, 13.0)):
+        lhs = np.eye(order) - A / (2 * t)
+        np.testing.assert_allclose(a_bar[step].numpy(), np.linalg.solve(lhs, np.eye(order) + A / (2 * t)), atol=1e-12)
+        np.testing.assert_allclose(b_bar[step].numpy(), np.linalg.solve(lhs, B / t), atol=1e-12)
+
+
 @given(st.integers(1, 20), st.one_of(st.just(0.0), st.floats(1e-6, 0.999)))
 def test_matrices_and_transition_are_consistent(order, r):
     """DESIGN's (A, B) equal the ones derived from the family; M(r) = expm(A ln(1/r)); the
