@@ -12,15 +12,28 @@ memory name and options, ``block``, ``layers``, ...), which names a bad key when
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Config", "ConfigError", "DataConfig", "LogConfig", "TrainConfig", "load_config", "apply_overrides",
-           "parse_value"]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is the same parser under its PyPI name
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LogConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_value",
+]
 
 
 class ConfigError(ValueError):
@@ -185,8 +198,6 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``["train.lr=1e-3", "model.memory=none", ...]`` to a nested dict (copied)."""
-    import copy
-
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -8,12 +8,12 @@ training runs in one process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_mean", "any_true", "barrier", "close_distributed"]
+__all__ = ["DistInfo", "all_mean", "any_true", "barrier", "close_distributed", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class DistInfo:
 
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:

@@ -35,7 +35,7 @@ from .atomic import atomic_write_bytes
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
 
-__all__ = ["evaluate", "memory_masked", "token_losses", "summarize", "to_markdown", "load_trained"]
+__all__ = ["evaluate", "load_trained", "memory_masked", "summarize", "to_markdown", "token_losses"]
 
 LN2 = math.log(2)
 
@@ -64,7 +64,7 @@ def memory_masked(model: nn.Module) -> Iterator[nn.Module]:
             layer.memory = memory
 
 
-def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device, precision: str):
     """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for ``"fp32"``."""
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
@@ -152,7 +152,7 @@ def evaluate(
     ``retriever_options``) is swapped into every Elastic layer for this evaluation only.
     Returns a JSON-ready dict: ``memory`` (the model as it is), ``masked`` and ``gain``.
     """
-    block = block or int(getattr(model, "block"))
+    block = block or int(model.block)
     nbytes = block_bytes(windows, block, tokenizer)
     swap = model.swap_retriever(retriever, **(retriever_options or {})) if retriever is not None else nullcontext()
     with swap:
@@ -177,8 +177,11 @@ def evaluate(
 
 def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
     """A Markdown table of an :func:`evaluate` result (bits per byte; perplexity per token)."""
-    lines = [f"## {title}", "", f"{result['windows']} windows of {result['seq_len']} tokens, block {result['block']}"
-             + (f", retriever {result['retriever']}" if result.get("retriever") else ""), "",
+    swap = ""
+    if result.get("retriever"):
+        options = ", ".join(f"{k}={v}" for k, v in result["retriever"].items() if k != "name")
+        swap = f", retriever swapped to {result['retriever']['name']}" + (f" ({options})" if options else "")
+    lines = [f"## {title}", "", f"{result['windows']} windows of {result['seq_len']} tokens, block {result['block']}{swap}", "",
              "| model | bits/byte | perplexity | first block bpb | later blocks bpb |", "|---|---|---|---|---|"]
 
     def row(name: str, r: dict[str, Any]) -> str:

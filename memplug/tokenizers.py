@@ -22,7 +22,7 @@ from .atomic import atomic_write_bytes
 if TYPE_CHECKING:
     from .data import Prepared
 
-__all__ = ["Tokenizer", "ByteTokenizer", "BPETokenizer", "HFTokenizer", "train_bpe", "make_tokenizer", "TOKENIZERS"]
+__all__ = ["TOKENIZERS", "BPETokenizer", "ByteTokenizer", "HFTokenizer", "Tokenizer", "make_tokenizer", "train_bpe"]
 
 TOKENIZERS = ("byte", "bpe", "hf")
 
@@ -94,7 +94,7 @@ class BPETokenizer(Tokenizer):
         self.vocab_size = tokenizer.get_vocab_size()
         # Byte-level BPE writes each byte as one character, so a token's length is its byte count.
         self._bytes = np.array([len(tokenizer.id_to_token(i)) for i in range(self.vocab_size)], dtype=np.int64)
-        self._fingerprint = "bpe-%d-%s" % (self.vocab_size, hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12])
+        self._fingerprint = f"bpe-{self.vocab_size}-{hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12]}"
 
     @classmethod
     def train(cls, texts: Sequence[str], vocab_size: int = 8192) -> BPETokenizer:

@@ -51,7 +51,14 @@ from .checkpoint import (
 from .config import Config, ConfigError, load_config
 from .data import Prepared, prepare
 from .data.windows import WindowSampler, eval_starts, gather
-from .distributed import DistInfo, all_mean, any_true, barrier, close_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    all_mean,
+    any_true,
+    barrier,
+    close_distributed,
+    init_distributed,
+)
 from .evaluate import autocast, evaluate
 from .tokenizers import BPETokenizer, HFTokenizer, Tokenizer, make_tokenizer
 
@@ -161,7 +168,7 @@ class _Logger:
             if resume_step is not None and self.path.exists():  # drop rows written after the checkpoint
                 with open(self.path, newline="") as handle:
                     rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-            self.handle = open(self.path, "w", newline="")
+            self.handle = open(self.path, "w", newline="")  # noqa: SIM115 - open for the whole run, closed in close()
             self.writer = csv.DictWriter(self.handle, fieldnames=LOG_FIELDS)
             self.writer.writeheader()
             self.writer.writerows(rows)

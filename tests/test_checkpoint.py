@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import errno
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -125,10 +118,9 @@ def test_full_disk_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch)
 
 
 def test_keyboard_interrupt_inside_atomic_directory(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_directory(tmp_path / "x") as tmp:
-            (tmp / "a").write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_directory(tmp_path / "x") as tmp:
+        (tmp / "a").write_text("half")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
     atomic_write_bytes(tmp_path / "f.bin", b"abc")
     assert (tmp_path / "f.bin").read_bytes() == b"abc" and len(list(tmp_path.iterdir())) == 1
@@ -146,32 +138,3 @@ def test_listing_pruning_and_temporaries(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000007", "step_0000010"]
     assert [p.name for p in remove_temporaries(tmp_path)] == [".step_0000011.tmp-dead"]
     assert latest_checkpoint(tmp_path / "none") is None
-
-
-def test_kill_during_saves_leaves_only_complete_checkpoints(tmp_path):
-    script = textwrap.dedent(f"""
-        import torch, sys
-        from memplug.checkpoint import save_checkpoint
-        model = torch.nn.Linear(256, 256)
-        opt = torch.optim.AdamW(model.parameters())
-        model(torch.randn(2, 256)).sum().backward(); opt.step()
-        step = 0
-        while True:
-            step += 1
-            save_checkpoint({str(tmp_path)!r} + f"/step_{{step:07d}}", model, step=step, optimizer=opt)
-            print(step, flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        for _ in range(3):  # wait for three complete saves, then kill in the middle of later ones
-            assert proc.stdout.readline(), "writer died"
-        time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    found = list_checkpoints(tmp_path)
-    assert len(found) >= 3
-    for path in found:
-        assert read_checkpoint(path).step == int(path.name.split("_")[1])
-    assert all(p.name.startswith(".") or p in found for p in tmp_path.iterdir())
-    json.loads((found[-1] / "meta.json").read_text())

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from memplug.config import Config, ConfigError, apply_overrides, load_config, parse_value
+from memplug.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    parse_value,
+)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 

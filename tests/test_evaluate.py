@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import tiny_config
 
 import memplug
 from memplug.cli import main
-from memplug.evaluate import block_bytes, evaluate, memory_masked, summarize, to_markdown, token_losses
+from memplug.evaluate import (
+    block_bytes,
+    evaluate,
+    memory_masked,
+    summarize,
+    to_markdown,
+    token_losses,
+)
 from memplug.model import build_model
 from memplug.tokenizers import BPETokenizer
 from memplug.train import train
-from train_helpers import tiny_config
 
 LN2 = math.log(2)
 

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memplug.data import Dataset, Document, prepare
-from memplug.tokenizers import BPETokenizer, ByteTokenizer, HFTokenizer, make_tokenizer, train_bpe
+from memplug.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    HFTokenizer,
+    make_tokenizer,
+    train_bpe,
+)
 
 TEXTS = [
     "def f(x):\n    return x + 1\n" * 20,

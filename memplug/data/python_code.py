@@ -64,5 +64,5 @@ class PythonCode(Dataset):
 
 
 @hookimpl
-def memplug_add_datasets(registry) -> None:  # noqa: ANN001 - a memplug.registry.Registry
+def memplug_add_datasets(registry) -> None:
     registry.add(PythonCode)

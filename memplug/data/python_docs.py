@@ -70,5 +70,5 @@ class PythonDocs(Dataset):
 
 
 @hookimpl
-def memplug_add_datasets(registry) -> None:  # noqa: ANN001 - a memplug.registry.Registry
+def memplug_add_datasets(registry) -> None:
     registry.add(PythonDocs)
