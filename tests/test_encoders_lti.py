@@ -309,3 +309,18 @@ def test_block_transition_equals_steps(n, length, seed):
     for j in range(length):
         steps = Ad @ steps + Bd[:, None] * x[j]
     assert rel(power @ c + kernel @ x, steps) < 1e-12
+
+
+def test_batched_discretisation_matches_one_matrix_at_a_time():
+    """Regression: torch 2.13's batched CPU solve is wrong for N >= 160 on two threads."""
+    from memplug.ops.discretize import backward, bilinear
+
+    torch.manual_seed(0)
+    A = -torch.eye(192, dtype=torch.float64) * 3 + 0.05 * torch.randn(3, 192, 192, dtype=torch.float64)
+    B = torch.randn(3, 192, dtype=torch.float64)
+    for rule in (backward, bilinear):
+        Ad, Bd = rule(A, B, 0.1)
+        for i in range(3):
+            Ai, Bi = rule(A[i], B[i], 0.1)
+            torch.testing.assert_close(Ad[i], Ai, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(Bd[i], Bi, rtol=1e-12, atol=1e-12)
