@@ -371,7 +371,8 @@ def test_example_package_tests_pass(tmp_path):
 
     entry_points = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["entry-points"]["memplug"]
     (dist / "entry_points.txt").write_text("[memplug]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(tmp_path)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(tmp_path)]), "OMP_NUM_THREADS": "1",
+           "HYPOTHESIS_MAX_EXAMPLES": "8"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
         cwd=EXAMPLE, env=env, capture_output=True, text=True,

@@ -40,5 +40,13 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        return getattr(import_module(_HOMES[name]), name)
+        try:
+            module = import_module(_HOMES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != "hypothesis":
+                raise
+            raise ModuleNotFoundError(
+                "memplug.testing needs hypothesis: pip install 'memplug[testing]'", name="hypothesis"
+            ) from exc
+        return getattr(module, name)
     raise AttributeError(f"module 'memplug.testing' has no attribute {name!r}")

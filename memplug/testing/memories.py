@@ -14,6 +14,11 @@ A memory is checked inside a small :class:`memplug.model.MemoryModel` on the ``t
 - ``gradient reach``: every trainable parameter of the memory gets a finite, non-zero gradient,
   and, for a memory that holds a state, the tokens before the last local window change the
   logits of the last block (what the memory keeps is read).
+
+Modes (:data:`MODES`): causality and the round-trip run in training and eval mode, chunking
+invariance in eval mode (streaming is inference), gradient reach in training mode. Every
+model call is made with torch's global generator seeded the same way, so calls compared with
+each other draw the same randomness.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def tiny_backbone(vocab: int = 32, seed: int = 0) -> Backbone:
     rounding."""
     from memplug import make_backbone
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make_backbone("tiny", vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, init_std=0.1)
 
@@ -74,19 +79,26 @@ class SequenceCase:
     chunking: tuple[int, ...]
     cut: int
     other_seed: int
+    training: bool
 
     @property
     def split(self) -> int:
         return self.chunking[0] if len(self.chunking) > 1 else max(1, self.ids.length // 2)
 
     def describe(self) -> str:
-        ids = f"input_ids {(self.ids.batch, self.ids.length)} (seed {self.ids.seed})"
+        ids = f"{'training' if self.training else 'eval'} mode, input_ids {(self.ids.batch, self.ids.length)} (seed {self.ids.seed})"
         return {
             "causality": f"{ids}, tokens from j={self.cut} on redrawn (seed {self.other_seed})",
             "chunking": f"{ids} streamed in chunks {self.chunking}",
             "split": f"{ids}, state saved and loaded after {self.split} tokens",
             "reach": f"{ids}, tokens before the last block's local window redrawn (seed {self.other_seed})",
         }[self.focus]
+
+
+#: The model mode each invariant runs in: causality and the state round-trip in both (drawn),
+#: chunking invariance in eval mode (streaming is inference; a component that draws random
+#: positions per call in training cannot be chunk invariant there), gradient reach in training.
+MODES = {"causality": (False, True), "chunking": (False,), "split": (False, True), "reach": (True,)}
 
 
 @st.composite
@@ -98,6 +110,7 @@ def sequence_cases(draw: st.DrawFn, focus: str, vocab: int, min_length: int, max
         chunking=draw(mst.chunkings(ids.length, max_chunks=8)),
         cut=draw(st.integers(0, ids.length - 1)),
         other_seed=draw(st.integers(0, 2**16)),
+        training=draw(st.sampled_from(MODES[focus])),
     )
 
 
@@ -145,7 +158,7 @@ def check_memory(
     base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone
     base = tiny_backbone() if base is None else base
     vocab = base.vocab_size
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = MemoryModel(copy.deepcopy(base), memory=_factory(memory_or_factory), block=block,
                             layers=layers, span=span).to(dtype)
@@ -158,11 +171,22 @@ def check_memory(
     window = block * (2 if span == "previous" else 1)
     longest = max_blocks * block + block - 1
 
-    def run(invariant: str, statement: str, cases, body) -> None:
-        run_invariant(subject, invariant, statement, cases, body, settings)
+    def run(invariant: str, statement: str, cases, body: Callable[[SequenceCase], None]) -> None:
+        def in_mode(case: SequenceCase) -> None:
+            model.train(case.training)
+            body(case)
+
+        run_invariant(subject, invariant, statement, cases, in_mode, settings)
+
+    def forward(ids: Tensor, state: ModelState | None = None, labels: Tensor | None = None):
+        """One model call with torch's global generator seeded the same way every time, so
+        that calls compared with each other draw the same randomness (dropout, random samplers)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return model(ids, state=state, labels=labels)
 
     def logits(ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
-        out = model(ids, state=state)
+        out = forward(ids, state)
         return out.logits, out.state
 
     # -- causality ----------------------------------------------------------------------------
@@ -247,7 +271,7 @@ def check_memory(
     def reach(case: SequenceCase) -> None:
         ids = case.ids.tensor()
         model.zero_grad(set_to_none=True)
-        out = model(ids, labels=torch.roll(ids, -1, dims=1))
+        out = forward(ids, labels=torch.roll(ids, -1, dims=1))
         out.loss.backward()
         for name, p in trainable:
             if p.grad is None:

@@ -1,6 +1,7 @@
 """``check_retriever``: the Retriever contract (DESIGN §3) as hypothesis properties.
 
-Invariants, each checked with every encoder given (by default a LegS and a LegT):
+Invariants, each checked with every encoder given (by default a LegS and a LegT), in training
+and in eval mode (drawn per example):
 
 - ``positions``: ``positions(t, encoder)`` is (P,) with P = ``retriever.samples``, finite,
   sorted, inside ``encoder.support(t)``, the same for ``t`` given as an int, a float or a
@@ -10,12 +11,18 @@ Invariants, each checked with every encoder given (by default a LegS and a LegT)
   (*batch, P, C), and its (nb,) form (states (*batch, nb, N, C)) has the scalar reads as rows;
 - ``gradients`` (retrievers with trainable parameters): every trainable parameter gets a
   finite, non-zero gradient from a read.
+
+A retriever may be random (e.g. drawing fresh positions in training): every call the kit
+compares is made with torch's global generator seeded the same way, so the invariants hold for
+a retriever whose positions are a function of ``t``, the encoder and that generator's state.
+Randomness from a generator of its own cannot be checked this way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from hypothesis import settings as Settings
@@ -30,6 +37,7 @@ from .runner import Mismatch, expect_close, run_invariant
 __all__ = ["check_retriever", "default_encoders"]
 
 RetrieverLike = Retriever | Callable[[], Retriever]
+T = TypeVar("T")
 
 
 def default_encoders() -> list[Encoder]:
@@ -62,10 +70,20 @@ class ReadCase:
     encoder: int
     encoder_label: str
     times: tuple[float, ...]
-    state: mst.Stream  # (*batch, nb * N, C) values, reshaped to (*batch, nb, N, C)
+    state: mst.Stream  # its batch, channels and seed give the random states (*batch, nb, N, C)
+    training: bool
 
     def describe(self) -> str:
-        return f"encoder {self.encoder_label}, times {self.times}, states of batch {self.state.batch} with C={self.state.channels}"
+        mode = "training" if self.training else "eval"
+        return (f"{mode} mode, encoder {self.encoder_label}, times {self.times}, states of batch {self.state.batch} "
+                f"with C={self.state.channels}")
+
+
+def _seeded(seed: int, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` with torch's global generator seeded by ``seed`` (and restored after)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args)
 
 
 def _tolerance(positions: Tensor, hi: float) -> float:
@@ -105,15 +123,27 @@ def check_retriever(
             encoder_label=st.just(repr(encoders[i])),
             times=st.lists(time, min_size=1, max_size=3).map(tuple),
             state=mst.streams(length=st.just(1), channels=st.integers(1, channels)),
+            training=st.booleans(),
         )
     )
 
-    def run(invariant: str, statement: str, body) -> None:
-        run_invariant(subject, invariant, statement, cases, body, settings)
+    def run(invariant: str, statement: str, body: Callable[[ReadCase], None]) -> None:
+        def in_mode(case: ReadCase) -> None:
+            was = retriever.training
+            retriever.train(case.training)
+            try:
+                body(case)
+            finally:
+                retriever.train(was)
+
+        run_invariant(subject, invariant, statement, cases, in_mode, settings)
+
+    def positions_of(case: ReadCase, t: float | Tensor) -> Tensor:
+        return _seeded(case.state.seed, retriever.positions, t, encoders[case.encoder])
 
     def scalar_positions(case: ReadCase, t: float) -> Tensor:
         encoder = encoders[case.encoder]
-        pos = retriever.positions(t, encoder)
+        pos = positions_of(case, t)
         if tuple(pos.shape) != (p,):
             raise Mismatch(f"positions at t={t} have shape {tuple(pos.shape)}, expected ({p},)")
         if not pos.is_floating_point() or not torch.isfinite(pos).all():
@@ -131,20 +161,19 @@ def check_retriever(
 
     # -- positions ----------------------------------------------------------------------------
     def positions(case: ReadCase) -> None:
-        encoder = encoders[case.encoder]
         for t in case.times:
             pos = scalar_positions(case, t)
             forms = {"a 0-d tensor": torch.tensor(t, dtype=torch.float64)}
             if t == int(t):
                 forms["an int"] = int(t)
             for form, value in forms.items():
-                expect_close(retriever.positions(value, encoder), pos, _tolerance(pos, t),
+                expect_close(positions_of(case, value), pos, _tolerance(pos, t),
                              f"positions with t={t} given as {form} vs as a float")
             with torch.no_grad():
                 frozen = [q.requires_grad for q in retriever.parameters()]
                 retriever.requires_grad_(False)
                 try:
-                    again = retriever.positions(t, encoder)
+                    again = positions_of(case, t)
                 finally:
                     for q, flag in zip(retriever.parameters(), frozen):
                         q.requires_grad_(flag)
@@ -154,9 +183,8 @@ def check_retriever(
 
     # -- batched positions --------------------------------------------------------------------
     def batched(case: ReadCase) -> None:
-        encoder = encoders[case.encoder]
         rows = torch.stack([scalar_positions(case, t) for t in case.times])  # (nb, P)
-        both = retriever.positions(torch.tensor(case.times, dtype=torch.float64), encoder)
+        both = positions_of(case, torch.tensor(case.times, dtype=torch.float64))
         expect_close(both, rows, _tolerance(rows, max(case.times)), "positions of a (nb,) tensor of times vs one time at a time")
 
     run("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows", batched)
@@ -169,11 +197,11 @@ def check_retriever(
         states = torch.randn(*batch, nb, n, c, generator=gen, dtype=torch.float64)  # (*batch, nb, N, C)
         scalar = []
         for i, t in enumerate(case.times):
-            out = retriever.read(encoder, states[..., i, :, :], t)
-            want = encoder.basis(retriever.positions(t, encoder), t).to(torch.float64) @ states[..., i, :, :]
+            out = _seeded(case.state.seed, retriever.read, encoder, states[..., i, :, :], t)
+            want = encoder.basis(positions_of(case, t), t).to(torch.float64) @ states[..., i, :, :]
             expect_close(out, want, 1e-9, f"read at t={t} vs basis(positions(t), t) @ state")
             scalar.append(out)
-        both = retriever.read(encoder, states, torch.tensor(case.times, dtype=torch.float64))
+        both = _seeded(case.state.seed, retriever.read, encoder, states, torch.tensor(case.times, dtype=torch.float64))
         expect_close(both, torch.stack(scalar, dim=-3), 1e-9, "read of (nb,) times vs one time at a time")
 
     run("read", "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar", read)
@@ -186,7 +214,7 @@ def check_retriever(
             gen = torch.Generator().manual_seed(case.state.seed)
             state = torch.randn(*case.state.batch, encoder.order, case.state.channels, generator=gen, dtype=torch.float64)
             retriever.zero_grad(set_to_none=True)
-            loss = sum(retriever.read(encoder, state, t).square().sum() for t in case.times)
+            loss = sum(_seeded(case.state.seed, retriever.read, encoder, state, t).square().sum() for t in case.times)
             loss.backward()
             for name, q in trainable:
                 if q.grad is None:
