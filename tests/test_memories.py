@@ -469,7 +469,8 @@ def test_melodi_long_term_fifo():
     increments = []
     for t in range(0, 4 * L, L):
         k, v = torch.randn(2, B, HKV, L, D)
-        increments.append(memory._step(k, v, state["short_keys"], state["short_values"])[2])
+        short = torch.stack([state["short_keys"], state["short_values"]])
+        increments.append(memory._scan(torch.stack([k, v])[:, :, :, None], short, 1)[1][0])
         state = memory.write(state, k, v, t)
     torch.testing.assert_close(state["long_keys"], torch.cat(increments, dim=-2)[:, :, -5:])
     assert int(state["long_count"]) == 5
@@ -526,3 +527,17 @@ def test_masked_softmax_of_a_hidden_row_is_zero_with_finite_gradients():
     assert (weights[1] == 0).all() and torch.isneginf(lse[1]) and torch.isfinite(lse[0])
     (weights.sum() + lse[0]).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", ["none", "xl", "full", "knn", "melodi", "infini"] + (["elastic"] if HAS_ELASTIC else []))
+def test_built_by_name_at_a_budget(name):
+    """Each memory builds by name at 2x memory, and its footprint is what the budget says."""
+    import memplug
+
+    model = memplug.build_model("tiny", memory=name, block=L, vocab_size=VOCAB, d_model=H * D, n_layers=1,
+                                n_heads=H, n_kv_heads=HKV, **memory_options(name, 2, L, D))
+    assert model(tokens(2 * L + 3)).logits.shape == (B, 2 * L + 3, VOCAB)
+    fp = model.memories[0].footprint()
+    expected = {"knn": 2 * 2 * unit(L), "elastic": 2 * 2 * unit(L), "xl": 2 * L, "infini": D + 1, "none": 0, "full": 0,
+                "melodi": 2 * (max(1, L // 8) + 2 * unit(L))}
+    assert fp["vectors"] == expected[name]

@@ -58,7 +58,8 @@ from torch import Tensor, nn
 import memplug
 from memplug.budget import unit
 from memplug.contracts import Memory, MemoryRead
-from memplug.ops.retrieval import fifo_append, fifo_valid, fifo_windows, masked_softmax
+from memplug.ops.attention import repeat_kv
+from memplug.ops.retrieval import fifo_append, fifo_valid, fifo_windows
 
 
 class MelodiMemory(Memory):
@@ -115,33 +116,40 @@ class MelodiMemory(Memory):
                          long_count=torch.zeros(1, dtype=torch.long, device=device))
         return state
 
-    # -- the per-window step: token mixing ---------------------------------------------------
+    # -- token mixing -----------------------------------------------------------------------
 
     def _check(self, length: int) -> None:
         if length != self.block:
             raise ValueError(f"melodi memory built for block={self.block} got blocks of {length} tokens")
 
-    def _mix_inputs(self, window: Tensor, short: Tensor, stream: int) -> Tensor:
-        """RMS-normalised ``[window; short]`` (..., L + S, D) for stream 0 (keys) or 1 (values)."""
-        d = window.shape[-1]
-        w = F.rms_norm(window, (d,)) * self.norm_weight[0, stream].to(window.dtype)
-        s = F.rms_norm(short, (d,)) * self.norm_weight[1, stream].to(short.dtype)
-        return torch.cat([w, s], dim=-2)
+    def _norm(self, x: Tensor, kind: int) -> Tensor:
+        """RMS-normalise stacked ``[keys, values]`` (2, ..., D); ``kind`` 0: window, 1: short."""
+        w = self.norm_weight[kind].to(x.dtype)  # (2, D)
+        return F.rms_norm(x, (x.shape[-1],)) * w.view(2, *([1] * (x.dim() - 2)), x.shape[-1])
 
-    def _step(self, k: Tensor, v: Tensor, sk: Tensor, sv: Tensor) -> tuple[Tensor, ...]:
-        """One window (B, Hkv, L, D): the next short memory and, with long_term, the increment."""
-        out = []
-        for stream, (x, short) in enumerate(((k, sk), (v, sv))):
-            inputs = self._mix_inputs(x, short, stream)  # (B, Hkv, L + S, D)
-            mixed = einsum(self.short_mix.to(x.dtype), inputs, "s t, b h t d -> b h s d")
-            out.append(mixed + self.short_bias.to(x.dtype)[:, None] + short)  # norm and residual
-            if self.long_term:
-                inc = einsum(self.long_mix.to(x.dtype), inputs, "s t, b h t d -> b h s d")
-                out.append(inc + self.long_bias.to(x.dtype)[:, None])
-        if self.long_term:
-            sk_new, inc_k, sv_new, inc_v = out
-            return sk_new, sv_new, inc_k, inc_v
-        return tuple(out)
+    def _scan(self, kv: Tensor, short: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
+        """Write the first ``n`` blocks of ``kv`` (2, B, Hkv, nb, L, D) into ``short`` (2, B, Hkv, S, D).
+
+        Returns the short memories before and after each write, (2, B, Hkv, n + 1, S, D), and,
+        with ``long_term``, the long-term increments of the n blocks, (2, B, Hkv, n * I, D).
+        The mixing ``W [norm(window); norm(short)]`` splits into a window part, computed for all
+        blocks at once, and an S x S part inside the recurrence.
+        """
+        mix_w, mix_s = self.short_mix[:, : self.block].to(kv.dtype), self.short_mix[:, self.block :].to(kv.dtype)
+        window = self._norm(kv[:, :, :, :n], 0)  # (2, B, Hkv, n, L, D)
+        from_window = einsum(mix_w, window, "s t, k b h n t d -> k b h n s d")  # (2, B, Hkv, n, S, D)
+        bias = self.short_bias.to(kv.dtype)[:, None]  # (S, 1)
+        shorts, normed = [short], []
+        for i in range(n):
+            normed.append(self._norm(shorts[-1], 1))  # (2, B, Hkv, S, D)
+            shorts.append(from_window[:, :, :, i] + mix_s @ normed[-1] + bias + shorts[-1])  # norm and residual
+        increments = None
+        if self.long_term and n:
+            lw, ls = self.long_mix[:, : self.block].to(kv.dtype), self.long_mix[:, self.block :].to(kv.dtype)
+            inc = einsum(lw, window, "s t, k b h n t d -> k b h n s d") + einsum(
+                ls, torch.stack(normed, dim=3), "s t, k b h n t d -> k b h n s d")  # (2, B, Hkv, n, I, D)
+            increments = (inc + self.long_bias.to(kv.dtype)[:, None]).flatten(3, 4)  # (2, B, Hkv, n*I, D)
+        return torch.stack(shorts, dim=3), increments
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -154,13 +162,24 @@ class MelodiMemory(Memory):
         return MemoryRead(keys=keys, values=values, key_positions=positions, bias=bias)
 
     def _long_attend(self, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
-        """Cross-attention of ``q`` (B, H, nb, L, D) to (B, Hkv, nb, M, D); valid (nb, M)."""
-        qg = rearrange(q, "b (h g) n l d -> b h g n l d", h=self.kv_heads)
-        logits = (qg @ keys.unsqueeze(2).transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, Hkv, G, nb, L, M)
-        logits = logits.masked_fill(~valid.unsqueeze(-2), float("-inf"))
-        weights, _ = masked_softmax(logits)
-        out = weights @ values.unsqueeze(2)  # (B, Hkv, G, nb, L, D)
-        return rearrange(out, "b h g n l d -> b (h g) n l d")
+        """Cross-attention of ``q`` (B, H, nb, L, D) to (B, Hkv, nb, M, D); ``valid`` (nb, M).
+
+        Blocks whose long-term memory is still empty get a zero output; the others run as one
+        fused ``scaled_dot_product_attention`` call (every row sees at least one slot there).
+        """
+        b, h, nb, length, d = q.shape
+        nonempty = valid.any(dim=-1)  # (nb,): once a slot is filled it stays filled
+        first = int(nb - nonempty.sum())
+        if first == nb:
+            return torch.zeros_like(q)
+        qs = rearrange(q[:, :, first:], "b h n l d -> (b n) h l d")  # (B*nb', H, L, D)
+        ks = repeat_kv(rearrange(keys[:, :, first:], "b h n m d -> (b n) h m d"), h)  # (B*nb', H, M, D)
+        vs = repeat_kv(rearrange(values[:, :, first:], "b h n m d -> (b n) h m d"), h)
+        mask = torch.zeros(valid[first:].shape, dtype=q.dtype, device=q.device).masked_fill(~valid[first:], float("-inf"))
+        mask = mask.repeat(b, 1)[:, None, None, :]  # (B*nb', 1, 1, M)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=1.0 / math.sqrt(d))
+        out = rearrange(out, "(b n) h l d -> b h n l d", b=b)  # (B, H, nb', L, D)
+        return torch.cat([torch.zeros_like(q[:, :, :first]), out], dim=2)
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
         self._check(q.shape[-2])
@@ -174,12 +193,13 @@ class MelodiMemory(Memory):
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         self._check(k.shape[-2])
-        new = self._step(k, v, state["short_keys"], state["short_values"])
-        out = {"short_keys": new[0], "short_values": new[1], "short_filled": torch.ones_like(state["short_filled"])}
+        shorts, inc = self._scan(torch.stack([k, v])[:, :, :, None], torch.stack([state["short_keys"], state["short_values"]]), 1)
+        out = {"short_keys": shorts[0, :, :, -1], "short_values": shorts[1, :, :, -1],
+               "short_filled": torch.ones_like(state["short_filled"])}
         if self.long_term:
             out.update(
-                long_keys=fifo_append(state["long_keys"], new[2], self.long_slots),
-                long_values=fifo_append(state["long_values"], new[3], self.long_slots),
+                long_keys=fifo_append(state["long_keys"], inc[0], self.long_slots),
+                long_values=fifo_append(state["long_values"], inc[1], self.long_slots),
                 long_count=(state["long_count"] + self.increment).clamp_max(self.long_slots),
             )
         return out
@@ -189,31 +209,22 @@ class MelodiMemory(Memory):
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
         nb = q.shape[2]
         self._check(q.shape[3])
-        # The short-term recurrence is a loop of small mixings; the reads are batched after it.
-        sk, sv = [state["short_keys"]], [state["short_values"]]
-        inc_k, inc_v = [], []
-        for i in range(complete):
-            new = self._step(k[:, :, i], v[:, :, i], sk[-1], sv[-1])
-            sk.append(new[0])
-            sv.append(new[1])
-            if self.long_term:
-                inc_k.append(new[2])
-                inc_v.append(new[3])
-        # block i reads the short memory after min(i, complete) writes
-        reads_k = torch.stack([sk[min(i, complete)] for i in range(nb)], dim=2)  # (B, Hkv, nb, S, D)
-        reads_v = torch.stack([sv[min(i, complete)] for i in range(nb)], dim=2)
+        shorts, inc = self._scan(torch.stack([k, v]), torch.stack([state["short_keys"], state["short_values"]]), complete)
+        # block i reads the state after min(i, complete) writes: a view unless a block before the last is partial
+        which = slice(0, nb) if complete >= nb - 1 else [min(i, complete) for i in range(nb)]
+        reads = shorts[:, :, :, which]  # (2, B, Hkv, nb, S, D)
         filled = int(state["short_filled"]) > 0
         hidden = torch.tensor([not filled and min(i, complete) == 0 for i in range(nb)], device=q.device)
-        read = self._short_read(reads_k, reads_v, hidden)
-        new_state = {"short_keys": sk[-1], "short_values": sv[-1],
+        read = self._short_read(reads[0], reads[1], hidden)
+        new_state = {"short_keys": shorts[0, :, :, -1], "short_values": shorts[1, :, :, -1],
                      "short_filled": state["short_filled"] if complete == 0 else torch.ones_like(state["short_filled"])}
         if self.long_term:
             count = int(state["long_count"])
             # bank = [stored | increments of the written blocks]; state j = window j of the bank
-            bank_k = torch.cat([state["long_keys"], *inc_k], dim=-2)  # (B, Hkv, M + complete*I, D)
-            bank_v = torch.cat([state["long_values"], *inc_v], dim=-2)
-            # block i reads state min(i, complete): a view unless a block before the last is partial
-            which = slice(0, nb) if complete >= nb - 1 else [min(i, complete) for i in range(nb)]
+            bank_k, bank_v = state["long_keys"], state["long_values"]
+            if inc is not None:
+                bank_k = torch.cat([bank_k, inc[0]], dim=-2)  # (B, Hkv, M + complete*I, D)
+                bank_v = torch.cat([bank_v, inc[1]], dim=-2)
             keys = fifo_windows(bank_k, self.long_slots, self.increment, complete + 1)[:, :, which]  # (B, Hkv, nb, M, D)
             values = fifo_windows(bank_v, self.long_slots, self.increment, complete + 1)[:, :, which]
             valid = fifo_valid(self.long_slots, self.increment, complete + 1, count, device=q.device)[which]  # (nb, M)
