@@ -53,8 +53,9 @@ def test_builtin_retriever(name):
     check_retriever(lambda: memplug.make_retriever(name, **RETRIEVER_OPTIONS.get(name, {})))
 
 
+@pytest.mark.parametrize("span", ["block", "previous"])
 @pytest.mark.parametrize("name", builtins("memory"))
-def test_builtin_memory(name):
+def test_builtin_memory(name, span):
     options = MEMORY_OPTIONS.get(name, {})
     if name == "melodi":
         # the paper's placement: short-term memory in every layer, long-term in the middle one
@@ -65,4 +66,4 @@ def test_builtin_memory(name):
         def factory(layer: int) -> memplug.Memory:
             return memplug.make_memory(name, **options)
 
-    check_memory(factory, block=BLOCK)
+    check_memory(factory, block=BLOCK, span=span)
