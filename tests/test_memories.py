@@ -17,13 +17,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
 from memplug.backbones.tiny import TinyBackbone
-from memplug.budget import SCALES, memory_options, unit
-from memplug.contracts import Memory
-from memplug.layers import MemoryAttention
-from memplug.model import MemoryModel, ModelState
-from memplug.ops.linear_memory import feature_map, linear_retrieve, linear_update
 from memplug.plugins.attention.sdpa import SDPAAttention
 from memplug.plugins.memories.full import FullMemory
 from memplug.plugins.memories.infini import InfiniMemory
@@ -31,6 +25,12 @@ from memplug.plugins.memories.knn import KNNMemory
 from memplug.plugins.memories.melodi import MelodiMemory, melodi_layers
 from memplug.plugins.memories.none import NoMemory
 from memplug.plugins.memories.xl import XLMemory
+
+from memplug.budget import SCALES, memory_options, unit
+from memplug.contracts import Memory
+from memplug.layers import MemoryAttention
+from memplug.model import MemoryModel, ModelState
+from memplug.ops.linear_memory import feature_map, linear_retrieve, linear_update
 
 L = 8  # block length
 B, H, HKV, D = 2, 4, 2, 8  # batch, query heads, key/value heads, head dim
@@ -260,7 +260,9 @@ def test_full_memory_is_the_full_causal_transformer():
 def test_full_positions_and_clipping():
     memory = FullMemory(max_distance=5)
     memory.setup(H, HKV, D)
-    state = memory.write(memory.init_state(B, torch.float64, torch.device("cpu")), *torch.randn(2, B, HKV, 12, D, dtype=torch.float64), 0)
+    state = memory.write(
+        memory.init_state(B, torch.float64, torch.device("cpu")), *torch.randn(2, B, HKV, 12, D, dtype=torch.float64), 0
+    )
     read = memory.read(state, torch.randn(B, H, L, D, dtype=torch.float64), 12)
     assert read.key_positions.tolist() == [[-5.0] * 7 + [-5.0, -4.0, -3.0, -2.0, -1.0]]
     assert memory.footprint(tokens=12)["vectors"] == 24
@@ -377,8 +379,12 @@ def test_knn_faiss_search_matches_torch():
 
 
 def test_knn_options_are_checked():
-    for kwargs, word in [({"capacity": 0}, "capacity"), ({"topk": 0}, "topk"), ({"combine": "sum"}, "combine"),
-                         ({"search": "annoy"}, "search")]:
+    for kwargs, word in [
+        ({"capacity": 0}, "capacity"),
+        ({"topk": 0}, "topk"),
+        ({"combine": "sum"}, "combine"),
+        ({"search": "annoy"}, "search"),
+    ]:
         with pytest.raises(ValueError, match=word):
             KNNMemory(**kwargs)
     gate = KNNMemory(capacity=16)
@@ -391,6 +397,7 @@ def test_knn_options_are_checked():
 
 def infini_reference(blocks_k, blocks_v, q, delta, eps=1e-6):
     """float64 NumPy: the paper's equations applied block by block, then one retrieval."""
+
     def sigma(x):
         return np.where(x > 0, x + 1.0, np.exp(x))
 
@@ -419,7 +426,9 @@ def test_infini_matches_the_paper_equations(delta):
             kv = h // (H // HKV)
             for i in range(4):
                 blocks = min(i, 3)
-                expected = infini_reference(k[b, kv, :blocks].numpy(), v[b, kv, :blocks].numpy(), q[b, h, i].numpy(), delta)
+                expected = infini_reference(
+                    k[b, kv, :blocks].numpy(), v[b, kv, :blocks].numpy(), q[b, h, i].numpy(), delta
+                )
                 np.testing.assert_allclose(read.output[b, h, i].numpy(), expected, rtol=1e-10, atol=1e-12)
     assert read.gate.shape == (H,) and memory.footprint()["vectors"] == D + 1
 
@@ -529,15 +538,33 @@ def test_masked_softmax_of_a_hidden_row_is_zero_with_finite_gradients():
     assert torch.isfinite(logits.grad).all()
 
 
-@pytest.mark.parametrize("name", ["none", "xl", "full", "knn", "melodi", "infini"] + (["elastic"] if HAS_ELASTIC else []))
+@pytest.mark.parametrize(
+    "name", ["none", "xl", "full", "knn", "melodi", "infini"] + (["elastic"] if HAS_ELASTIC else [])
+)
 def test_built_by_name_at_a_budget(name):
     """Each memory builds by name at 2x memory, and its footprint is what the budget says."""
     import memplug
 
-    model = memplug.build_model("tiny", memory=name, block=L, vocab_size=VOCAB, d_model=H * D, n_layers=1,
-                                n_heads=H, n_kv_heads=HKV, **memory_options(name, 2, L, D))
+    model = memplug.build_model(
+        "tiny",
+        memory=name,
+        block=L,
+        vocab_size=VOCAB,
+        d_model=H * D,
+        n_layers=1,
+        n_heads=H,
+        n_kv_heads=HKV,
+        **memory_options(name, 2, L, D),
+    )
     assert model(tokens(2 * L + 3)).logits.shape == (B, 2 * L + 3, VOCAB)
     fp = model.memories[0].footprint()
-    expected = {"knn": 2 * 2 * unit(L), "elastic": 2 * 2 * unit(L), "xl": 2 * L, "infini": D + 1, "none": 0, "full": 0,
-                "melodi": 2 * (max(1, L // 8) + 2 * unit(L))}
+    expected = {
+        "knn": 2 * 2 * unit(L),
+        "elastic": 2 * 2 * unit(L),
+        "xl": 2 * L,
+        "infini": D + 1,
+        "none": 0,
+        "full": 0,
+        "melodi": 2 * (max(1, L // 8) + 2 * unit(L)),
+    }
     assert fp["vectors"] == expected[name]

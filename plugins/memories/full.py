@@ -45,7 +45,10 @@ class FullMemory(Memory):
 
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
-        return {"keys": torch.zeros(shape, dtype=dtype, device=device), "values": torch.zeros(shape, dtype=dtype, device=device)}
+        return {
+            "keys": torch.zeros(shape, dtype=dtype, device=device),
+            "values": torch.zeros(shape, dtype=dtype, device=device),
+        }
 
     def _positions(self, relative: Tensor) -> Tensor:
         if self.max_distance is not None:
@@ -72,7 +75,10 @@ class FullMemory(Memory):
         new_v = v.reshape(b, hkv, nb * length, d)
         bank_k = torch.cat([state["keys"], new_k], dim=-2)  # (B, Hkv, T + nb*L, D)
         bank_v = torch.cat([state["values"], new_v], dim=-2)
-        new_state = {"keys": bank_k[:, :, : stored + complete * length], "values": bank_v[:, :, : stored + complete * length]}
+        new_state = {
+            "keys": bank_k[:, :, : stored + complete * length],
+            "values": bank_v[:, :, : stored + complete * length],
+        }
         slots = stored + (nb - 1) * length
         if slots == 0:
             return MemoryRead(), new_state

@@ -120,7 +120,9 @@ class KNNMemory(Memory):
     def _prepare_keys(self, k: Tensor) -> Tensor:
         return F.normalize(k, dim=-1) if self.normalize else k
 
-    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor, index: Tensor | None = None) -> MemoryRead:
+    def _attend(
+        self, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor, index: Tensor | None = None
+    ) -> MemoryRead:
         """``q`` (B, H, nb, L, D) over per-block stores ``keys``/``values`` (B, Hkv, nb, M, D)."""
         qg = rearrange(self._prepare_keys(q), "b (h g) n l d -> b h g n l d", h=self.kv_heads)
         scale = self._scale(qg.dim())

@@ -98,10 +98,14 @@ class MelodiMemory(Memory):
         std = 1.0 / math.sqrt(fan_in)  # meliad: variance scaling, fan-in, truncated normal
         # RMS scales: [window, short] x [keys, values]
         self.norm_weight = nn.Parameter(torch.ones(2, 2, head_dim))
-        self.short_mix = nn.Parameter(nn.init.trunc_normal_(torch.empty(self.short_slots, fan_in), std=std, a=-2 * std, b=2 * std))
+        self.short_mix = nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(self.short_slots, fan_in), std=std, a=-2 * std, b=2 * std)
+        )
         self.short_bias = nn.Parameter(torch.zeros(self.short_slots))
         if self.long_term:
-            self.long_mix = nn.Parameter(nn.init.trunc_normal_(torch.empty(self.increment, fan_in), std=std, a=-2 * std, b=2 * std))
+            self.long_mix = nn.Parameter(
+                nn.init.trunc_normal_(torch.empty(self.increment, fan_in), std=std, a=-2 * std, b=2 * std)
+            )
             self.long_bias = nn.Parameter(torch.zeros(self.increment))
             self.gate = nn.Parameter(nn.init.trunc_normal_(torch.empty(heads), std=0.25, a=-0.5, b=0.5))
 
@@ -109,11 +113,17 @@ class MelodiMemory(Memory):
         def zeros(slots: int) -> Tensor:
             return torch.zeros(batch, self.kv_heads, slots, self.head_dim, dtype=dtype, device=device)
 
-        state = {"short_keys": zeros(self.short_slots), "short_values": zeros(self.short_slots),
-                 "short_filled": torch.zeros(1, dtype=torch.long, device=device)}
+        state = {
+            "short_keys": zeros(self.short_slots),
+            "short_values": zeros(self.short_slots),
+            "short_filled": torch.zeros(1, dtype=torch.long, device=device),
+        }
         if self.long_term:
-            state.update(long_keys=zeros(self.long_slots), long_values=zeros(self.long_slots),
-                         long_count=torch.zeros(1, dtype=torch.long, device=device))
+            state.update(
+                long_keys=zeros(self.long_slots),
+                long_values=zeros(self.long_slots),
+                long_count=torch.zeros(1, dtype=torch.long, device=device),
+            )
         return state
 
     # -- token mixing -----------------------------------------------------------------------
@@ -147,7 +157,8 @@ class MelodiMemory(Memory):
         if self.long_term and n:
             lw, ls = self.long_mix[:, : self.block].to(kv.dtype), self.long_mix[:, self.block :].to(kv.dtype)
             inc = einsum(lw, window, "s t, k b h n t d -> k b h n s d") + einsum(
-                ls, torch.stack(normed, dim=3), "s t, k b h n t d -> k b h n s d")  # (2, B, Hkv, n, I, D)
+                ls, torch.stack(normed, dim=3), "s t, k b h n t d -> k b h n s d"
+            )  # (2, B, Hkv, n, I, D)
             increments = (inc + self.long_bias.to(kv.dtype)[:, None]).flatten(3, 4)  # (2, B, Hkv, n*I, D)
         return torch.stack(shorts, dim=3), increments
 
@@ -175,7 +186,9 @@ class MelodiMemory(Memory):
         qs = rearrange(q[:, :, first:], "b h n l d -> (b n) h l d")  # (B*nb', H, L, D)
         ks = repeat_kv(rearrange(keys[:, :, first:], "b h n m d -> (b n) h m d"), h)  # (B*nb', H, M, D)
         vs = repeat_kv(rearrange(values[:, :, first:], "b h n m d -> (b n) h m d"), h)
-        mask = torch.zeros(valid[first:].shape, dtype=q.dtype, device=q.device).masked_fill(~valid[first:], float("-inf"))
+        mask = torch.zeros(valid[first:].shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~valid[first:], float("-inf")
+        )
         mask = mask.repeat(b, 1)[:, None, None, :]  # (B*nb', 1, 1, M)
         out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=1.0 / math.sqrt(d))
         out = rearrange(out, "(b n) h l d -> b h n l d", b=b)  # (B, H, nb', L, D)
@@ -187,15 +200,22 @@ class MelodiMemory(Memory):
         read = self._short_read(state["short_keys"].unsqueeze(2), state["short_values"].unsqueeze(2), hidden)
         if self.long_term:
             valid = fifo_valid(self.long_slots, 0, 1, int(state["long_count"]), device=q.device)  # (1, M)
-            read.output = self._long_attend(q.unsqueeze(2), state["long_keys"].unsqueeze(2), state["long_values"].unsqueeze(2), valid)
+            read.output = self._long_attend(
+                q.unsqueeze(2), state["long_keys"].unsqueeze(2), state["long_values"].unsqueeze(2), valid
+            )
             read.gate = self.gate
         return read
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         self._check(k.shape[-2])
-        shorts, inc = self._scan(torch.stack([k, v])[:, :, :, None], torch.stack([state["short_keys"], state["short_values"]]), 1)
-        out = {"short_keys": shorts[0, :, :, -1], "short_values": shorts[1, :, :, -1],
-               "short_filled": torch.ones_like(state["short_filled"])}
+        shorts, inc = self._scan(
+            torch.stack([k, v])[:, :, :, None], torch.stack([state["short_keys"], state["short_values"]]), 1
+        )
+        out = {
+            "short_keys": shorts[0, :, :, -1],
+            "short_values": shorts[1, :, :, -1],
+            "short_filled": torch.ones_like(state["short_filled"]),
+        }
         if self.long_term:
             out.update(
                 long_keys=fifo_append(state["long_keys"], inc[0], self.long_slots),
@@ -209,15 +229,20 @@ class MelodiMemory(Memory):
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
         nb = q.shape[2]
         self._check(q.shape[3])
-        shorts, inc = self._scan(torch.stack([k, v]), torch.stack([state["short_keys"], state["short_values"]]), complete)
+        shorts, inc = self._scan(
+            torch.stack([k, v]), torch.stack([state["short_keys"], state["short_values"]]), complete
+        )
         # block i reads the state after min(i, complete) writes: a view unless a block before the last is partial
         which = slice(0, nb) if complete >= nb - 1 else [min(i, complete) for i in range(nb)]
         reads = shorts[:, :, :, which]  # (2, B, Hkv, nb, S, D)
         filled = int(state["short_filled"]) > 0
         hidden = torch.tensor([not filled and min(i, complete) == 0 for i in range(nb)], device=q.device)
         read = self._short_read(reads[0], reads[1], hidden)
-        new_state = {"short_keys": shorts[0, :, :, -1], "short_values": shorts[1, :, :, -1],
-                     "short_filled": state["short_filled"] if complete == 0 else torch.ones_like(state["short_filled"])}
+        new_state = {
+            "short_keys": shorts[0, :, :, -1],
+            "short_values": shorts[1, :, :, -1],
+            "short_filled": state["short_filled"] if complete == 0 else torch.ones_like(state["short_filled"]),
+        }
         if self.long_term:
             count = int(state["long_count"])
             # bank = [stored | increments of the written blocks]; state j = window j of the bank
@@ -225,7 +250,9 @@ class MelodiMemory(Memory):
             if inc is not None:
                 bank_k = torch.cat([bank_k, inc[0]], dim=-2)  # (B, Hkv, M + complete*I, D)
                 bank_v = torch.cat([bank_v, inc[1]], dim=-2)
-            keys = fifo_windows(bank_k, self.long_slots, self.increment, complete + 1)[:, :, which]  # (B, Hkv, nb, M, D)
+            keys = fifo_windows(bank_k, self.long_slots, self.increment, complete + 1)[
+                :, :, which
+            ]  # (B, Hkv, nb, M, D)
             values = fifo_windows(bank_v, self.long_slots, self.increment, complete + 1)[:, :, which]
             valid = fifo_valid(self.long_slots, self.increment, complete + 1, count, device=q.device)[which]  # (nb, M)
             read.output = self._long_attend(q, keys, values, valid)

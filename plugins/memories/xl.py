@@ -40,7 +40,10 @@ class XLMemory(Memory):
 
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
-        return {"keys": torch.zeros(shape, dtype=dtype, device=device), "values": torch.zeros(shape, dtype=dtype, device=device)}
+        return {
+            "keys": torch.zeros(shape, dtype=dtype, device=device),
+            "values": torch.zeros(shape, dtype=dtype, device=device),
+        }
 
     def _check(self, length: int) -> None:
         if self.block is not None and length != self.block:
@@ -64,7 +67,11 @@ class XLMemory(Memory):
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
         nb, length = q.shape[2], q.shape[3]
         self._check(length)
-        new_state = state if complete == 0 else {"keys": k[:, :, complete - 1].detach(), "values": v[:, :, complete - 1].detach()}
+        new_state = (
+            state
+            if complete == 0
+            else {"keys": k[:, :, complete - 1].detach(), "values": v[:, :, complete - 1].detach()}
+        )
         prev_k, prev_v = state["keys"], state["values"]
         empty = prev_k.shape[-2] == 0
         if empty and nb == 1:
@@ -90,7 +97,11 @@ class XLMemory(Memory):
         if self.block is None:
             raise ValueError("xl footprint needs the block length: build it with block=<int>")
         numel = 2 * batch * self.kv_heads * self.block * self.head_dim
-        return {"vectors": 2 * self.block, "bytes": numel * torch.empty((), dtype=dtype).element_size(), "parameters": 0}
+        return {
+            "vectors": 2 * self.block,
+            "bytes": numel * torch.empty((), dtype=dtype).element_size(),
+            "parameters": 0,
+        }
 
 
 @memplug.hookimpl
