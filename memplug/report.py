@@ -12,12 +12,13 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_write_bytes
 
 
 def machine() -> dict[str, Any]:
@@ -51,19 +52,6 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) if i else a for i, a in enumerate(argv))
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     directory: str | Path, name: str, markdown: str, data: dict[str, Any], *, title: str, seconds: float | None = None
 ) -> Path:
@@ -87,6 +75,6 @@ def write_report(
     ]
     if seconds is not None:
         header.append(f"- wall-clock: {seconds / 60:.1f} min")
-    atomic_write(directory / f"{name}.md", "\n".join(header) + "\n\n" + markdown.rstrip() + "\n")
-    atomic_write(directory / f"{name}.json", json.dumps({**facts, "data": data}, indent=1, default=str) + "\n")
+    atomic_write_bytes(directory / f"{name}.md", ("\n".join(header) + "\n\n" + markdown.rstrip() + "\n").encode())
+    atomic_write_bytes(directory / f"{name}.json", (json.dumps({**facts, "data": data}, indent=1, default=str) + "\n").encode())
     return directory / f"{name}.md"
