@@ -34,7 +34,7 @@ from memplug.contracts import Encoder
 
 from . import strategies as mst
 from .reference import Weight, projection_reference
-from .runner import Mismatch, expect_close, relative_error, run_invariant
+from .runner import Mismatch, component, expect_close, relative_error, run_invariant, subject
 
 __all__ = ["check_encoder", "projection_weight"]
 
@@ -42,20 +42,6 @@ EncoderLike = Encoder | Callable[[], Encoder]
 
 #: Relative tolerance of the exactness invariants (chunking, linearity) per stream dtype.
 EXACT_TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
-
-
-def _make(encoder_or_factory: EncoderLike) -> Encoder:
-    encoder = encoder_or_factory if isinstance(encoder_or_factory, Encoder) else encoder_or_factory()
-    if not isinstance(encoder, Encoder):
-        raise TypeError(
-            f"encoder_or_factory must be a memplug.Encoder or a callable returning one, got {type(encoder).__name__}"
-        )
-    return encoder
-
-
-def _subject(encoder: Encoder) -> str:
-    extra = encoder.extra_repr()
-    return f"encoder {encoder.name or type(encoder).__name__!r} ({type(encoder).__name__}{f': {extra}' if extra else ''})"
 
 
 def projection_weight(encoder: Encoder) -> Weight | None:
@@ -123,7 +109,8 @@ class LinearCase:
     b: float
 
     def describe(self) -> str:
-        return f"a*(s1, x1) + b*(s2, x2) with a={self.a}, b={self.b}; x1: {self.first.describe()}; x2 seed {self.second_seed}"
+        return (f"a*(s1, x1) + b*(s2, x2) with a={self.a}, b={self.b}; x1: {self.first.describe()}; "
+                f"x2 seed {self.second_seed}")
 
 
 @dataclass(frozen=True)
@@ -218,13 +205,13 @@ def check_encoder(
         settings: hypothesis settings; by default the active profile (its ``max_examples``,
             derandomisation, ...), without a deadline.
     """
-    encoder = _make(encoder_or_factory)
-    subject = _subject(encoder)
+    encoder = component(encoder_or_factory, Encoder, "encoder_or_factory")
+    label = subject(encoder)
     weight = weight if weight is not None else projection_weight(encoder)
     n = encoder.order
 
     def run(invariant: str, statement: str, cases, body) -> None:
-        run_invariant(subject, invariant, statement, cases, body, settings)
+        run_invariant(label, invariant, statement, cases, body, settings)
 
     # -- support ------------------------------------------------------------------------------
     times = st.lists(st.one_of(st.integers(1, 64), st.integers(1, max_t0), st.floats(0.5, 1e4)).map(float),
@@ -299,7 +286,8 @@ def check_encoder(
         x1, x2 = first.stream.tensor(), second.stream.tensor()
         mixed = encoder.update(case.a * s1 + case.b * s2, case.a * x1 + case.b * x2, first.t0)
         apart = case.a * encoder.update(s1, x1, first.t0) + case.b * encoder.update(s2, x2, first.t0)
-        expect_close(mixed, apart, EXACT_TOLERANCE[torch.float64], "update(a s1 + b s2, a x1 + b x2) vs a update(s1, x1) + b update(s2, x2)")
+        expect_close(mixed, apart, EXACT_TOLERANCE[torch.float64],
+                     "update(a s1 + b s2, a x1 + b x2) vs a update(s1, x1) + b update(s2, x2)")
 
     run("linearity", "update is linear in (state, x)", linear_cases, linearity)
 
@@ -311,7 +299,8 @@ def check_encoder(
             p = lo + (hi - lo) * torch.tensor(fractions, dtype=torch.float64)  # (P,)
             phi = encoder.basis(p, t)
             if tuple(phi.shape) != (len(fractions), n):
-                raise Mismatch(f"basis of {len(fractions)} positions at t={t} is {tuple(phi.shape)}, expected {(len(fractions), n)}")
+                raise Mismatch(f"basis of {len(fractions)} positions at t={t} is {tuple(phi.shape)}, "
+                               f"expected {(len(fractions), n)}")
             if phi.dtype != torch.float64:
                 raise Mismatch(f"basis of float64 positions came back {phi.dtype} (dtype must follow the positions)")
             if not torch.isfinite(phi).all():
@@ -381,7 +370,8 @@ def check_encoder(
             finals.append(_chunked(encoder, state, x, case.t0, blocks)[-1])
         err = relative_error(finals[0], finals[1])
         if not err <= long_tolerance:
-            raise Mismatch(f"float32 state after {long_length} tokens is {err:.3g} from float64 (allowed {long_tolerance:g})")
+            raise Mismatch(f"float32 state after {long_length} tokens is {err:.3g} from float64 "
+                           f"(allowed {long_tolerance:g})")
 
     run("float32 vs float64", f"a float32 stream of {long_length} tokens stays within {long_tolerance:g} of float64",
         long_cases, precision)

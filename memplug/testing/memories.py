@@ -37,7 +37,7 @@ from torch import Tensor
 from memplug.contracts import Backbone, Memory
 
 from . import strategies as mst
-from .runner import Mismatch, expect_close, run_invariant
+from .runner import Mismatch, expect_close, run_invariant, subject
 
 __all__ = ["check_memory", "tiny_backbone"]
 
@@ -86,7 +86,8 @@ class SequenceCase:
         return self.chunking[0] if len(self.chunking) > 1 else max(1, self.ids.length // 2)
 
     def describe(self) -> str:
-        ids = f"{'training' if self.training else 'eval'} mode, input_ids {(self.ids.batch, self.ids.length)} (seed {self.ids.seed})"
+        mode = "training" if self.training else "eval"
+        ids = f"{mode} mode, input_ids {(self.ids.batch, self.ids.length)} (seed {self.ids.seed})"
         return {
             "causality": f"{ids}, tokens from j={self.cut} on redrawn (seed {self.other_seed})",
             "chunking": f"{ids} streamed in chunks {self.chunking}",
@@ -165,9 +166,7 @@ def check_memory(
     memories = model.memories
     if not memories:
         raise ValueError(f"the model built from {memory_or_factory!r} has no memory in any layer")
-    first = memories[0]
-    extra = first.extra_repr()
-    subject = f"memory {first.name or type(first).__name__!r} ({type(first).__name__}{f': {extra}' if extra else ''})"
+    label = subject(memories[0])
     window = block * (2 if span == "previous" else 1)
     longest = max_blocks * block + block - 1
 
@@ -176,7 +175,7 @@ def check_memory(
             model.train(case.training)
             body(case)
 
-        run_invariant(subject, invariant, statement, cases, in_mode, settings)
+        run_invariant(label, invariant, statement, cases, in_mode, settings)
 
     def forward(ids: Tensor, state: ModelState | None = None, labels: Tensor | None = None):
         """One model call with torch's global generator seeded the same way every time, so
@@ -213,7 +212,7 @@ def check_memory(
         reason = getattr(exempt[0], "chunk_invariant_reason", "")
         if not isinstance(reason, str) or not reason.strip():
             raise AssertionError(
-                f"{subject} declares chunk_invariant = False without a reason: set the class attribute "
+                f"{label} declares chunk_invariant = False without a reason: set the class attribute "
                 "chunk_invariant_reason to say why chunking can change its results"
             )
     else:

@@ -32,7 +32,7 @@ from torch import Tensor
 from memplug.contracts import Encoder, Retriever
 
 from . import strategies as mst
-from .runner import Mismatch, expect_close, run_invariant
+from .runner import Mismatch, component, expect_close, run_invariant, subject
 
 __all__ = ["check_retriever", "default_encoders"]
 
@@ -46,21 +46,6 @@ def default_encoders() -> list[Encoder]:
     from memplug import make_encoder
 
     return [make_encoder("legs", order=8), make_encoder("legt", order=8, window=64.0)]
-
-
-def _make(retriever_or_factory: RetrieverLike) -> Retriever:
-    retriever = retriever_or_factory if isinstance(retriever_or_factory, Retriever) else retriever_or_factory()
-    if not isinstance(retriever, Retriever):
-        raise TypeError(
-            f"retriever_or_factory must be a memplug.Retriever or a callable returning one, got {type(retriever).__name__}"
-        )
-    return retriever
-
-
-def _subject(retriever: Retriever) -> str:
-    extra = retriever.extra_repr()
-    label = retriever.name or type(retriever).__name__
-    return f"retriever {label!r} ({type(retriever).__name__}{f': {extra}' if extra else ''})"
 
 
 @dataclass(frozen=True)
@@ -108,11 +93,11 @@ def check_retriever(
         channels: the most channels C of a drawn state.
         settings: hypothesis settings; by default the active profile, without a deadline.
     """
-    retriever = _make(retriever_or_factory)
+    retriever = component(retriever_or_factory, Retriever, "retriever_or_factory")
     encoders = list(default_encoders() if encoders is None else encoders)
     if not encoders or not all(isinstance(e, Encoder) for e in encoders):
         raise ValueError(f"encoders must be a non-empty list of memplug.Encoder, got {encoders!r}")
-    subject = _subject(retriever)
+    label = subject(retriever)
     p = retriever.samples
 
     time = st.one_of(st.integers(1, 64), st.integers(1, max_t), st.floats(0.5, 1e4)).map(float)
@@ -136,7 +121,7 @@ def check_retriever(
             finally:
                 retriever.train(was)
 
-        run_invariant(subject, invariant, statement, cases, in_mode, settings)
+        run_invariant(label, invariant, statement, cases, in_mode, settings)
 
     def positions_of(case: ReadCase, t: float | Tensor) -> Tensor:
         return _seeded(case.state.seed, retriever.positions, t, encoders[case.encoder])
@@ -185,7 +170,8 @@ def check_retriever(
     def batched(case: ReadCase) -> None:
         rows = torch.stack([scalar_positions(case, t) for t in case.times])  # (nb, P)
         both = positions_of(case, torch.tensor(case.times, dtype=torch.float64))
-        expect_close(both, rows, _tolerance(rows, max(case.times)), "positions of a (nb,) tensor of times vs one time at a time")
+        expect_close(both, rows, _tolerance(rows, max(case.times)),
+                     "positions of a (nb,) tensor of times vs one time at a time")
 
     run("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows", batched)
 

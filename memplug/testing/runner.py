@@ -19,9 +19,15 @@ from hypothesis import settings as Settings
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor
 
-__all__ = ["InvariantViolation", "Mismatch", "kit_settings", "relative_error", "expect_close", "run_invariant"]
+from memplug.contracts import Component
+
+__all__ = [
+    "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error", "expect_close",
+    "run_invariant",
+]
 
 Case = TypeVar("Case")
+C = TypeVar("C", bound=Component)
 
 
 class InvariantViolation(AssertionError):
@@ -30,6 +36,23 @@ class InvariantViolation(AssertionError):
 
 class Mismatch(Exception):
     """Raised inside an invariant with what was found (the runner adds the rest)."""
+
+
+def component(obj_or_factory: C | Callable[[], C], base: type[C], argument: str) -> C:
+    """``obj_or_factory`` if it is a ``base``, else what calling it returns (a class, a partial,
+    a lambda), checked to be a ``base``."""
+    obj = obj_or_factory if isinstance(obj_or_factory, base) else obj_or_factory()
+    if not isinstance(obj, base):
+        raise TypeError(f"{argument} must be a memplug.{base.__name__} or a callable returning one, "
+                        f"got {type(obj).__name__}")
+    return obj
+
+
+def subject(obj: Component) -> str:
+    """How messages name a component: ``encoder 'legs' (LegS: order=8, ...)``."""
+    extra = obj.extra_repr()
+    label = obj.name or type(obj).__name__
+    return f"{obj.kind} {label!r} ({type(obj).__name__}{f': {extra}' if extra else ''})"
 
 
 def kit_settings(base: Settings | None = None) -> Settings:
