@@ -176,8 +176,10 @@ class Memory(Component, abc.ABC):
 
     kind = "memory"
 
-    #: True when chunking a sequence differently can change the result (documented per memory).
+    #: False when chunking a sequence differently can change the result; then
+    #: ``chunk_invariant_reason`` must say why (the testing kit checks both).
     chunk_invariant: ClassVar[bool] = True
+    chunk_invariant_reason: ClassVar[str] = ""
 
     def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
         """Called once by the layer before use, with the attention geometry.
@@ -231,8 +233,19 @@ def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
     """Concatenate single-block reads (nb axis of size 1) along the block axis.
 
     Every field has its block axis at dim 2, except ``key_positions`` ((nb, P) or
-    (B, Hkv, nb, P): dim -2) and ``gate`` (per head, shared by all blocks).
+    (B, Hkv, nb, P): dim -2) and ``gate`` (per head, shared by all blocks). An empty read (an
+    empty memory, e.g. at t = 0) next to non-empty ones becomes a hidden one: zero slots with a
+    ``-inf`` bias, zero output with a ``-inf`` log-sum-exp.
     """
+    filled = [r for r in reads if not r.is_empty]
+    if not filled:
+        return MemoryRead()
+    present = {f.name for f in fields(MemoryRead) if getattr(filled[0], f.name) is not None}
+    for r in filled:
+        mine = {f.name for f in fields(MemoryRead) if getattr(r, f.name) is not None}
+        if mine != present:
+            raise ValueError(f"reads of one call must fill the same fields, got {sorted(present)} and {sorted(mine)}")
+    reads = [_hidden_like(filled[0]) if r.is_empty else r for r in reads]
     out = {}
     for f in fields(MemoryRead):
         items = [getattr(r, f.name) for r in reads]
@@ -243,6 +256,25 @@ def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
         else:
             out[f.name] = torch.cat(items, dim=-2 if f.name == "key_positions" else 2)
     return MemoryRead(**out)
+
+
+def _hidden_like(read: MemoryRead) -> MemoryRead:
+    """A read shaped like ``read`` that contributes nothing to attention."""
+    hidden = MemoryRead(gate=read.gate)
+    if read.keys is not None:
+        hidden.keys, hidden.values = torch.zeros_like(read.keys), torch.zeros_like(read.values)
+        slots = read.keys.shape[-2]
+        bias = read.bias if read.bias is not None else read.keys.new_zeros(1, 1, 1, 1, slots)
+        hidden.bias = torch.full_like(bias, float("-inf"))
+        if read.key_positions is not None:
+            hidden.key_positions = torch.zeros_like(read.key_positions)
+    elif read.bias is not None:
+        hidden.bias = torch.full_like(read.bias, float("-inf"))
+    if read.output is not None:
+        hidden.output = torch.zeros_like(read.output)
+        if read.lse is not None:
+            hidden.lse = torch.full_like(read.lse, float("-inf"))
+    return hidden
 
 
 class AttentionBackend(Component, abc.ABC):

@@ -57,8 +57,10 @@ class ModelState:
 
     def save(self, path: str | Path) -> None:
         """Write to a safetensors file, atomically (a temporary file moved into place)."""
-        tensors = {f"layers.{i}.{k}": t.detach().contiguous() for i, layer in enumerate(self.layers)
-                   for k, t in layer.items()}
+        # clone: a layer's caches may be views of one block (e.g. xl's keys and the previous
+        # block), and safetensors refuses tensors that share storage
+        tensors = {f"layers.{i}.{k}": t.detach().clone(memory_format=torch.contiguous_format)
+                   for i, layer in enumerate(self.layers) for k, t in layer.items()}
         meta = {"format": STATE_FORMAT, "position": str(self.position), "num_layers": str(len(self.layers))}
         atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 

@@ -1,0 +1,46 @@
+"""The contracts' shared pieces: the default block form of a memory and its stacked reads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memplug.contracts import Memory, MemoryRead, stack_reads
+
+
+class LastBlockMemory(Memory):
+    """Keeps the last block's mean key/value; empty before the first write (step form only)."""
+
+    name = "test-last-block"
+
+    def init_state(self, batch, dtype, device):
+        return {}
+
+    def read(self, state, q, t):
+        if not state:
+            return MemoryRead()
+        return MemoryRead(keys=state["k"][:, :, None], values=state["v"][:, :, None],
+                          bias=torch.zeros(1, 1, 1, 1, 1))
+
+    def write(self, state, k, v, t0):
+        return {"k": k.mean(2, keepdim=True), "v": v.mean(2, keepdim=True)}
+
+
+def test_default_block_form_keeps_reads_after_an_empty_first_block():
+    memory = LastBlockMemory()
+    memory.setup(2, 2, 4)
+    q, k, v = (torch.randn(1, 2, 3, 5, 4) for _ in range(3))  # (B, H, nb, L, D)
+    read, state = memory.forward_blocks({}, q, k, v, t0=0, complete=3)
+    assert read.keys.shape == (1, 2, 3, 1, 4)
+    assert torch.isinf(read.bias[:, :, 0]).all() and (read.bias[:, :, 1:] == 0).all()
+    torch.testing.assert_close(read.keys[:, :, 1], k[:, :, 0].mean(2, keepdim=True))
+    torch.testing.assert_close(read.keys[:, :, 2], k[:, :, 1].mean(2, keepdim=True))
+    torch.testing.assert_close(state["v"], v[:, :, 2].mean(2, keepdim=True))
+
+
+def test_mixed_fields_are_an_error():
+    a = MemoryRead(keys=torch.zeros(1, 1, 1, 2, 3), values=torch.zeros(1, 1, 1, 2, 3))
+    b = MemoryRead(output=torch.zeros(1, 1, 1, 2, 3), lse=torch.zeros(1, 1, 1, 2))
+    with pytest.raises(ValueError, match="same fields"):
+        stack_reads([a, b])
+    assert stack_reads([MemoryRead(), MemoryRead()]).is_empty
