@@ -21,11 +21,14 @@ from typing import Any
 
 import common
 from common import Preset
+from tasks_suite import PRESETS as SUITE
+from tasks_suite import regime_rows
+
 from memplug.evaluate import memory_masked
 from memplug.tasks import RegimeTask
-from tasks_suite import PRESETS as SUITE, regime_rows
 
-PRESETS = {**SUITE, "cpu": replace(SUITE["cpu"], steps=150, budget=300)}  # 16 arms: fewer steps each
+# 16 arms: fewer steps (cpu) or seconds (gpu) each
+PRESETS = {**SUITE, "cpu": replace(SUITE["cpu"], steps=150, budget=300), "gpu": replace(SUITE["gpu"], budget=6)}
 
 
 def arms(p: Preset) -> dict[str, tuple[str, dict[str, Any], Preset]]:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import memory_configs
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +31,6 @@ from memplug.model import MemoryModel, build_model
 from memplug.report import write_report
 from memplug.tasks.base import Task
 from memplug.tasks.run import TaskRun, train_on_task
-
-import memory_configs
 
 LN2 = math.log(2)
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -72,6 +71,7 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
     parser.add_argument("--budget", type=float, default=None, help="training seconds per arm (default: preset's)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per arm (then --budget is only a cap); default: the preset's")
+    parser.add_argument("--eval-batches", type=int, default=None, help="evaluation batches (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -87,6 +87,10 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
         if not args.budget > 0:
             parser.error(f"--budget must be > 0 seconds, got {args.budget}")
         preset = replace(preset, budget=args.budget)
+    if args.eval_batches is not None:
+        if args.eval_batches < 1:
+            parser.error(f"--eval-batches must be >= 1, got {args.eval_batches}")
+        preset = replace(preset, eval_batches=args.eval_batches)
     if args.steps is not None:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -195,7 +199,7 @@ def accuracy(values: dict[str, torch.Tensor], where: torch.Tensor | None = None)
     return float(x.mean()) if x.numel() else float("nan")
 
 
-def fmt(x: float | int | str | None, digits: int = 3) -> str:
+def fmt(x: float | str | None, digits: int = 3) -> str:
     if x is None:
         return ""
     if isinstance(x, float):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from itertools import pairwise
 from typing import Any
 
+import common
 import torch
 import torch.nn.functional as F
-
-import common
 from common import Preset
+
 from memplug.data import prepare
 from memplug.evaluate import memory_masked
 from memplug.model import MemoryModel
@@ -32,8 +33,7 @@ PRESETS = {
                     steps=3),
     "cpu": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=512, batch=8, budget=300, eval_batches=1,
                   steps=200),
-    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=128, length=2048, batch=16, budget=60, eval_batches=1,
-                  steps=300),
+    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=128, length=2048, batch=16, budget=20, eval_batches=1),
 }
 TOKENS = {"smoke": 4096, "cpu": 1 << 20, "gpu": 1 << 20}
 
@@ -69,7 +69,7 @@ def buckets(total: int, first: int) -> list[tuple[int, int]]:
     edges = [0, first]
     while edges[-1] < total:
         edges.append(min(total, edges[-1] * 4))
-    return list(zip(edges[:-1], edges[1:]))
+    return list(pairwise(edges))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

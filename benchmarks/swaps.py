@@ -19,12 +19,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 import common
+import torch
+from tasks_suite import PRESETS, regime_rows
+
 from memplug.evaluate import memory_masked
 from memplug.tasks import RegimeTask
-from tasks_suite import PRESETS, regime_rows
 
 TRAINED = {
     "uniform": {"retriever": "uniform"},
@@ -62,6 +62,8 @@ def fit_learned(model: torch.nn.Module, task: RegimeTask, p: common.Preset, shar
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--trained", default=",".join(TRAINED),
+                            help=f"comma-separated training samplers among {list(TRAINED)}")
         parser.add_argument("--learn-share", type=float, default=0.15,
                             help="seconds spent fitting learned positions, as a share of --budget")
 
@@ -69,7 +71,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     task, skip = RegimeTask(), 4 * p.block
     rows, runs = [], {}
-    for trained, options in TRAINED.items():
+    chosen = args.trained.split(",")
+    if unknown := [t for t in chosen if t not in TRAINED]:
+        raise SystemExit(f"--trained: unknown {unknown}; known: {list(TRAINED)}")
+    for trained in chosen:
+        options = TRAINED[trained]
         model = common.build(task.vocab_size, "elastic", p, args.seed, args.device, **options)
         runs[trained] = common.train(model, task, p, args.seed, label=f"elastic, {trained}")
         samples = model.memories[0].retriever.samples
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in rows:
         pivot.setdefault(r["evaluated with"], {"evaluated with": r["evaluated with"]})[r["trained with"]] = \
             f"{r['bits']:.3f} ({r['change']:+.3f})"
-    columns = ["evaluated with"] + list(TRAINED)
+    columns = ["evaluated with", *chosen]
     markdown = (
         f"Elastic (LegS, N = P = {samples}, memory in layers {list(p.layers)}) trained on the hidden-regime task for "
         f"{common.effort(p)} per column ({', '.join(f'{k}: {r.steps} steps' for k, r in runs.items())}). Cells: bits per "
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def draw(plt: Any) -> None:
         labels = list(pivot)
-        for i, trained in enumerate(TRAINED):
+        for i, trained in enumerate(chosen):
             values = [next(r["bits"] for r in rows if r["trained with"] == trained and r["evaluated with"] == lab)
                       if any(r["trained with"] == trained and r["evaluated with"] == lab for r in rows) else float("nan")
                       for lab in labels]

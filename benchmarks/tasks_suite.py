@@ -21,10 +21,10 @@ import argparse
 import time
 from typing import Any
 
-import torch
-
 import common
+import torch
 from common import Preset
+
 from memplug.evaluate import memory_masked
 from memplug.tasks import PasskeyTask, RecallTask, RegimeTask
 from memplug.tasks.base import Task
@@ -36,7 +36,7 @@ PRESETS = {
     # sequence and batch, so a shared 2-core machine gets a few hundred steps per arm
     "cpu": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=512, batch=8, budget=400, eval_batches=12,
                   steps=250),
-    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=64, length=2048, batch=32, budget=20, eval_batches=8),
+    "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=64, length=2048, batch=32, budget=15, eval_batches=8),
 }
 CONTROL_LEARNED = 0.9
 BLOCK_DISTANCES = (2, 4, 8, 16, 32, 64)
