@@ -32,11 +32,14 @@ def fifo_windows(bank: Tensor, capacity: int, step: int, blocks: int) -> Tensor:
     return windows[..., :blocks, :, :]
 
 
-def fifo_valid(capacity: int, step: int, blocks: int, count: int, device: torch.device | None = None) -> Tensor:
+def fifo_valid(
+    capacity: int, step: int, blocks: int, count: int | Tensor, device: torch.device | None = None
+) -> Tensor:
     """Which slots of each :func:`fifo_windows` window hold a stored entry: (blocks, capacity) bool.
 
     The bank's first ``capacity - count`` slots are empty (the store held ``count`` entries);
-    every appended slot is filled.
+    every appended slot is filled. ``count`` may be a (1,) tensor (a memory's state): no host
+    synchronisation, and nothing data-dependent for ``torch.compile``.
     """
     i = torch.arange(blocks, device=device).unsqueeze(-1)  # (blocks, 1)
     s = torch.arange(capacity, device=device)  # (capacity,)

@@ -134,10 +134,10 @@ class KNNMemory(Memory):
         return MemoryRead(output=out, lse=lse)
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
-        count = int(state["count"])
-        valid = fifo_valid(self.capacity, 0, 1, count, device=q.device)  # (1, M)
+        valid = fifo_valid(self.capacity, 0, 1, state["count"], device=q.device)  # (1, M)
         index = None
         if self.use_faiss:
+            count = int(state["count"])
             qg = rearrange(self._prepare_keys(q), "b (h g) l d -> (b h) g l d", h=self.kv_heads)
             keys = rearrange(state["keys"], "b h m d -> (b h) m d")
             index = faiss_topk(qg, keys, count, self.topk)  # (B*Hkv, G, L, k)
@@ -156,14 +156,13 @@ class KNNMemory(Memory):
         if self.use_faiss:  # the faiss search runs block by block on the step form
             return super().forward_blocks(state, q, k, v, t0, complete)
         b, hkv, nb, length, d = k.shape
-        count = int(state["count"])
         new_k = self._prepare_keys(k).detach().reshape(b, hkv, nb * length, d)  # (B, Hkv, nb*L, D)
         new_v = v.detach().reshape(b, hkv, nb * length, d)
         bank_k = torch.cat([state["keys"], new_k], dim=-2)  # (B, Hkv, M + nb*L, D)
         bank_v = torch.cat([state["values"], new_v], dim=-2)
         keys = fifo_windows(bank_k, self.capacity, length, nb)  # (B, Hkv, nb, M, D)
         values = fifo_windows(bank_v, self.capacity, length, nb)
-        valid = fifo_valid(self.capacity, length, nb, count, device=q.device)  # (nb, M)
+        valid = fifo_valid(self.capacity, length, nb, state["count"], device=q.device)  # (nb, M)
         end = self.capacity + complete * length
         new_state = {
             "keys": bank_k[:, :, end - self.capacity : end],

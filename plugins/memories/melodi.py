@@ -175,31 +175,30 @@ class MelodiMemory(Memory):
     def _long_attend(self, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
         """Cross-attention of ``q`` (B, H, nb, L, D) to (B, Hkv, nb, M, D); ``valid`` (nb, M).
 
-        Blocks whose long-term memory is still empty get a zero output; the others run as one
-        fused ``scaled_dot_product_attention`` call (every row sees at least one slot there).
+        Blocks whose long-term memory is still empty get a zero output. All blocks run as one
+        fused ``scaled_dot_product_attention`` call; an empty block is given one visible slot
+        (a row with every slot hidden would be nan) and its output is then multiplied by 0.
+        Tensor operations only: no host synchronisation, nothing data-dependent for compile.
         """
         b, h, nb, length, d = q.shape
-        nonempty = valid.any(dim=-1)  # (nb,): once a slot is filled it stays filled
-        first = int(nb - nonempty.sum())
-        if first == nb:
-            return torch.zeros_like(q)
-        qs = rearrange(q[:, :, first:], "b h n l d -> (b n) h l d")  # (B*nb', H, L, D)
-        ks = repeat_kv(rearrange(keys[:, :, first:], "b h n m d -> (b n) h m d"), h)  # (B*nb', H, M, D)
-        vs = repeat_kv(rearrange(values[:, :, first:], "b h n m d -> (b n) h m d"), h)
-        mask = torch.zeros(valid[first:].shape, dtype=q.dtype, device=q.device).masked_fill(
-            ~valid[first:], float("-inf")
-        )
-        mask = mask.repeat(b, 1)[:, None, None, :]  # (B*nb', 1, 1, M)
+        nonempty = valid.any(dim=-1)  # (nb,)
+        first_slot = torch.arange(valid.shape[-1], device=valid.device) == 0  # (M,)
+        visible = valid | (~nonempty[:, None] & first_slot)  # (nb, M)
+        qs = rearrange(q, "b h n l d -> (b n) h l d")  # (B*nb, H, L, D)
+        ks = repeat_kv(rearrange(keys, "b h n m d -> (b n) h m d"), h)  # (B*nb, H, M, D)
+        vs = repeat_kv(rearrange(values, "b h n m d -> (b n) h m d"), h)
+        mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+        mask = mask.repeat(b, 1)[:, None, None, :]  # (B*nb, 1, 1, M)
         out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=1.0 / math.sqrt(d))
-        out = rearrange(out, "(b n) h l d -> b h n l d", b=b)  # (B, H, nb', L, D)
-        return torch.cat([torch.zeros_like(q[:, :, :first]), out], dim=2)
+        out = rearrange(out, "(b n) h l d -> b h n l d", b=b)  # (B, H, nb, L, D)
+        return out * nonempty.view(1, 1, nb, 1, 1).to(out.dtype)
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
         self._check(q.shape[-2])
         hidden = (state["short_filled"] == 0).expand(1)
         read = self._short_read(state["short_keys"].unsqueeze(2), state["short_values"].unsqueeze(2), hidden)
         if self.long_term:
-            valid = fifo_valid(self.long_slots, 0, 1, int(state["long_count"]), device=q.device)  # (1, M)
+            valid = fifo_valid(self.long_slots, 0, 1, state["long_count"], device=q.device)  # (1, M)
             read.output = self._long_attend(
                 q.unsqueeze(2), state["long_keys"].unsqueeze(2), state["long_values"].unsqueeze(2), valid
             )
@@ -235,8 +234,8 @@ class MelodiMemory(Memory):
         # block i reads the state after min(i, complete) writes: a view unless a block before the last is partial
         which = slice(0, nb) if complete >= nb - 1 else [min(i, complete) for i in range(nb)]
         reads = shorts[:, :, :, which]  # (2, B, Hkv, nb, S, D)
-        filled = int(state["short_filled"]) > 0
-        hidden = torch.tensor([not filled and min(i, complete) == 0 for i in range(nb)], device=q.device)
+        writes = torch.tensor([min(i, complete) for i in range(nb)], device=q.device)  # (nb,) before block i
+        hidden = (writes == 0) & (state["short_filled"] == 0)  # (nb,): nothing was ever written
         read = self._short_read(reads[0], reads[1], hidden)
         new_state = {
             "short_keys": shorts[0, :, :, -1],
@@ -244,7 +243,7 @@ class MelodiMemory(Memory):
             "short_filled": state["short_filled"] if complete == 0 else torch.ones_like(state["short_filled"]),
         }
         if self.long_term:
-            count = int(state["long_count"])
+            count = state["long_count"]
             # bank = [stored | increments of the written blocks]; state j = window j of the bank
             bank_k, bank_v = state["long_keys"], state["long_values"]
             if inc is not None:
