@@ -49,7 +49,7 @@ from .checkpoint import (
     unwrap,
 )
 from .config import Config, ConfigError, load_config
-from .data import Prepared, prepare
+from .data import Prepared, TokenizedSplit, prepare
 from .data.windows import WindowSampler, eval_starts, gather
 from .distributed import (
     DistInfo,
@@ -289,16 +289,21 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
         remove_temporaries(ckpt_dir)
     barrier(info)
 
-    torch.manual_seed(tc.seed)
-    prepared = prepare_data(config) if info.main else None
-    barrier(info)  # rank 0 prepares the cache; the others then read it
-    prepared = prepared or prepare_data(config)
     tok_file = ckpt.file("tokenizer.json") if ckpt is not None else None
-    model, tokenizer = build_model_and_tokenizer(config, prepared, tok_file.read_text() if tok_file else None)
+
+    def setup() -> tuple[Prepared, nn.Module, Tokenizer, TokenizedSplit, TokenizedSplit]:
+        torch.manual_seed(tc.seed)  # the same initial weights in every process
+        prepared = prepare_data(config)
+        model, tokenizer = build_model_and_tokenizer(config, prepared, tok_file.read_text() if tok_file else None)
+        splits = prepared.split("train").tokens(tokenizer), prepared.split("validation").tokens(tokenizer)
+        return prepared, model, tokenizer, *splits
+
+    # Rank 0 fills the caches (splits, BPE, token arrays) first; the others then only read them.
+    built = setup() if info.main else None
+    barrier(info)
+    prepared, model, tokenizer, train_data, val_data = built or setup()
     model.to(info.device)
-    train_data = prepared.split("train").tokens(tokenizer)
     sampler = WindowSampler(train_data, config.data.seq_len, tc.seed)
-    val_data = prepared.split("validation").tokens(tokenizer)
     val_windows = gather(val_data.tokens, eval_starts(val_data, config.data.seq_len, lc.eval_windows),
                          config.data.seq_len + 1)
 

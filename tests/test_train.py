@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import itertools
+import math
 import os
 import signal
 import subprocess
@@ -94,23 +95,25 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def test_resume_refuses_a_different_model_or_no_checkpoint(tmp_path):
-    config = tiny_config(tmp_path, "train.steps=3", "train.warmup=1")
+    config = tiny_config(tmp_path, "train.steps=1", "train.warmup=1")
     with pytest.raises(CheckpointError, match="no checkpoint under"):
         train(config, resume=True)
     train(config)
     with pytest.raises(CheckpointError, match=r"\[model\] differs from the config \(model.d_model\)"):
-        train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "model.d_model=16"), resume=True)
+        train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1", "model.d_model=16"), resume=True)
+    with pytest.raises(CheckpointError, match=r"train.batch_size was 4, the config says 2"):
+        train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1", "train.batch_size=2"), resume=True)
 
 
 def test_truncated_bptt_carries_the_state_between_segments(tmp_path):
-    whole = train(tiny_config(tmp_path, "name=whole", "train.steps=1", "train.warmup=1"))
+    whole = train(tiny_config(tmp_path, "name=whole", "train.steps=2", "train.warmup=1"))
     segments = train(tiny_config(tmp_path, "name=seg", "train.steps=1", "train.warmup=1", "train.bptt=32"))
     # The xl memory is chunking-invariant: with its state carried, four 32-token segments give the
-    # loss of one 128-token pass; resetting it per segment would lose the cached previous block.
+    # loss of one 128-token pass (step 1: the same initial weights); resetting it per segment
+    # would lose the cached previous block at every segment start.
     assert segments.losses[1] == pytest.approx(whole.losses[1], abs=1e-5)
     micro = train(tiny_config(tmp_path, "name=micro", "train.steps=2", "train.warmup=1", "train.micro_batch=1"))
-    again = train(tiny_config(tmp_path, "name=again", "train.steps=2", "train.warmup=1"))
-    assert micro.losses[2] == pytest.approx(again.losses[2], abs=1e-5)  # accumulation == one pass
+    assert micro.losses[2] == pytest.approx(whole.losses[2], abs=1e-5)  # accumulated gradients == one pass
 
 
 def test_bf16_autocast_trains(tmp_path):
@@ -206,3 +209,24 @@ def test_compiled_training_matches_eager(tmp_path):
     compiled = train(tiny_config(tmp_path, "name=compiled", "train.steps=2", "train.warmup=1", "train.compile=true"))
     for step in (1, 2):
         assert compiled.losses[step] == pytest.approx(eager.losses[step], abs=1e-4)
+
+
+def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from memplug.config import load_config
+    from memplug.tokenizers import BPETokenizer
+
+    src = make_corpus(tmp_path / "src")
+    bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
+    llama = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    folder = tmp_path / "llama"
+    transformers.LlamaForCausalLM(llama).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith(("model.d_model", "model.n_"))]
+    config = load_config(None, [*overrides, "model.backbone=hf", f"model.model='{folder}'", "data.tokenizer=hf",
+                                "train.steps=2", "train.warmup=1"])
+    result = train(config)
+    assert result.losses[2] < math.log(300) + 1
+    _, tokenizer, _ = load_trained(result.checkpoint)
+    assert tokenizer.name == "hf" and tokenizer.vocab_size == 300

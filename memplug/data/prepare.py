@@ -15,6 +15,7 @@ Exact duplicate documents (Milton's copies, empty ``__init__.py`` files) are kep
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, atomic_write_bytes
 from .base import Dataset
 from .cache import cache_dir
 from .splits import SPLITS, assign_splits, split_hash
@@ -117,12 +118,10 @@ class Split:
             lengths = np.array([len(e) for e in encoded], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             tokens = np.concatenate(encoded).astype(tokenizer.dtype) if encoded else np.zeros(0, tokenizer.dtype)
-            folder.mkdir(parents=True, exist_ok=True)
             for path, array in ((tokens_path, tokens), (offsets_path, offsets)):
-                tmp = path.with_name(f".{path.name}.tmp")
-                with open(tmp, "wb") as handle:
-                    np.save(handle, array)
-                tmp.replace(path)
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                atomic_write_bytes(path, buffer.getvalue())
         return TokenizedSplit(np.load(tokens_path, mmap_mode="r"), np.load(offsets_path))
 
 
