@@ -27,6 +27,13 @@ __all__ = ["TOKENIZERS", "BPETokenizer", "ByteTokenizer", "HFTokenizer", "Tokeni
 TOKENIZERS = ("byte", "bpe", "hf")
 
 
+def _require_tokenizers() -> None:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("the bpe tokenizer needs the tokenizers package: pip install tokenizers") from exc
+
+
 class Tokenizer(abc.ABC):
     """Text <-> token ids."""
 
@@ -99,6 +106,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: Sequence[str], vocab_size: int = 8192) -> BPETokenizer:
         """Train on ``texts``; ``vocab_size`` includes the 256 byte tokens."""
+        _require_tokenizers()
         from tokenizers import Tokenizer as HFTok
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -114,6 +122,7 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_json(cls, text: str) -> BPETokenizer:
+        _require_tokenizers()
         from tokenizers import Tokenizer as HFTok
 
         return cls(HFTok.from_str(text))
