@@ -42,15 +42,22 @@ MEMORY_PREFIX = "mem."
 Rotate = Callable[[Tensor, Tensor], Tensor]
 
 
-def select_attention(device: torch.device, dtype: torch.dtype, masked: bool) -> AttentionBackend:
-    """The registered attention backend with the highest priority that supports this call."""
+def attention_candidates() -> tuple[AttentionBackend, ...]:
+    """One instance of every registered attention backend, highest priority first."""
     reg = registry("attention")
-    candidates = [reg.get(n) for n in reg.names()]
-    usable = [c for c in candidates if c.supports(device, dtype, masked)]
-    if not usable:
-        raise RuntimeError(f"no attention backend supports device={device}, dtype={dtype}, masked={masked}; "
-                           f"registered: {reg.names()}")
-    return max(usable, key=lambda c: c.priority)()
+    return tuple(sorted((reg.get(n)() for n in reg.names()), key=lambda b: -b.priority))
+
+
+def select_attention(
+    device: torch.device, dtype: torch.dtype, masked: bool, candidates: tuple[AttentionBackend, ...] | None = None
+) -> AttentionBackend:
+    """The backend with the highest priority whose ``supports`` accepts this call."""
+    candidates = attention_candidates() if candidates is None else candidates
+    for backend in candidates:
+        if backend.supports(device, dtype, masked):
+            return backend
+    raise RuntimeError(f"no attention backend supports device={device}, dtype={dtype}, masked={masked}; "
+                       f"registered: {[b.name for b in candidates]}")
 
 
 class MemoryAttention(nn.Module):
@@ -78,8 +85,9 @@ class MemoryAttention(nn.Module):
             raise ValueError(f"span must be one of {SPANS}, got {span!r}")
         self.memory, self.block, self.span, self.scale = memory, block, span, scale
         self.attention = attention if attention == "auto" else make_attention(attention)
+        # Instantiated here, not per call, so a compiled forward traces the choice without a break.
+        self._candidates = attention_candidates() if attention == "auto" else ()
         self._geometry: tuple[int, int, int] | None = None
-        self._selected: dict[tuple[str, torch.dtype], AttentionBackend] = {}
 
     def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
         """Tell the memory the attention geometry (memories with parameters create them here)."""
@@ -88,13 +96,10 @@ class MemoryAttention(nn.Module):
             self.memory.setup(heads, kv_heads, head_dim)
 
     def backend(self, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
-        """The backend for a call on ``device`` in ``dtype`` (auto-selection is cached per pair)."""
+        """The backend for a call on ``device`` in ``dtype``."""
         if not isinstance(self.attention, str):
             return self.attention
-        key = (device.type, dtype)
-        if key not in self._selected:
-            self._selected[key] = select_attention(device, dtype, masked=True)
-        return self._selected[key]
+        return select_attention(device, dtype, True, self._candidates)
 
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor], t0: int, rotate: Rotate | None = None

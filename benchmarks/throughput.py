@@ -1,0 +1,134 @@
+"""Training throughput (forward + backward tokens/s) of memory models against the bare model.
+
+Every memory in ``--memories`` (``none`` = the bare model: block-local attention, no memory) is
+built on the same tiny backbone, with the memory on all layers at ``--scale`` x the memory
+budget (:mod:`memplug.budget`; elastic at 1x with block 256 is N = P = 64). Each step is one
+forward + backward on random bytes under bf16 autocast (CPU) in eager mode and under
+``torch.compile`` (after one eager step that fills the encoders' caches). The arms run interleaved, round after round, so a load change on the machine
+hits them alike; the reported step time is the median over rounds.
+
+    python benchmarks/throughput.py --memories none,elastic --scale 1x --modes eager,compiled
+
+Writes ``docs/results/throughput.md`` and ``.json`` (machine, date, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import memplug
+from machine import provenance, provenance_markdown
+from memory_configs import model_options, parse_scales
+
+
+def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryModel:
+    torch.manual_seed(0)
+    head_dim = args.d_model // args.heads
+    return memplug.build_model(
+        "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+        **model_options(name, scale, args.block, head_dim),
+    )
+
+
+def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | None, ids: torch.Tensor):
+    """A training step (forward + backward). For ``compiled``, one eager step runs first: it fills
+    the encoders' transition caches, so the compiled graph only looks them up (tracing their
+    construction takes minutes and recompiles when the cache changes)."""
+
+    def step_with(forward) -> None:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = forward(ids, labels=ids).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    if not compiled:
+        return lambda: step_with(model)
+    step_with(model)
+    forward = torch.compile(model)
+    return lambda: step_with(forward)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--memories", default="none,elastic")
+    p.add_argument("--scale", default="1x", help="memory budget multiples, e.g. 1x,16x")
+    p.add_argument("--modes", default="eager,compiled")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=7, help="timed steps per arm, interleaved")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--out", default="docs/results/throughput")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    names = [n.strip() for n in args.memories.split(",") if n.strip()]
+    scales = parse_scales(args.scale)
+    ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+
+    rows = []
+    for mode in [m.strip() for m in args.modes.split(",")]:
+        if mode not in ("eager", "compiled"):
+            raise ValueError(f"--modes takes eager and/or compiled, got {mode!r}")
+        arms = {}
+        for name in names:
+            for scale in ([1] if name == "none" else scales):
+                model = build(name, scale, args)
+                start = time.perf_counter()
+                step = make_step(model, mode == "compiled", dtype, ids)
+                for _ in range(args.warmup):
+                    step()
+                arms[(name, scale)] = dict(step=step, warmup_s=time.perf_counter() - start, times=[],
+                                           params=sum(q.numel() for q in model.parameters()))
+                print(f"{mode} {name} {scale}x: warm-up {arms[(name, scale)]['warmup_s']:.1f}s", flush=True)
+        for _ in range(args.rounds):
+            for arm in arms.values():
+                start = time.perf_counter()
+                arm["step"]()
+                arm["times"].append(time.perf_counter() - start)
+        base = statistics.median(arms[("none", 1)]["times"]) if ("none", 1) in arms else None
+        for (name, scale), arm in arms.items():
+            median = statistics.median(arm["times"])
+            rows.append(dict(mode=mode, memory=name, scale=scale, step_s=median,
+                             tokens_per_s=args.batch * args.seq / median,
+                             ratio_to_none=None if base is None else base / median,
+                             step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"]))
+            print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
+                  + ("" if base is None else f", {rows[-1]['ratio_to_none']:.3f} of none"), flush=True)
+
+    meta = provenance()
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(**meta, config=config, results=rows), indent=2))
+    lines = [
+        "# Training throughput: memory models against the bare model\n",
+        provenance_markdown(meta),
+        f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, "
+        f"sequence {args.seq}, batch {args.batch}, {args.dtype} autocast; forward + backward per step; "
+        f"median of {args.rounds} interleaved steps after {args.warmup} warm-up steps.\n",
+        "| mode | memory | scale | parameters | step (s) | tokens/s | ratio to none |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "" if r["ratio_to_none"] is None else f"{r['ratio_to_none']:.3f}"
+        lines.append(f"| {r['mode']} | {r['memory']} | {r['scale']}x | {r['parameters']:,} | {r['step_s']:.3f} | "
+                     f"{r['tokens_per_s']:.0f} | {ratio} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}.md and {out}.json")
+
+
+if __name__ == "__main__":
+    main()
