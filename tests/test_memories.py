@@ -76,10 +76,10 @@ WITH_STATE = [n for n in NAMES if n != "none"]
 WITH_PARAMS = ["knn-gate", "knn-joint", "infini", "melodi"]
 
 
-def model_for(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> MemoryModel:
+def model_for(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, span: str = "block") -> MemoryModel:
     torch.manual_seed(seed)
     backbone = TinyBackbone(vocab_size=VOCAB, d_model=H * D, n_layers=2, n_heads=H, n_kv_heads=HKV)
-    model = MemoryModel(backbone, memory=lambda i: build(name), block=L, attention=SDPAAttention())
+    model = MemoryModel(backbone, memory=lambda i: build(name), block=L, span=span, attention=SDPAAttention())
     return model.to(dtype)
 
 
@@ -207,10 +207,11 @@ def test_every_state_tensor_changes_the_output(name):
         assert not torch.allclose(out, base), f"{name}: state {key} never changes the output"
 
 
+@pytest.mark.parametrize("span", ["block", "previous"])
 @pytest.mark.parametrize("name", NAMES)
-def test_state_save_load(name, tmp_path):
-    """A state saved mid-stream and loaded continues to identical logits."""
-    model = model_for(name, torch.float32)
+def test_state_save_load(name, span, tmp_path):
+    """A state saved mid-stream and loaded continues to identical logits (both local spans)."""
+    model = model_for(name, torch.float32, span=span)
     ids = tokens(4 * L + 3)
     state = model(ids[:, : 2 * L + 5]).state
     expected = model(ids[:, 2 * L + 5 :], state=state).logits

@@ -60,17 +60,19 @@ class XLMemory(Memory):
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         self._check(k.shape[-2])
-        return {"keys": k.detach(), "values": v.detach()}
+        return {"keys": k.detach().clone(), "values": v.detach().clone()}
 
     def forward_blocks(
         self, state: dict[str, Tensor], q: Tensor, k: Tensor, v: Tensor, t0: int, complete: int
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
         nb, length = q.shape[2], q.shape[3]
         self._check(length)
+        # A copy, not a view: the layer may keep the same block (span="previous") and a state
+        # whose tensors share storage cannot be saved with safetensors.
         new_state = (
             state
             if complete == 0
-            else {"keys": k[:, :, complete - 1].detach(), "values": v[:, :, complete - 1].detach()}
+            else {"keys": k[:, :, complete - 1].detach().clone(), "values": v[:, :, complete - 1].detach().clone()}
         )
         prev_k, prev_v = state["keys"], state["values"]
         empty = prev_k.shape[-2] == 0
