@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in chosen:
         spec, extra, q = table[name]
         model = common.build(task.vocab_size, spec, q, args.seed, args.device, **extra)
-        runs[name] = common.train(model, task, q, args.seed, label=name)
+        runs[name] = common.train(model, common.teaching(args, task), q, args.seed, label=name)
         row = regime_rows(name, common.collect(model, task, q), q, skip)
         row |= {"steps": runs[name].steps, "s/step": runs[name].seconds / max(1, runs[name].steps),
                 "params": common.parameters(model)}
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     columns = ["memory", "bits", "masked bits", "memory gain", "accuracy", "steps", "s/step", "params"]
     markdown = (
         f"Hidden-regime task, bits per regime-dependent token (positions >= {skip}); `memory gain` = masked - with "
-        f"memory (positive: the memory is used). {common.effort(p)} of training per arm; `steps` and `s/step` show "
+        f"memory (positive: the memory is used). {common.effort(p)} of training per arm (loss on {args.train_on} tokens); `steps` and `s/step` show "
         "what each arm cost (the ODE discretisations run per token).\n\n"
         + common.table([dict(r) for r in rows], columns)
         + f"\n\nOracles: whole history {refs['full']:.3f} bits, block of {p.block} alone {refs[f'block:{p.block}']:.3f} bits."

@@ -71,6 +71,8 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
     parser.add_argument("--budget", type=float, default=None, help="training seconds per arm (default: preset's)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per arm (then --budget is only a cap); default: the preset's")
+    parser.add_argument("--train-on", choices=("all", "scored"), default="all",
+                        help="training loss on every token (default) or on the task's scored tokens only")
     parser.add_argument("--eval-batches", type=int, default=None, help="evaluation batches (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -129,6 +131,11 @@ def build(vocab: int, spec: str, p: Preset, seed: int, device: torch.device, sca
     model = build_model("tiny", memory=memory, block=p.block, layers=list(p.layers) if memory else None,
                         vocab_size=vocab, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads, **options)
     return model.to(device)
+
+
+def teaching(args: argparse.Namespace, task: Task) -> Task:
+    """The task to train on: ``task`` itself, or :class:`ScoredOnly` with ``--train-on scored``."""
+    return ScoredOnly(task) if args.train_on == "scored" else task
 
 
 class ScoredOnly(Task):

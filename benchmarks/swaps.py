@@ -44,7 +44,7 @@ SWAPS: dict[str, tuple[str, dict[str, Any]]] = {
 OWN = {"uniform": "uniform", "warped exp 4": "exp 4", "jittered": "uniform"}  # what each model is evaluated with
 
 
-def fit_learned(model: torch.nn.Module, task: RegimeTask, p: common.Preset, share: float, seed: int,
+def fit_learned(model: torch.nn.Module, task: common.Task, p: common.Preset, share: float, seed: int,
                 samples: int) -> Any:
     """Swap in ``learned`` positions and fit them alone (every other weight frozen); returns the swap."""
     swap = model.swap_retriever("learned", samples=samples)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for trained in chosen:
         options = TRAINED[trained]
         model = common.build(task.vocab_size, "elastic", p, args.seed, args.device, **options)
-        runs[trained] = common.train(model, task, p, args.seed, label=f"elastic, {trained}")
+        runs[trained] = common.train(model, common.teaching(args, task), p, args.seed, label=f"elastic, {trained}")
         samples = model.memories[0].retriever.samples
         scores: dict[str, float] = {}
         model.eval()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scores["jittered (eval = uniform)"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
         with memory_masked(model):
             scores["memory masked"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
-        with fit_learned(model, task, p, args.learn_share, args.seed, samples):
+        with fit_learned(model, common.teaching(args, task), p, args.learn_share, args.seed, samples):
             scores["learned (fitted, weights frozen)"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
         own = scores[OWN[trained]]
         for label, value in scores.items():
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     columns = ["evaluated with", *chosen]
     markdown = (
         f"Elastic (LegS, N = P = {samples}, memory in layers {list(p.layers)}) trained on the hidden-regime task for "
-        f"{common.effort(p)} per column ({', '.join(f'{k}: {r.steps} steps' for k, r in runs.items())}). Cells: bits per "
+        f"{common.effort(p)} per column, loss on {args.train_on} tokens ({', '.join(f'{k}: {r.steps} steps' for k, r in runs.items())}). Cells: bits per "
         f"regime-dependent token (positions >= {skip}) and, in brackets, the change against the sampler the model "
         f"was trained with (`uniform` for the jittered model, its evaluation form); negative = the swap helped.\n\n"
         + common.table(list(pivot.values()), columns)

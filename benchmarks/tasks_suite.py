@@ -86,15 +86,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--task", choices=("regime", "passkey", "recall"), default="regime")
         parser.add_argument("--memories", default=",".join(common.MEMORIES), help="comma-separated memory specs")
-        parser.add_argument("--train-on", choices=("all", "scored"), default="all",
-                            help="loss on every token (default) or on the scored tokens only")
         parser.add_argument("--control-share", type=float, default=0.4,
                             help="share of the budget spent on the within-block control (passkey/recall)")
 
     args, p = common.parse(__doc__.split("\n")[0], PRESETS, add, argv)
     started = time.perf_counter()
     task, control = make(args.task, p)
-    teach = (lambda t: common.ScoredOnly(t)) if args.train_on == "scored" else (lambda t: t)
     skip = 4 * p.block
     oracles = ("full", f"block:{p.block}")
     rows, runs, meta = [], {}, {}
@@ -103,11 +100,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = common.build(task.vocab_size, spec, p, args.seed, args.device)
         meta[spec] = {"parameters": common.parameters(model), "options": common.memory_spec(spec, p)}
         if control is None:
-            run = common.train(model, teach(task), p, args.seed, label=spec)
+            run = common.train(model, common.teaching(args, task), p, args.seed, label=spec)
         else:  # curriculum: the control alone, then everything
-            first = common.train(model, teach(control), p, args.seed, label=f"{spec} (control)",
+            first = common.train(model, common.teaching(args, control), p, args.seed, label=f"{spec} (control)",
                                  **common.portion(p, args.control_share))
-            rest = common.train(model, teach(task), p, args.seed + 1, label=spec,
+            rest = common.train(model, common.teaching(args, task), p, args.seed + 1, label=spec,
                                 **common.portion(p, 1 - args.control_share))
             run = type(first)(first.steps + rest.steps, first.seconds + rest.seconds, first.losses + rest.losses)
         runs[spec] = run

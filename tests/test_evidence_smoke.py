@@ -50,10 +50,23 @@ def test_tasks_suite_regime_smoke(tmp_path):
     assert data["data"]["arms"]["none"]["parameters"] == rows["none"]["params"]
 
 
+def test_scored_only_masks_unscored_labels():
+    import common
+    from memplug.tasks import RegimeTask
+
+    task = RegimeTask()
+    plain = task.sample(2, 128, torch.Generator().manual_seed(3))
+    scored = common.ScoredOnly(task).sample(2, 128, torch.Generator().manual_seed(3))
+    assert torch.equal(scored.input_ids, plain.input_ids) and torch.equal(scored.scored, plain.scored)
+    assert torch.equal(scored.labels[plain.scored], plain.labels[plain.scored])
+    assert (scored.labels[~plain.scored] == -100).all()
+
+
 def test_tasks_suite_passkey_curriculum_smoke(tmp_path):
     import tasks_suite
 
-    result = tasks_suite.main(["--preset", "smoke", "--out", str(tmp_path), "--task", "passkey", "--memories", "elastic"])
+    result = tasks_suite.main(["--preset", "smoke", "--out", str(tmp_path), "--task", "passkey", "--memories", "elastic",
+                               "--train-on", "scored"])
     _outputs(tmp_path, "tasks_passkey")
     row = result["rows"][0]
     assert row["steps"] >= 2  # both curriculum stages ran
