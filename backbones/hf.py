@@ -77,9 +77,11 @@ def rotary(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: float = 1.0)
 class HFBackbone(Backbone):
     """A Hugging Face causal LM seen through the :class:`memplug.Backbone` contract.
 
-    ``model`` is a loaded ``*ForCausalLM`` module (held, not copied) or a path: a directory saved
+    ``model`` is a loaded ``*ForCausalLM`` module (held, not copied), ``"smollm2"`` (the packaged
+    SmolLM2-135M, :func:`memplug.backbones.smollm2.load_smollm2`) or a path: a directory saved
     with ``save_pretrained`` or a ``.gguf`` file (see :func:`load_pretrained`); ``dtype`` applies
-    when loading from a path. When loaded from a path, ``self.tokenizer`` is the model's tokenizer
+    when loading. So ``build_model("hf", model="smollm2", memory="elastic", block=1024)`` works,
+    though :func:`attach` is the way that also checks the window and clips memory positions. When loaded from a path, ``self.tokenizer`` is the model's tokenizer
     (``None`` when a module is passed).
 
     Attributes beyond the contract: ``hf`` (the model), ``family`` (``"llama"`` or
@@ -95,7 +97,11 @@ class HFBackbone(Backbone):
     def __init__(self, model: nn.Module | str, *, dtype: torch.dtype | str | None = None) -> None:
         super().__init__()
         self.tokenizer: Any = None
-        if isinstance(model, (str, Path)):
+        if model == "smollm2":
+            from .smollm2 import load_smollm2
+
+            model, self.tokenizer = load_smollm2(dtype=_dtype(dtype))
+        elif isinstance(model, (str, Path)):
             model, self.tokenizer = load_pretrained(str(model), dtype=dtype)
         elif dtype is not None:
             raise ValueError("dtype is only used when loading from a path; cast the module with .to(dtype) instead")
@@ -203,7 +209,10 @@ def attach(
     """
     if rope not in ROPE_MODES:
         raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
-    backbone = model if isinstance(model, HFBackbone) else HFBackbone(model)
+    # A fresh wrapper per call (around the same HF module) keeps each model's position clip its own.
+    backbone = HFBackbone(model.hf if isinstance(model, HFBackbone) else model)
+    if isinstance(model, HFBackbone):
+        backbone.tokenizer = model.tokenizer
     window = block * (2 if cfg.get("span", "block") == "previous" else 1)
     if window > backbone.max_positions:
         raise ValueError(
@@ -301,13 +310,6 @@ def build_backbone_from_spec(spec: str | Backbone, **cfg: Any) -> Backbone:
     unknown = set(cfg) - {"dtype"}
     if unknown:
         raise ValueError(f"options {sorted(unknown)} do not apply to {spec!r}; an hf backbone takes only dtype")
-    if target == "smollm2":
-        from .smollm2 import load_smollm2
-
-        model, tokenizer = load_smollm2(dtype=_dtype(cfg.get("dtype")))
-        backbone = HFBackbone(model)
-        backbone.tokenizer = tokenizer
-        return backbone
     if not target:
         raise ValueError("backbone spec 'hf:' needs a target: 'hf:smollm2', 'hf:<model dir>' or 'hf:<file>.gguf'")
     return HFBackbone(target, dtype=cfg.get("dtype"))

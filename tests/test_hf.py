@@ -208,6 +208,11 @@ def test_memory_key_positions_are_clipped_into_the_trained_range():
     x = torch.randn(1, 1, 3, bb.head_dim)
     far = bb.rotate(x, torch.tensor([-5000.0, -384.0, 10.0]))
     torch.testing.assert_close(far, bb.rotate(x, torch.tensor([-384.0, -384.0, 10.0])), atol=0, rtol=0)
+    # Attaching again (even to the same backbone) wraps the same HF module with its own clip.
+    other = attach(bb, memory="elastic", block=32, order=8, samples=8, rope="sample")
+    assert other.backbone.hf is hf and other.backbone is not bb
+    assert (bb.min_position, other.backbone.min_position) == (128 - 512, 32 - 512)
+    assert all(m.max_distance == 512 - 32 for m in other.memories)
 
 
 def test_window_beyond_trained_context_is_an_error():
@@ -237,6 +242,8 @@ def test_spec_loads_a_saved_model_directory(tmp_path):
         torch.testing.assert_close(attach(backbone, memory=None, block=64)(ids).logits, hf(ids).logits,
                                    atol=1e-4, rtol=0)
     assert memplug.make_backbone("hf", model=hf).hf is hf
+    built = memplug.build_model("hf", model=str(tmp_path), memory=None, block=64)
+    torch.testing.assert_close(built(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
     with pytest.raises(FileNotFoundError, match="model directory or a .gguf"):
         build_backbone_from_spec(f"hf:{tmp_path}/missing")
     with pytest.raises(ValueError, match="needs a target"):
