@@ -70,9 +70,10 @@ class Rotary(nn.Module):
     """Rotary position embedding (the "rotate half" layout), at arbitrary float positions.
 
     Channel pairs ``(i, i + D/2)`` rotate by the angle ``position * theta^(-2i/D)``. Positions
-    are given per call because the memory layer rotates at window-local positions. Angles are
-    computed in float32 (float64 for float64 inputs), never in a reduced precision; the
-    frequencies are not a buffer, so ``model.to(torch.bfloat16)`` cannot round them.
+    are given per call because the memory layer rotates at window-local positions. Angles and
+    their cos/sin are computed in float32 (float64 for float64 inputs), never in a reduced
+    precision, then applied in the input's dtype (as Llama does under bf16); the frequencies are
+    not a buffer, so ``model.to(torch.bfloat16)`` cannot round them.
     """
 
     def __init__(self, head_dim: int, theta: float) -> None:
@@ -85,10 +86,9 @@ class Rotary(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=x.device) / self.head_dim
         inv_freq = (self.theta ** -exponents).to(dtype)  # (D/2,)
         angles = positions.to(dtype).unsqueeze(-1) * inv_freq  # (..., T, D/2)
-        cos, sin = angles.cos(), angles.sin()
-        x1, x2 = x.to(dtype).chunk(2, dim=-1)  # (..., T, D/2) each
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (..., T, D)
-        return out.to(x.dtype)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)  # (..., T, D/2) each
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (..., T, D)
 
 
 class SwiGLU(nn.Module):

@@ -129,10 +129,13 @@ class MemoryAttention(nn.Module):
         nb, complete = -(-n // L), n // L
         pad = nb * L - n
         # Zero queries stand in for the cached positions and the tail padding; their rows are dropped.
-        q = F.pad(q, (0, 0, r, pad))  # (B, H, nb*L, D)
+        if r or pad:
+            q = F.pad(q, (0, 0, r, pad))  # (B, H, nb*L, D)
+        if pad:
+            k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))  # (B, Hkv, nb*L, D)
         qb = rearrange(q, "b h (n l) d -> b h n l d", l=L)  # (B, H, nb, L, D)
-        kb = rearrange(F.pad(k, (0, 0, 0, pad)), "b h (n l) d -> b h n l d", l=L)  # (B, Hkv, nb, L, D)
-        vb = rearrange(F.pad(v, (0, 0, 0, pad)), "b h (n l) d -> b h n l d", l=L)
+        kb = rearrange(k, "b h (n l) d -> b h n l d", l=L)  # (B, Hkv, nb, L, D)
+        vb = rearrange(v, "b h (n l) d -> b h n l d", l=L)
 
         read, mem_state = MemoryRead(), {}
         if self.memory is not None:
@@ -145,8 +148,8 @@ class MemoryAttention(nn.Module):
         out = rearrange(out, "b h n l d -> b h (n l) d")[:, :, r : r + T]  # (B, H, T, D)
 
         new_cache = {MEMORY_PREFIX + name: t for name, t in mem_state.items()}
-        if n > complete * L:  # a partial block remains: keep its raw keys and values
-            new_cache["k"], new_cache["v"] = k[:, :, complete * L :], v[:, :, complete * L :]
+        if n > complete * L:  # a partial block remains: keep its raw keys and values (not the padding)
+            new_cache["k"], new_cache["v"] = k[:, :, complete * L : n], v[:, :, complete * L : n]
         if self.span == "previous":
             if complete:
                 new_cache["prev_k"], new_cache["prev_v"] = kb[:, :, complete - 1], vb[:, :, complete - 1]

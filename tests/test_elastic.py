@@ -59,7 +59,7 @@ def test_constant_history_reads_back_constant():
     read, state = mem.forward_blocks(mem.init_state(1, torch.float32, torch.device("cpu")), q, k, v, 0, 4)
     torch.testing.assert_close(read.keys[:, :, 1:], torch.full_like(read.keys[:, :, 1:], 0.7), atol=1e-4, rtol=0)
     torch.testing.assert_close(read.values[:, :, 1:], torch.full_like(read.values[:, :, 1:], -1.3), atol=1e-4, rtol=0)
-    assert state["coef"].shape == (1, 2, 12, 16)  # fixed size: N x 2D per kv head
+    assert state["coef"].shape == (1, 12, 2 * 2 * 8)  # fixed size: N x (Hkv * 2D)
 
 
 def test_empty_memory_hidden_and_logit_offset():

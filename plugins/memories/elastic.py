@@ -2,8 +2,9 @@
 
 Compression. The layer's raw keys and values (before RoPE) of each key/value head are one
 2D-channel signal ``[k | v]``; the encoder (a HiPPO measure, LegS by default) compresses it
-online into a state of N coefficients per channel, so one scan serves keys and values. The
-encoder runs in float32, also under bf16 autocast.
+online into a state of N coefficients per channel, so one scan serves keys and values (all kv
+heads side by side: the state is (B, N, Hkv * 2D), channels ordered head, then k/v, then dim).
+The encoder runs in float32, also under bf16 autocast.
 
 Reading (polynomial sampling). The queries of a block read the state at the block start at the
 retriever's P positions, ``basis(positions, t) @ state``; the P reconstructed ``[k | v]``
@@ -12,7 +13,7 @@ t = 0 has an empty memory, hidden by a ``-inf`` bias.
 
 Block-parallel. ``forward_blocks`` gets every block of a call at once: ``encoder.scan`` gives
 the states after each complete block, the states at the block starts are
-``[state, scan[..., :-1]]``, and one ``retriever.read`` with a (nb,) tensor of block times reads
+``[state, scan[:, :-1]]``, and one ``retriever.read`` with a (nb,) tensor of block times reads
 them all. It equals the step form (``read`` / ``write`` per block) because the scan equals
 repeated updates.
 
@@ -33,6 +34,7 @@ import math
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 import memplug
@@ -104,42 +106,45 @@ class ElasticMemory(Memory):
         return -math.log(self.retriever.samples) if self.logit_offset == LOG_P else float(self.logit_offset)
 
     # --- Memory contract -----------------------------------------------------------------
+    # The encoder sees one signal per sequence with Hkv * 2D channels (every kv head's [k | v]):
+    # channels are independent, and a few large matmuls beat many small per-head ones.
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         # float32 whatever the model's dtype: the state accumulates the whole history
-        coef = self.encoder.init_state(batch, self.kv_heads, channels=2 * self.head_dim,
-                                       dtype=torch.float32, device=device)  # (B, Hkv, N, 2D)
+        coef = self.encoder.init_state(batch, channels=2 * self.kv_heads * self.head_dim,
+                                       dtype=torch.float32, device=device)  # (B, N, Hkv*2D)
         return {"coef": coef}
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
-        return self._read(state["coef"].unsqueeze(2), t, q.dtype)  # one block: (B, Hkv, 1, N, 2D)
+        return self._read(state["coef"].unsqueeze(1), t, q.dtype)  # one block: (B, 1, N, Hkv*2D)
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
-            x = torch.cat([k, v], dim=-1).float()  # (B, Hkv, L, 2D)
+            x = rearrange([k, v], "kv b h l d -> b l (h kv d)").float()  # (B, L, Hkv*2D)
             return {"coef": self.encoder.update(state["coef"], x, t0)}
 
     def forward_blocks(
         self, state: dict[str, Tensor], q: Tensor, k: Tensor, v: Tensor, t0: int, complete: int
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
         nb, length = k.shape[2], k.shape[3]
-        coef = state["coef"]  # (B, Hkv, N, 2D)
-        states = [coef.unsqueeze(2)]  # (B, Hkv, 1, N, 2D): the state at the first block's start
+        coef = state["coef"]  # (B, N, Hkv*2D)
+        states = [coef.unsqueeze(1)]  # (B, 1, N, Hkv*2D): the state at the first block's start
         if complete:
             with torch.autocast(k.device.type, enabled=False):
-                x = torch.cat([k[:, :, :complete], v[:, :, :complete]], dim=-1).float()  # (B, Hkv, c, L, 2D)
-                x = x.flatten(2, 3)  # (B, Hkv, c*L, 2D)
-                states.append(self.encoder.scan(x, length, t0, coef))  # (B, Hkv, c, N, 2D): after each block
-        states = torch.cat(states, dim=2)  # (B, Hkv, c+1, N, 2D)
+                kv = [k[:, :, :complete], v[:, :, :complete]]
+                x = rearrange(kv, "kv b h n l d -> b (n l) (h kv d)").float()  # (B, c*L, Hkv*2D)
+                states.append(self.encoder.scan(x, length, t0, coef))  # (B, c, N, Hkv*2D): after each block
+        states = torch.cat(states, dim=1)  # (B, c+1, N, Hkv*2D)
         starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
-        read = self._read(states[:, :, :nb], starts, q.dtype)
-        return read, {"coef": states[:, :, complete]}
+        read = self._read(states[:, :nb], starts, q.dtype)
+        return read, {"coef": states[:, complete]}
 
     def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype) -> MemoryRead:
-        """Samples of the states at block times ``t``: states (B, Hkv, nb, N, 2D), t (nb,) or int."""
+        """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int."""
         t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
         with torch.autocast(states.device.type, enabled=False):
-            samples = self.retriever.read(self.encoder, states, t)  # (B, Hkv, nb, P, 2D)
-        keys, values = samples.to(dtype).chunk(2, dim=-1)  # (B, Hkv, nb, P, D) each
+            samples = self.retriever.read(self.encoder, states, t)  # (B, nb, P, Hkv*2D)
+        samples = rearrange(samples.to(dtype), "b n p (h kv d) -> kv b h n p d", h=self.kv_heads, kv=2)
+        keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each
         slots = samples.shape[-2]
         bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
         bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
