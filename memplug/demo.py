@@ -4,8 +4,8 @@ Three parts, each printed as it finishes and collected in one table and one figu
 
 1. **A long-range task** (:class:`memplug.tasks.RegimeTask`): the next token after each QUERY
    depends on a hidden regime that only the whole history reveals. The same small model is
-   trained twice for the same time, with Elastic Memory (LegS, uniform sampling) in its top
-   layer and without memory; both are scored in bits on the regime-dependent tokens, next to
+   trained twice for the same time (on the scored tokens), with Elastic Memory (LegS, uniform
+   sampling) in its top layer and without memory; both are scored in bits on the regime-dependent tokens, next to
    the exact Bayes oracles that see the whole history or the block alone. The elastic model is
    also scored with its memory masked and with exponential (recency) sampling swapped in.
 2. **Real data** (the CPython standard library source, no download): one elastic byte-level
@@ -29,7 +29,7 @@ from .cli import COMMANDS
 from .evaluate import memory_masked
 from .model import MemoryModel, build_model
 from .report import write_report
-from .tasks import RegimeTask
+from .tasks import RegimeTask, ScoredOnly
 from .tasks.corpus import CorpusTask
 from .tasks.run import TaskRun, score_on_task, train_on_task
 
@@ -55,7 +55,7 @@ def regime_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[st
     for memory in ("elastic", None):
         model = _model(cfg, task.vocab_size, memory, seed)
         name = memory or "none (block-local)"
-        runs[name] = train_on_task(model, task, length=cfg["length"], batch=cfg["batch"], lr=cfg["lr"],
+        runs[name] = train_on_task(model, ScoredOnly(task), length=cfg["length"], batch=cfg["batch"], lr=cfg["lr"],
                                    seconds=seconds, seed=seed, progress=progress, description=f"regime: {name}")
         result = score_on_task(model, task, oracles=("full", f"block:{cfg['block']}"), **score)
         rows.append({"part": "regime", "model": name, "bits": result["bits"], "steps": runs[name].steps})

@@ -12,17 +12,20 @@ from memplug.tasks.base import block_start
 
 
 def brute_force_regime_nll(task: RegimeTask, ids: list[int], label: int, start: int) -> float:
-    """Bayes posterior over regimes from the visible inputs ids[start:], one position."""
-    p = task.probs.numpy()
+    """Bayes posterior over regimes from the visible inputs ids[start:], for one next token."""
+    fill, ans = task.filler.numpy(), task.answers.numpy()
     if start == 0 and ids[0] > task.query:
         post = [1.0 if r == ids[0] - task.query - 1 else 0.0 for r in range(task.regimes)]
     else:
         post = [1.0] * task.regimes
-        for j in range(start + 1, len(ids)):
-            if ids[j - 1] == task.query:
-                post = [w * p[r, ids[j]] for r, w in enumerate(post)]
+        for j in range(start, len(ids)):
+            if ids[j] >= task.symbols:
+                continue
+            law = ans if j > start and ids[j - 1] == task.query else fill
+            post = [w * law[r, ids[j]] for r, w in enumerate(post)]
     z = sum(post)
-    return -math.log(sum(w / z * p[r, label] for r, w in enumerate(post)))
+    law = ans if ids[-1] == task.query else fill
+    return -math.log(sum(w / z * law[r, label] for r, w in enumerate(post)))
 
 
 @pytest.mark.parametrize("context", ["full", "block:16", "window:32"])
@@ -34,11 +37,13 @@ def test_regime_oracle_matches_brute_force(context):
     checked = 0
     for b in range(4):
         ids = batch.input_ids[b].tolist()
-        for t in torch.nonzero(batch.scored[b]).flatten().tolist():
+        for t in range(48):
+            if batch.labels[b, t] >= task.symbols:
+                continue
             want = brute_force_regime_nll(task, ids[: t + 1], int(batch.labels[b, t]), int(start[t]))
             assert nll[b, t].item() == pytest.approx(want, rel=1e-9)
             checked += 1
-    assert checked > 10
+    assert checked > 100
 
 
 def test_regime_history_beats_the_block():

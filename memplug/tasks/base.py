@@ -54,3 +54,23 @@ def block_start(length: int, context: str) -> Tensor:
         block = int(size) // 2  # block + previous block of size W/2
         return (pos - pos % block - block).clamp_min(0)
     raise ValueError(f"context must be 'full', 'block:L' or 'window:W' with positive integers, got {context!r}")
+
+
+class ScoredOnly(Task):
+    """``task`` with the training loss restricted to its scored tokens (other labels -100).
+
+    Synthetic tasks are mostly i.i.d. filler whose only lesson is its distribution; once that is
+    learned, the filler's gradient is noise that drowns the few tokens that depend on the
+    history. Training on the scored tokens alone keeps the signal; scoring is unchanged.
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task, self.vocab_size = task, task.vocab_size
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        data = self.task.sample(batch, length, generator)
+        data.labels = data.labels.masked_fill(~data.scored, -100)  # (B, T)
+        return data
+
+    def oracle_nll(self, batch: Batch, context: str) -> Tensor | None:
+        return self.task.oracle_nll(batch, context)

@@ -1,17 +1,18 @@
 """The hidden-regime (gist) task.
 
-Each sequence belongs to one of K regimes. The stream is uniform random filler over S symbols,
-interrupted at random positions (on average every ``query_every`` tokens) by a QUERY marker
-whose next token, the scored one, is the regime's answer: symbol ``r`` with probability
-``answer_prob``, otherwise another symbol at random. With probability ``stated`` the sequence
-opens with a marker naming the regime; otherwise the regime is visible only in the statistics
-of all earlier answers. A block holds about one earlier answer, the whole history many, so the
-loss on answers separates a model that carries the gist of its history from one that sees its
-block alone.
+Each sequence belongs to one of K regimes. Regime r colours the filler: symbols are drawn
+i.i.d. from ``p_r(x) ∝ exp(tilt * z_r(x))`` over S symbols, with a fixed random ±1 pattern
+``z_r`` per regime (``seed``). The tilt is weak, so one block of filler barely hints at the
+regime while the statistics of the whole history reveal it. At random positions (on average
+every ``query_every`` tokens) a QUERY marker is followed by the scored token, the regime's
+answer: symbol ``r`` with probability ``answer_prob``, otherwise another symbol at random. With
+probability ``stated`` the sequence opens with a marker naming the regime. A memory that keeps
+the gist of the history (a running average is enough) answers well; a model that sees its
+block alone cannot.
 
-The Bayes-optimal predictor given a context C is exact:
-``P(a | C) = Σ_r P(r | C) p_r(a)`` with ``P(r | C) ∝ Π p_r(a_j)`` over the answers in C whose
-QUERY is in C too (a regime marker in C pins r).
+The Bayes-optimal predictor given a context C is exact: ``P(x | C) = Σ_r P(r | C) P(x | r)``
+with ``P(r | C) ∝ Π_{j ∈ C} P(x_j | r)`` over the visible filler and answers (an answer counts
+when its QUERY is visible too; a regime marker in C pins r).
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ class RegimeTask(Task):
         self,
         symbols: int = 16,
         regimes: int = 8,
-        answer_prob: float = 0.5,
-        query_every: int = 32,
+        tilt: float = 0.2,
+        answer_prob: float = 0.8,
+        query_every: int = 96,
         stated: float = 0.5,
+        seed: int = 0,
     ) -> None:
         if not 2 <= regimes <= symbols:
             raise ValueError(f"regimes must be in [2, symbols={symbols}], got {regimes}")
+        if tilt < 0:
+            raise ValueError(f"tilt must be >= 0, got {tilt}")
         if not 1 / symbols < answer_prob <= 1:
             raise ValueError(f"answer_prob must be in (1/symbols, 1], got {answer_prob}")
         if query_every < 2:
@@ -42,16 +47,19 @@ class RegimeTask(Task):
         if not 0 <= stated <= 1:
             raise ValueError(f"stated must be in [0, 1], got {stated}")
         self.symbols, self.regimes, self.query_every, self.stated = symbols, regimes, query_every, stated
+        g = torch.Generator().manual_seed(seed)
+        pattern = torch.randint(2, (regimes, symbols), generator=g).double() * 2 - 1  # (K, S) of ±1
+        self.filler = torch.softmax(tilt * pattern, dim=-1)  # (K, S) filler law per regime
         other = (1 - answer_prob) / (symbols - 1)
-        self.probs = torch.full((regimes, symbols), other, dtype=torch.float64)  # (K, S) answer law
-        self.probs[torch.arange(regimes), torch.arange(regimes)] = answer_prob
+        self.answers = torch.full((regimes, symbols), other, dtype=torch.float64)  # (K, S) answer law
+        self.answers[torch.arange(regimes), torch.arange(regimes)] = answer_prob
         self.query = symbols
         self.vocab_size = symbols + 1 + regimes  # symbols, QUERY, one marker per regime
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
-        seq = torch.randint(self.symbols, (batch, length + 1), generator=generator)
         regime = torch.randint(self.regimes, (batch,), generator=generator)
-        answers = torch.multinomial(self.probs[regime].float(), length + 1, replacement=True, generator=generator)
+        seq = torch.multinomial(self.filler[regime].float(), length + 1, replacement=True, generator=generator)
+        answers = torch.multinomial(self.answers[regime].float(), length + 1, replacement=True, generator=generator)
         # QUERY at random positions (never two in a row), each followed by an answer
         is_query = torch.rand(batch, length + 1, generator=generator) < 1 / self.query_every
         is_query[:, 0] = False
@@ -71,19 +79,26 @@ class RegimeTask(Task):
         )
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor:
-        """Exact Bayes loss (nats) of every next token given ``context``; filler is ln S."""
+        """Exact Bayes loss (nats) of every next token given ``context`` (QUERY tokens and
+        markers, which carry no regime evidence in their timing, are scored at chance)."""
         ids, labels = batch.input_ids, batch.labels
         B, T = ids.shape
-        logp = self.probs.log()  # (K, S)
-        # answers among the inputs: token j is an answer when token j-1 is QUERY
-        answer_in = torch.zeros_like(ids, dtype=torch.bool)
-        answer_in[:, 1:] = ids[:, :-1] == self.query
-        obs = torch.where(answer_in[..., None], logp.T[ids.clamp_max(self.symbols - 1)], 0.0)  # (B, T, K)
+        log_filler, log_answer = self.filler.log(), self.answers.log()  # (K, S) each
+        is_symbol = ids < self.symbols
+        follows_query = torch.zeros_like(is_symbol)
+        follows_query[:, 1:] = ids[:, :-1] == self.query
+        sym = ids.clamp_max(self.symbols - 1)
+        # evidence of every input token: log P(x_j | r) for filler, answers; 0 otherwise
+        obs = torch.where((is_symbol & follows_query)[..., None], log_answer.T[sym], log_filler.T[sym])
+        obs = torch.where(is_symbol[..., None], obs, 0.0)  # (B, T, K)
         cum = torch.cat([torch.zeros(B, 1, self.regimes, dtype=torch.float64), obs.cumsum(1)], 1)  # (B, T+1, K)
         start = block_start(T, context)  # (T,) first visible input position
-        # answers at j in [start+1, t] whose QUERY (j-1) is visible too
-        ll = cum[:, 1:] - cum[:, (start + 1).clamp_max(T)]
-        ll = torch.where((start < torch.arange(T))[None, :, None], ll, 0.0)
+        ll = cum[:, 1:] - cum[:, start]  # (B, T, K)
+        # an answer at the window's first position has its QUERY out of view: count it as filler
+        first = ids.gather(1, start[None, :].expand(B, T))  # (B, T) token at each window start
+        first_is_answer = follows_query.gather(1, start[None, :].expand(B, T)) & (start > 0)[None, :] & (first < self.symbols)
+        correction = log_filler.T[first.clamp_max(self.symbols - 1)] - log_answer.T[first.clamp_max(self.symbols - 1)]
+        ll = ll + torch.where(first_is_answer[..., None], correction, 0.0)
         marker = ids[:, 0] > self.query
         sees_marker = (start == 0)[None, :] & marker[:, None]  # (B, T)
         named = (ids[:, 0] - self.query - 1).clamp(0, self.regimes - 1)
@@ -91,5 +106,8 @@ class RegimeTask(Task):
         pinned[torch.arange(B), named] = 0.0
         ll = torch.where(sees_marker[..., None], pinned[:, None, :], ll)
         log_post = ll - ll.logsumexp(-1, keepdim=True)  # (B, T, K)
-        answer_nll = -(log_post + logp.T[labels.clamp_max(self.symbols - 1)]).logsumexp(-1)  # (B, T)
-        return torch.where(batch.scored, answer_nll, math.log(self.symbols))
+        nxt = labels.clamp_max(self.symbols - 1)
+        answer_next = ids == self.query  # the label follows a QUERY
+        law = torch.where(answer_next[..., None], log_answer.T[nxt], log_filler.T[nxt])  # (B, T, K)
+        nll = -(log_post + law).logsumexp(-1)
+        return torch.where(labels < self.symbols, nll, math.log(self.vocab_size))
