@@ -144,26 +144,25 @@ class MemoryAttention(nn.Module):
                 state = self.memory.init_state(B, k.dtype, k.device)
             read, mem_state = self.memory.forward_blocks(state, qb, kb, vb, b0, complete)
 
-        out = self._attend(qb, kb, vb, read, cache, b0, rotate)  # (B, H, nb, L, D)
+        out = self._attend(qb, kb, vb, read, cache, rotate)  # (B, H, nb, L, D)
         out = rearrange(out, "b h n l d -> b h (n l) d")[:, :, r : r + T]  # (B, H, T, D)
 
+        # Slices are cloned so the cache never keeps this call's whole tensors alive.
         new_cache = {MEMORY_PREFIX + name: t for name, t in mem_state.items()}
         if n > complete * L:  # a partial block remains: keep its raw keys and values (not the padding)
-            new_cache["k"], new_cache["v"] = k[:, :, complete * L : n], v[:, :, complete * L : n]
+            new_cache["k"], new_cache["v"] = k[:, :, complete * L : n].clone(), v[:, :, complete * L : n].clone()
         if self.span == "previous":
             if complete:
-                new_cache["prev_k"], new_cache["prev_v"] = kb[:, :, complete - 1], vb[:, :, complete - 1]
+                new_cache["prev_k"], new_cache["prev_v"] = kb[:, :, complete - 1].clone(), vb[:, :, complete - 1].clone()
             elif "prev_k" in cache:
                 new_cache["prev_k"], new_cache["prev_v"] = cache["prev_k"], cache["prev_v"]
         return out, new_cache
 
     def _attend(
-        self, qb: Tensor, kb: Tensor, vb: Tensor, read: MemoryRead, cache: dict[str, Tensor], b0: int,
-        rotate: Rotate | None,
+        self, qb: Tensor, kb: Tensor, vb: Tensor, read: MemoryRead, cache: dict[str, Tensor], rotate: Rotate | None
     ) -> Tensor:
         """One batched attention call over all blocks: (B, H, nb, L, D) queries -> (B, H, nb, L, D)."""
         B, H, nb, L, D = qb.shape
-        Hkv = kb.shape[1]
         rotate = rotate if rotate is not None else (lambda x, pos: x)
         w0 = L if self.span == "previous" else 0  # window position of the block start
         pos = torch.arange(w0, w0 + L, device=qb.device)  # (L,)

@@ -136,7 +136,7 @@ class ElasticMemory(Memory):
         states = torch.cat(states, dim=1)  # (B, c+1, N, Hkv*2D)
         starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
         read = self._read(states[:, :nb], starts, q.dtype)
-        return read, {"coef": states[:, complete]}
+        return read, {"coef": states[:, complete].clone()}  # not a view that keeps every block's state
 
     def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype) -> MemoryRead:
         """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int."""
