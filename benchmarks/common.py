@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from memplug.model import MemoryModel, build_model
 from memplug.report import write_report
+from memplug.tasks import ScoredOnly
 from memplug.tasks.base import Task
 from memplug.tasks.run import TaskRun, train_on_task
 
@@ -134,26 +135,10 @@ def build(vocab: int, spec: str, p: Preset, seed: int, device: torch.device, sca
 
 
 def teaching(args: argparse.Namespace, task: Task) -> Task:
-    """The task to train on: ``task`` itself, or :class:`ScoredOnly` with ``--train-on scored``."""
+    """The task to train on: ``task`` itself, or :class:`memplug.tasks.ScoredOnly` (loss on the
+    scored tokens only: the i.i.d. filler teaches nothing once its uniform law is learned, and its
+    gradient noise drowns the few history-dependent tokens) with ``--train-on scored``."""
     return ScoredOnly(task) if args.train_on == "scored" else task
-
-
-class ScoredOnly(Task):
-    """``task`` with the loss restricted to its scored tokens (other labels set to -100).
-
-    Synthetic tasks are mostly i.i.d. filler whose only lesson is the uniform distribution; once
-    learned, its gradient is pure noise that drowns the few tokens that depend on the history
-    (1 in ``query_every`` for the regime task). Training on the scored tokens alone keeps the
-    signal; evaluation is unchanged (it reads the scored tokens anyway).
-    """
-
-    def __init__(self, task: Task) -> None:
-        self.task, self.vocab_size = task, task.vocab_size
-
-    def sample(self, batch: int, length: int, generator: torch.Generator):
-        data = self.task.sample(batch, length, generator)
-        data.labels = data.labels.masked_fill(~data.scored, -100)  # (B, T)
-        return data
 
 
 def parameters(model: torch.nn.Module) -> int:
