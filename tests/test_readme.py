@@ -1,4 +1,8 @@
-"""The README's Python examples run as written (each file's blocks in order, in a fresh process)."""
+"""The README's Python examples run as written (each file's blocks in order, in a fresh process).
+
+Blocks fenced as ```python run; blocks fenced as ```py need downloads or optional packages
+(the SmolLM2 wheel) and are shown, not run: tests/test_hf.py covers that path.
+"""
 
 from __future__ import annotations
 
