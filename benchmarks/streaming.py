@@ -1,12 +1,14 @@
 """Streaming: time per block and memory stay flat however long the stream (no growing cache).
 
 A tiny model with a memory on every layer (elastic by default) reads ``--tokens`` tokens one
-block per call, carrying its :class:`memplug.ModelState`. Each stream length runs in its own
+block per call, carrying its :class:`memplug.ModelState`. ``--encoder-cache-mb`` bounds each
+elastic encoder's transition cache (a stream never repeats a block ratio, so an unbounded or
+large cache is the one thing that grows). Each stream length runs in its own
 subprocess, so its peak resident memory (``ru_maxrss``) is its own. Recorded per stream: the
 time per block over the first, middle and last ``--window`` blocks (median and 90th percentile),
 the resident memory (RSS) at those three points, the peak, and the model state size.
 
-    python benchmarks/streaming.py --tokens 16k,256k,1M --memories elastic
+    python benchmarks/streaming.py --tokens 16k,256k,1M --memories elastic --encoder-cache-mb 0,16
 
 Writes ``docs/results/streaming.md`` and ``.json`` (machine, date, command).
 """
@@ -14,6 +16,7 @@ Writes ``docs/results/streaming.md`` and ``.json`` (machine, date, command).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -53,9 +56,11 @@ def stream(args: argparse.Namespace) -> dict:
     """One stream in this process: per-block times and RSS at the start, middle and end."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    options = model_options(args.memory, args.scale, args.block, args.d_model // args.heads)
+    if args.encoder_cache_mb and options.get("memory") == "elastic":
+        options["encoder_options"] = {"cache_bytes": args.encoder_cache_mb * 2**20}
     model = memplug.build_model(
-        "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-        **model_options(args.memory, args.scale, args.block, args.d_model // args.heads),
+        "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, **options
     ).eval()
     blocks = args.tokens // args.block
     marks = {"start": args.window, "middle": blocks // 2 + args.window // 2, "end": blocks}
@@ -91,31 +96,35 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--block", type=int, default=256)
-    p.add_argument("--window", type=int, default=32, help="blocks per start/middle/end measurement")
+    p.add_argument("--window", type=int, default=16, help="blocks per start/middle/end measurement")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--encoder-cache-mb", default="0",
+                   help="bounds on each elastic encoder's transition cache, comma-separated (0: the encoder's default)")
     p.add_argument("--out", default="docs/results/streaming")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        args.tokens, args.scale = int(args.tokens), int(args.scale)
+        args.tokens, args.scale, args.encoder_cache_mb = int(args.tokens), int(args.scale), int(args.encoder_cache_mb)
         print(json.dumps(stream(args)))
         return
 
+    torch.set_num_threads(args.threads)  # as in the workers, so the recorded machine line says so
     rows = []
     for name in [n.strip() for n in args.memories.split(",") if n.strip()]:
         for scale in parse_scales(args.scale):
-            for tokens in parse_tokens(args.tokens):
+            for tokens, cache_mb in itertools.product(parse_tokens(args.tokens), args.encoder_cache_mb.split(",")):
                 if tokens // args.block < 3 * args.window:
                     raise ValueError(f"--tokens {tokens} gives fewer than 3 x --window blocks of {args.block}")
                 cmd = [sys.executable, __file__, "--worker", "--memory", name, "--scale", str(scale),
                        "--tokens", str(tokens), "--d-model", str(args.d_model), "--layers", str(args.layers),
                        "--heads", str(args.heads), "--block", str(args.block), "--window", str(args.window),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--encoder-cache-mb", cache_mb.strip()]
                 result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+                result["encoder_cache_mb"] = int(cache_mb) if name == "elastic" else None
                 rows.append(result)
                 ms = result["ms_per_block"]
-                print(f"{name} {scale}x {tokens} tokens: ms/block start {ms['start']:.2f} middle {ms['middle']:.2f} "
+                print(f"{name} {scale}x {tokens} tokens, cache {cache_mb} MB: ms/block start {ms['start']:.2f} middle {ms['middle']:.2f} "
                       f"end {ms['end']:.2f}; peak RSS {result['peak_rss_mb']:.0f} MB; {result['total_s']:.0f}s",
                       flush=True)
 
@@ -130,16 +139,19 @@ def main() -> None:
         f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, memory on every layer, "
         f"block {args.block}, one block per call (inference mode, {args.threads} thread(s)); each stream in its "
         f"own process. Times are medians (90th percentile in brackets) over {args.window} blocks at the start, "
-        f"middle and end; RSS is sampled at the same points.\n",
-        "| memory | scale | tokens | ms/block start | middle | end | RSS MB start | middle | end | peak RSS MB "
+        f"middle and end; RSS is sampled at the same points. Encoder cache: the bound on each layer's "
+        f"elastic encoder transition cache in MB (default: the encoder's own, 256 MB); in a stream every block "
+        f"start is a new ratio t0/t1, so the cache fills up to its bound and RSS grows until then.\n",
+        "| memory | scale | encoder cache | tokens | ms/block start | middle | end | RSS MB start | middle | end | peak RSS MB "
         "| state bytes | total s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ms, p90, rss = r["ms_per_block"], r["p90_ms_per_block"], r["rss_mb"]
         cells = " | ".join(f"{ms[k]:.2f} ({p90[k]:.2f})" for k in ("start", "middle", "end"))
         mem = " | ".join(f"{rss[k]:.0f}" for k in ("start", "middle", "end"))
-        lines.append(f"| {r['memory']} | {r['scale']}x | {r['tokens']:,} | {cells} | {mem} | {r['peak_rss_mb']:.0f} "
+        cache = {None: "", 0: "default"}.get(r["encoder_cache_mb"], f"{r['encoder_cache_mb']} MB")
+        lines.append(f"| {r['memory']} | {r['scale']}x | {cache} | {r['tokens']:,} | {cells} | {mem} | {r['peak_rss_mb']:.0f} "
                      f"| {r['state_bytes']:,} | {r['total_s']:.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}.md and {out}.json")
