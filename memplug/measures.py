@@ -108,6 +108,10 @@ def _position(value: object, arg: str) -> int:
     return pos
 
 
+#: Transition caches shared by equal encoders: (module, class, order, beta, bytes) -> cache.
+_CACHES: dict[tuple, _TensorLRU] = {}
+
+
 class ScaleInvariantMeasure(Encoder):
     """A HiPPO measure on [0, t] with the scale-invariant weight (s/t)^β, exact block update.
 
@@ -118,14 +122,16 @@ class ScaleInvariantMeasure(Encoder):
     Args:
         order: N, coefficients per channel (>= 1).
         beta: the weight exponent β > -1 (0: uniform, LegS).
-        cache_bytes: bound on the transition cache (per encoder, all dtypes and devices).
+        cache_bytes: bound on the transition cache. The cache is shared by every encoder of the
+            same class, order, β and bound (the layers of a model each hold one encoder, and
+            their transitions are identical), over all dtypes and devices.
         scan_method: how :meth:`scan` runs the block recurrence, see
             :func:`memplug.ops.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
             ``"parallel"``).
     """
 
     def __init__(
-        self, order: int, beta: float = 0.0, *, cache_bytes: int = 256 * 2**20, scan_method: str = "auto"
+        self, order: int, beta: float = 0.0, *, cache_bytes: int = 64 * 2**20, scan_method: str = "auto"
     ) -> None:
         super().__init__()
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
@@ -140,7 +146,14 @@ class ScaleInvariantMeasure(Encoder):
         self.order = order
         self.beta = beta
         self.scan_method = scan_method
-        self._cache = _TensorLRU(cache_bytes)
+        self._cache_key = (type(self).__module__, type(self).__qualname__, order, beta, cache_bytes)
+
+    @property
+    def _cache(self) -> _TensorLRU:
+        # looked up by key, so deep copies (one encoder per layer) share one bounded cache
+        if self._cache_key not in _CACHES:
+            _CACHES[self._cache_key] = _TensorLRU(self._cache_key[-1])
+        return _CACHES[self._cache_key]
 
     def extra_repr(self) -> str:
         return f"order={self.order}, beta={self.beta:g}"

@@ -221,3 +221,13 @@ def test_follows_device_dtype_and_keeps_gradients():
 def test_bad_arguments_are_value_errors(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_equal_encoders_share_one_bounded_cache():
+    """One encoder per layer (deep copies) must not multiply the transition cache."""
+    import copy
+
+    first = LegS(order=8, cache_bytes=2**20)
+    second = copy.deepcopy(first)
+    assert first._cache is second._cache
+    assert LegS(order=9, cache_bytes=2**20)._cache is not first._cache
