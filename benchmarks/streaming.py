@@ -29,7 +29,7 @@ import psutil
 import torch
 
 import memplug
-from machine import provenance, provenance_markdown
+from memplug.report import write_report
 from memory_configs import model_options, parse_scales
 
 UNITS = {"k": 1024, "m": 1024**2}
@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory", help=argparse.SUPPRESS)
     args = p.parse_args()
+    started = time.perf_counter()
     if args.worker:
         args.tokens, args.scale, args.encoder_cache_mb = int(args.tokens), int(args.scale), int(args.encoder_cache_mb)
         print(json.dumps(stream(args)))
@@ -128,19 +129,13 @@ def main() -> None:
                       f"end {ms['end']:.2f}; peak RSS {result['peak_rss_mb']:.0f} MB; {result['total_s']:.0f}s",
                       flush=True)
 
-    meta = provenance()
     config = {k: v for k, v in vars(args).items() if k not in ("out", "worker", "memory")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(**meta, config=config, results=rows), indent=2))
     lines = [
-        "# Streaming: time per block and memory over long streams\n",
-        provenance_markdown(meta),
         f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, memory on every layer, "
         f"block {args.block}, one block per call (inference mode, {args.threads} thread(s)); each stream in its "
         f"own process. Times are medians (90th percentile in brackets) over {args.window} blocks at the start, "
         f"middle and end; RSS is sampled at the same points. Encoder cache: the bound on each layer's "
-        f"elastic encoder transition cache in MB (default: the encoder's own, 256 MB); in a stream every block "
+        f"elastic encoder transition cache in MB (default: the encoder's own, 64 MB shared by all layers); in a stream every block "
         f"start is a new ratio t0/t1, so the cache fills up to its bound and RSS grows until then.\n",
         "| memory | scale | encoder cache | tokens | ms/block start | middle | end | RSS MB start | middle | end | peak RSS MB "
         "| state bytes | total s |",
@@ -153,8 +148,10 @@ def main() -> None:
         cache = {None: "", 0: "default"}.get(r["encoder_cache_mb"], f"{r['encoder_cache_mb']} MB")
         lines.append(f"| {r['memory']} | {r['scale']}x | {cache} | {r['tokens']:,} | {cells} | {mem} | {r['peak_rss_mb']:.0f} "
                      f"| {r['state_bytes']:,} | {r['total_s']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}.md and {out}.json")
+    out = Path(args.out)
+    path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, results=rows),
+                        title="Streaming: time per block and memory over long streams", seconds=time.perf_counter() - started)
+    print(f"wrote {path} and its .json")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Writes ``docs/results/throughput.md`` and ``.json`` (machine, date, command).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 import memplug
-from machine import provenance, provenance_markdown
+from memplug.report import write_report
 from memory_configs import model_options, parse_scales
 
 
@@ -71,6 +70,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--out", default="docs/results/throughput")
     args = p.parse_args()
+    started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
@@ -111,14 +111,8 @@ def main() -> None:
             print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
                   + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of none"), flush=True)
 
-    meta = provenance()
     config = {k: v for k, v in vars(args).items() if k != "out"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(**meta, config=config, results=rows), indent=2))
     lines = [
-        "# Training throughput: memory models against the bare model\n",
-        provenance_markdown(meta),
         f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, "
         f"sequence {args.seq}, batch {args.batch}, {args.dtype} autocast, {torch.get_num_threads()} torch "
         f"thread(s); forward + backward per step; {args.rounds} interleaved steps per arm after "
@@ -134,8 +128,10 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['memory']} | {r['scale']}x | {r['parameters']:,} | {r['step_s']:.3f} | "
                      f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | **{fmt(r['paired_ratio_to_none'])}** | "
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}.md and {out}.json")
+    out = Path(args.out)
+    path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, results=rows),
+                        title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started)
+    print(f"wrote {path} and its .json")
 
 
 if __name__ == "__main__":
