@@ -49,6 +49,10 @@ def command_line() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m " + Path(argv[0]).parent.name
+    elif argv and argv[0].endswith(".py"):
+        argv[0] = "python " + argv[0]
+    elif argv:
+        argv[0] = Path(argv[0]).name  # a console script such as `memplug`
     return " ".join(shlex.quote(a) if i else a for i, a in enumerate(argv))
 
 
