@@ -81,8 +81,9 @@ class HFBackbone(Backbone):
     SmolLM2-135M, :func:`memplug.backbones.smollm2.load_smollm2`) or a path: a directory saved
     with ``save_pretrained`` or a ``.gguf`` file (see :func:`load_pretrained`); ``dtype`` applies
     when loading. So ``build_model("hf", model="smollm2", memory="elastic", block=1024)`` works,
-    though :func:`attach` is the way that also checks the window and clips memory positions. When loaded from a path, ``self.tokenizer`` is the model's tokenizer
-    (``None`` when a module is passed).
+    though :func:`attach` is the way that also checks the window and clips memory positions.
+    When loaded here, ``self.tokenizer`` is the model's tokenizer (``None`` when a module is
+    passed, or when a model directory holds no tokenizer files).
 
     Attributes beyond the contract: ``hf`` (the model), ``family`` (``"llama"`` or
     ``"gpt_neox"``), ``max_positions`` (the trained context, ``max_position_embeddings``),
@@ -97,7 +98,7 @@ class HFBackbone(Backbone):
     def __init__(self, model: nn.Module | str, *, dtype: torch.dtype | str | None = None) -> None:
         super().__init__()
         self.tokenizer: Any = None
-        if model == "smollm2":
+        if isinstance(model, str) and model == "smollm2":
             from .smollm2 import load_smollm2
 
             model, self.tokenizer = load_smollm2(dtype=_dtype(dtype))

@@ -27,27 +27,30 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden
 
 #: One config per supported family and feature: GQA, RoPE scaling (YaRN has an attention
 #: factor), Qwen2's q/k/v biases, Qwen3's q/k norms, NeoX's partial rotary and both residuals.
+#: RoPE options use the keywords transformers 4.x takes (5.x converts them to rope_parameters).
 CONFIGS = {
     "llama-gqa": lambda: transformers.LlamaConfig(**COMMON, num_key_value_heads=2),
     "llama-yarn": lambda: transformers.LlamaConfig(
-        **COMMON, num_key_value_heads=2,
-        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 128}),
+        **COMMON, num_key_value_heads=2, rope_theta=10000.0,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
     "llama-linear": lambda: transformers.LlamaConfig(
-        **COMMON, num_key_value_heads=4, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+        **COMMON, num_key_value_heads=4, rope_theta=500.0, rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "mistral": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=1),
     "qwen2": lambda: transformers.Qwen2Config(**COMMON, num_key_value_heads=2),
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=24),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**COMMON),
-    "gpt_neox-sequential": lambda: transformers.GPTNeoXConfig(**COMMON, use_parallel_residual=False,
-                                                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                               "partial_rotary_factor": 0.5}),
+    "gpt_neox-sequential": lambda: transformers.GPTNeoXConfig(**COMMON, use_parallel_residual=False, rotary_pct=0.5),
 }
 
 
 def tiny_hf(name: str, seed: int = 0) -> torch.nn.Module:
     """A random-weight causal LM of family ``name`` with weights at a scale that matters."""
+    try:
+        config = CONFIGS[name]()
+    except AttributeError as exc:  # e.g. Qwen3 needs transformers >= 4.51
+        pytest.skip(f"transformers {transformers.__version__} lacks this family: {exc}")
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[name]())
+    model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if p.ndim == 2:  # projections and embeddings: unit-variance outputs
@@ -159,7 +162,7 @@ def elastic_model(request):
 
 @pytest.fixture(scope="module")
 def long_ids():
-    return ids_for(1, 200, seed=3)
+    return ids_for(1, 160, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,7 @@ def one_call(elastic_model, long_ids):
         return elastic_model(long_ids).logits
 
 
-@given(mst.chunkings(200, max_chunks=6))
+@given(mst.chunkings(160, max_chunks=6))
 def test_chunking_invariance(elastic_model, long_ids, one_call, chunks):
     with torch.no_grad():
         logits = stream(elastic_model, long_ids, chunks)
