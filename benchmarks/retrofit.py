@@ -1,4 +1,4 @@
-"""Retrofit: a pretrained SmolLM2-135M streamed over a whole play, local window vs + elastic memory.
+"""Retrofit: a pretrained SmolLM2-135M streamed over a long play, local window vs + elastic memory.
 
 The play (King Lear by default, ~47k SmolLM2 tokens, almost six times the model's 8,192 trained
 positions) is fed through :func:`memplug.backbones.hf.attach` models in chunks, carrying the
@@ -205,7 +205,7 @@ shared the 2 cores when above ~2; the tokens/s column is then pessimistic; the p
             "span": args.span, "chunk": args.chunk, "order": args.order, "samples": args.samples,
             "layers": args.layers, "dtype": args.dtype, "segments": segments,
             "load_average": [load_start, load_end], "arms": data}
-    path = write_report(args.out, args.name, body, meta, title="Retrofit: SmolLM2-135M over a whole play, local window vs + Elastic memory",
+    path = write_report(args.out, args.name, body, meta, title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory",
                         seconds=time.time() - start)
     print(f"wrote {path}")
 
