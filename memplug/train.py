@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import json
 import signal
 import sys
 import threading
@@ -436,13 +437,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set train.lr=1e-3 --set model.memory=none")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue from the latest checkpoint of the run (or the one given)")
+    parser.add_argument("--backbone", metavar="SPEC",
+                        help="a registered backbone (tiny), or hf:smollm2 / hf:<model folder> / hf:<file.gguf> "
+                             "for a Hugging Face model with its own tokenizer")
+
+
+def backbone_overrides(spec: str) -> list[str]:
+    """``--set`` overrides for ``--backbone SPEC``: ``hf:<model>`` selects the Hugging Face
+    backbone on that model (``smollm2``, a folder or a GGUF file) and its own tokenizer."""
+    if spec.startswith("hf:"):
+        model = spec[3:]
+        if not model:
+            raise ConfigError("--backbone: hf: needs a model (hf:smollm2, hf:<folder> or hf:<file.gguf>)")
+        return ['model.backbone="hf"', f"model.model={json.dumps(model)}", 'data.tokenizer="hf"']
+    return [f"model.backbone={json.dumps(spec)}"]
 
 
 def _run(args: argparse.Namespace) -> int:
     from .data import SourceMissingError
 
     try:
-        config = load_config(args.config, args.set)
+        overrides = args.set + (backbone_overrides(args.backbone) if args.backbone else [])
+        config = load_config(args.config, overrides)
         result = train(config, resume=args.resume)
     except (ConfigError, CheckpointError, SourceMissingError, OutputError) as exc:
         print(f"memplug train: error: {exc}", file=sys.stderr)

@@ -216,6 +216,7 @@ def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
     from memplug.config import load_config
     from memplug.tokenizers import BPETokenizer
+    from memplug.train import backbone_overrides
 
     src = make_corpus(tmp_path / "src")
     bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
@@ -225,9 +226,17 @@ def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
     transformers.LlamaForCausalLM(llama).save_pretrained(folder)
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith(("model.d_model", "model.n_"))]
-    config = load_config(None, [*overrides, "model.backbone=hf", f"model.model='{folder}'", "data.tokenizer=hf",
-                                "train.steps=2", "train.warmup=1"])
+    config = load_config(None, [*overrides, *backbone_overrides(f"hf:{folder}"), "train.steps=2", "train.warmup=1"])
+    assert config.model["backbone"] == "hf" and config.data.tokenizer == "hf"
     result = train(config)
     assert result.losses[2] < math.log(300) + 1
     _, tokenizer, _ = load_trained(result.checkpoint)
     assert tokenizer.name == "hf" and tokenizer.vocab_size == 300
+
+
+def test_backbone_flag_names_what_is_allowed():
+    from memplug.train import backbone_overrides
+
+    with pytest.raises(ConfigError, match="hf: needs a model"):
+        backbone_overrides("hf:")
+    assert backbone_overrides("tiny") == ['model.backbone="tiny"']
