@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from train_helpers import tiny_config
 
-import memplug
 from memplug.cli import main
 from memplug.evaluate import (
     block_bytes,
@@ -102,8 +101,6 @@ def test_evaluate_reports_gain_and_first_block_is_unaffected():
 
 
 def test_retriever_swap_at_evaluation_without_retraining():
-    if "elastic" not in memplug.available("memory"):
-        pytest.skip("elastic memory not available")
     model = _model(memory="elastic", encoder="legs", order=8, retriever="uniform", samples=8)
     windows = _windows(2, 48)
     before = evaluate(model, windows, compare_masked=False)
