@@ -50,7 +50,7 @@ class FlexAttention(AttentionBackend):
         # q (N, H, Lq, D), k/v (N, Hkv, Lk, D), mask broadcastable to (N, H, Lq, Lk)
         n, heads, lq, _ = q.shape
         if q.device.type == "cpu" and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            raise NotImplementedError("flex attention has no backward on CPU in this torch; use attention='sdpa'")
+            raise RuntimeError("flex attention has no backward on CPU in this torch; use attention='sdpa'")
         score_mod = None
         if mask is not None:
             full = mask.to(q.dtype).expand(n, heads, lq, k.shape[-2])  # (N, H, Lq, Lk), a view
