@@ -196,6 +196,19 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_pairs(items: list[str], flag: str, typed: bool = True) -> dict[str, Any]:
+    """``["rate=4", "warp=power"]`` -> ``{"rate": 4, "warp": "power"}`` for a repeated ``flag``
+    option; values parsed by :func:`parse_value` (``typed``) or kept as strings. A pair without
+    ``=`` or without a key is a :class:`ConfigError` naming the flag and the pair."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key] = parse_value(value) if typed else value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``["train.lr=1e-3", "model.memory=none", ...]`` to a nested dict (copied)."""
     out = copy.deepcopy(raw)

@@ -236,22 +236,20 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, latest_checkpoint
-    from .config import ConfigError, parse_value
+    from .config import ConfigError, parse_pairs
     from .data import SourceMissingError, prepare
-    from .data.cli import parse_options
     from .data.windows import eval_starts, gather
     from .distributed import resolve_device
 
     path = Path(args.checkpoint)
     if (path / "checkpoints").is_dir():
         path = latest_checkpoint(path / "checkpoints") or path
-    retriever_options = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"memplug eval: --set takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        retriever_options[key] = parse_value(value)
+    try:
+        retriever_options = parse_pairs(args.set, "--set")
+        dataset_options = parse_pairs(args.option, "--option", typed=False)
+    except ConfigError as exc:
+        print(f"memplug eval: {exc}", file=sys.stderr)
+        return 2
     if retriever_options and args.retriever is None:
         print("memplug eval: --set gives retriever options; name the retriever with --retriever", file=sys.stderr)
         return 2
@@ -260,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
         same = args.data == config.data.dataset
         prepared = prepare(args.data, validation=config.data.validation if same else 0.05,
                            test=config.data.test if same else 0.05, seed=config.data.split_seed if same else 0,
-                           **parse_options(args.option))
+                           **dataset_options)
         seq_len = args.seq_len or config.data.seq_len
         data = prepared.split(args.split).tokens(tokenizer)
         windows = gather(data.tokens, eval_starts(data, seq_len, args.windows), seq_len + 1)

@@ -104,3 +104,13 @@ def test_shipped_configs_build_their_model(path):
         config = load_config(path, ["data.tokenizer=byte", "model.vocab_size=256"])
     model, tokenizer = build_model_and_tokenizer(config, None)  # builds every memory with its options
     assert model.block == config.model["block"] and tokenizer.vocab_size == 256
+
+
+def test_key_value_pairs_of_cli_options():
+    from memplug.config import parse_pairs
+
+    assert parse_pairs(["rate=4", "warp=power", "path=/a=b"], "--set") == {"rate": 4, "warp": "power", "path": "/a=b"}
+    assert parse_pairs(["root=1"], "--option", typed=False) == {"root": "1"}
+    for bad in ("rate", "=4"):
+        with pytest.raises(ConfigError, match=f"--option takes KEY=VALUE, got '{bad}'"):
+            parse_pairs([bad], "--option")

@@ -8,21 +8,11 @@ import subprocess
 import sys
 
 from ..cli import COMMANDS
+from ..config import ConfigError, parse_pairs
 from ..manager import registry
 from .base import SourceMissingError
 from .literature import Literature, fetch_command
 from .prepare import get_dataset, prepare
-
-
-def parse_options(pairs: list[str]) -> dict[str, str]:
-    """``["root=/x", ...]`` -> ``{"root": "/x"}``; a pair without ``=`` is an error naming it."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"memplug data: --option takes KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +37,10 @@ def _run(args: argparse.Namespace) -> int:
                 status = "missing: " + str(exc).splitlines()[-1].strip()
             print(f"{name:<12} {entry.cls.description}\n{'':<12} ({entry.provider}) {status}")
         return 0
-    options = parse_options(args.option)
+    try:
+        options = parse_pairs(args.option, "--option", typed=False)
+    except ConfigError as exc:
+        raise SystemExit(f"memplug data: {exc}") from None
     if args.fetch and args.name == Literature.name:
         try:
             Literature(**options).source()

@@ -37,16 +37,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..config import parse_value
+    from ..config import ConfigError, parse_pairs
     from ..model import build_model
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"memplug task: --option takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        options[key] = parse_value(value)
+    try:
+        options = parse_pairs(args.option, "--option")
+    except ConfigError as exc:
+        print(f"memplug task: {exc}", file=sys.stderr)
+        return 2
     try:
         task = make_task(args.task, **options)
         if args.show:
