@@ -79,7 +79,7 @@ class XLMemory(Memory):
         if empty and nb == 1:
             return MemoryRead(), new_state
         if empty:
-            # block 0 has nothing before it: a zero placeholder, hidden by the bias
+            # block 0 has nothing before it: zero keys, hidden by the -inf bias
             prev_k = torch.zeros_like(k[:, :, 0])
             prev_v = torch.zeros_like(v[:, :, 0])
         elif prev_k.shape[-2] != length:
