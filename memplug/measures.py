@@ -241,16 +241,19 @@ class ScaleInvariantMeasure(Encoder):
 
     def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
         """State (..., N, C) at t0 + L after the tokens ``x`` (..., L, C) at positions t0 ..:
-        ``M(t0/t1) state + U(t0, t1) x``, computed in the promoted dtype of state and x."""
+        ``M(t0/t1) state + U(t0, t1) x``. The tokens are projected in their own dtype (bf16 keys
+        under autocast take a bf16 matmul with float32 accumulation, like every other projection
+        of the model); the transitions and the sum run in the promoted dtype of state and x."""
         t0 = self._check_stream(state, x, t0)
         dtype = torch.promote_types(state.dtype, x.dtype)
         length = x.shape[-2]
         mats = self._by_ratio([(t0, t0 + length)], dtype, x.device)[0]  # (1|2, N, N)
-        return mats[0] @ state.to(dtype) + self._drive(x.to(dtype), t0, length, mats)
+        return mats[0] @ state.to(dtype) + self._drive(x, t0, length, mats)
 
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block (..., nb, N, C): every block's input term from batched
-        matmuls, then the block recurrence (:func:`memplug.ops.scan.linear_recurrence`)."""
+        matmuls (in x's dtype, as in :meth:`update`), then the block recurrence
+        (:func:`memplug.ops.scan.linear_recurrence`) in the promoted dtype of state and x."""
         t0 = _position(t0, "t0")
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
             raise ValueError(f"block must be an int >= 1, got {block!r}")
@@ -259,7 +262,6 @@ class ScaleInvariantMeasure(Encoder):
         elif x.dim() < 2 or x.shape[-2] < 1:
             raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
         dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
-        x = x.to(dtype)
         full, rest = divmod(x.shape[-2], block)
         starts = [t0 + i * block for i in range(full)]
         drives, transitions = [], []
@@ -329,27 +331,30 @@ class ScaleInvariantMeasure(Encoder):
         return self._cached(("U", 0, length), dtype, device, lambda: self.block_input(0, length))
 
     def _drive(self, x: Tensor, t0: int, length: int, mats: Tensor) -> Tensor:
-        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C); ``mats`` from :meth:`_by_ratio`."""
+        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C) in the dtype of ``mats`` (from
+        :meth:`_by_ratio`); the tokens are projected in their own dtype."""
         dtype, device = x.dtype, x.device
         t1 = t0 + length
         if self.uniform_weight:
-            own = self._own_input(length, dtype, device) @ x  # (..., N, C)
+            own = (self._own_input(length, dtype, device) @ x).to(mats.dtype)  # (..., N, C)
             return own if t0 == 0 else mats[1] @ own
-        return self._cached(("U", t0, t1), dtype, device, lambda: self.block_input(t0, t1)) @ x
+        return (self._cached(("U", t0, t1), dtype, device, lambda: self.block_input(t0, t1)) @ x).to(mats.dtype)
 
     def _drive_blocks(self, blocks: Tensor, starts: list[int], mats: Tensor) -> Tensor:
-        """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C)."""
+        """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C), as :meth:`_drive`."""
         dtype, device, length = blocks.dtype, blocks.device, blocks.shape[-2]
         if self.uniform_weight:
-            own = self._own_input(length, dtype, device) @ blocks  # (..., nb, N, C)
-            return mats[:, 1] @ own
-        inputs = torch.stack(
-            [
-                self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length))
-                for s in starts
-            ]
-        )  # (nb, N, L)
-        return inputs @ blocks
+            # U(s_i, s_i + L) = (1 - r_i) T(r_i) U(0, L), formed first: the tokens then meet one
+            # matrix per block, and the backward has no (N, N) product on the token side
+            inputs = mats[:, 1] @ self._own_input(length, mats.dtype, device)  # (nb, N, L)
+        else:
+            inputs = torch.stack(
+                [
+                    self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length))
+                    for s in starts
+                ]
+            )  # (nb, N, L)
+        return (inputs.to(dtype) @ blocks).to(mats.dtype)
 
     def _check_stream(self, state: Tensor, x: Tensor, t0: object) -> int:
         """Validates the shapes of ``state`` and ``x``; returns ``t0`` as an int >= 0."""

@@ -113,8 +113,9 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         (time invariance) beyond the zero history before position 0."""
         _check_stream(x, t0)
         dtype = torch.promote_types(state.dtype, x.dtype)
-        power, kernel = self.block(x.shape[-2], dtype, x.device)
-        return power @ state.to(dtype) + kernel @ x.to(dtype)  # (..., N, C)
+        power = self.block(x.shape[-2], dtype, x.device)[0]
+        kernel = self.block(x.shape[-2], x.dtype, x.device)[1]  # tokens projected in their own dtype
+        return power @ state.to(dtype) + (kernel @ x).to(dtype)  # (..., N, C)
 
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block of ``block`` tokens (the last may be shorter): (..., nb, N, C).
@@ -126,20 +127,19 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         if not isinstance(block, int) or block < 1:
             raise ValueError(f"block must be an int >= 1, got {block!r}")
         dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
-        x = x.to(dtype)
         state = None if state is None else state.to(dtype)
         length = x.shape[-2]
         full, rest = divmod(length, block)
         drive, powers = [], []
         if full:
-            power, kernel = self.block(block, dtype, x.device)
+            kernel = self.block(block, x.dtype, x.device)[1]  # tokens projected in their own dtype
             blocks = x[..., : full * block, :].unflatten(-2, (full, block))  # (..., nb, L, C)
-            drive.append(kernel @ blocks)  # (..., nb, N, C)
-            powers.append(power.expand(full, -1, -1))  # (nb, N, N)
+            drive.append((kernel @ blocks).to(dtype))  # (..., nb, N, C)
+            powers.append(self.block(block, dtype, x.device)[0].expand(full, -1, -1))  # (nb, N, N)
         if rest:
-            power, kernel = self.block(rest, dtype, x.device)
-            drive.append((kernel @ x[..., full * block :, :]).unsqueeze(-3))  # (..., 1, N, C)
-            powers.append(power.unsqueeze(0))  # (1, N, N)
+            kernel = self.block(rest, x.dtype, x.device)[1]
+            drive.append((kernel @ x[..., full * block :, :]).to(dtype).unsqueeze(-3))  # (..., 1, N, C)
+            powers.append(self.block(rest, dtype, x.device)[0].unsqueeze(0))  # (1, N, N)
         return linear_recurrence(torch.cat(powers), torch.cat(drive, dim=-3), state)
 
     def basis(self, positions: Tensor, t: TimeLike) -> Tensor:

@@ -15,6 +15,7 @@ from memplug.plugins.encoders.legs import legs_matrices as torch_legs_matrices
 from reference import legs_dense_projection, legs_matrices, polynomial_projection
 from streams import check_chunking_and_scan, check_exact_projection, relative_error, streams
 
+import memplug
 from memplug.measures import ScaleInvariantMeasure
 
 positions = st.one_of(st.just(0), st.integers(1, 500), st.integers(10**5, 10**6))
@@ -202,6 +203,24 @@ def test_follows_device_dtype_and_keeps_gradients():
     assert states.dtype == torch.float32 and states.device == x.device
     states.sum().backward()
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])  # the folded LegS block input and the cached Jacobi one
+@pytest.mark.parametrize("t0", [0, 4096])
+def test_bf16_tokens_are_projected_in_bf16_and_accumulated_in_float32(beta, t0):
+    encoder = memplug.make_encoder("jacobi", order=16, beta=beta)
+    state = encoder.init_state(2, channels=3, dtype=torch.float64)
+    if t0:
+        state = encoder.update(state, torch.randn(2, t0, 3, dtype=torch.float64), 0)
+    x = torch.randn(2, 100, 3, dtype=torch.float64)
+    exact = encoder.scan(x, 32, t0, state)  # (2, 4, N, 3)
+    low = x.to(torch.bfloat16)
+    scanned, stepped = encoder.scan(low, 32, t0, state.float()), encoder.update(state.float(), low, t0)
+    assert scanned.dtype == stepped.dtype == torch.float32
+    # bf16 keeps 8 significant bits: the projection carries that error, the float32 sum adds none
+    assert relative_error(scanned.double(), exact) < 1e-2
+    assert relative_error(stepped.double(), exact[:, -1]) < 1e-2
+    torch.testing.assert_close(scanned[:, -1], stepped, rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -39,9 +39,9 @@ def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None)
     _check(A, u, c0)
     states = []
     c = c0
-    for i in range(u.shape[-3]):
-        step = u[..., i, :, :]  # (..., N, C)
-        c = step if c is None else A[..., i, :, :] @ c + step
+    # unbind, not indexing: the backward of nb index ops would write nb full-size zero tensors
+    for a, step in zip(A.unbind(-3), u.unbind(-3)):  # (..., N, N), (..., N, C)
+        c = step if c is None else a @ c + step
         states.append(c)
     return torch.stack(states, dim=-3)
 

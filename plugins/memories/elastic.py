@@ -4,7 +4,9 @@ Compression. The layer's raw keys and values (before RoPE) of each key/value hea
 2D-channel signal ``[k | v]``; the encoder (a HiPPO measure, LegS by default) compresses it
 online into a state of N coefficients per channel, so one scan serves keys and values (all kv
 heads side by side: the state is (B, N, Hkv * 2D), channels ordered head, then k/v, then dim).
-The encoder runs in float32, also under bf16 autocast.
+The state and its recurrence are float32, also under bf16 autocast; the encoder projects
+the tokens in their own dtype (a bf16 matmul with float32 accumulation under autocast, like every
+other projection of the model) and accumulates them in float32.
 
 Reading (polynomial sampling). The queries of a block read the state at the block start at the
 retriever's P positions, ``basis(positions, t) @ state``; the P reconstructed ``[k | v]``
@@ -119,7 +121,7 @@ class ElasticMemory(Memory):
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
-            x = rearrange([k, v], "kv b h l d -> b l (h kv d)").float()  # (B, L, Hkv*2D)
+            x = rearrange([k, v], "kv b h l d -> b l (h kv d)")  # (B, L, Hkv*2D)
             return {"coef": self.encoder.update(state["coef"], x, t0)}
 
     def forward_blocks(
@@ -131,7 +133,7 @@ class ElasticMemory(Memory):
         if complete:
             with torch.autocast(k.device.type, enabled=False):
                 kv = [k[:, :, :complete], v[:, :, :complete]]
-                x = rearrange(kv, "kv b h n l d -> b (n l) (h kv d)").float()  # (B, c*L, Hkv*2D)
+                x = rearrange(kv, "kv b h n l d -> b (n l) (h kv d)")  # (B, c*L, Hkv*2D)
                 states.append(self.encoder.scan(x, length, t0, coef))  # (B, c, N, Hkv*2D): after each block
         states = torch.cat(states, dim=1)  # (B, c+1, N, Hkv*2D)
         starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
@@ -142,7 +144,8 @@ class ElasticMemory(Memory):
         """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int."""
         t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
         with torch.autocast(states.device.type, enabled=False):
-            samples = self.retriever.read(self.encoder, states, t)  # (B, nb, P, Hkv*2D)
+            # read in the samples' dtype: they join bf16 keys under autocast either way
+            samples = self.retriever.read(self.encoder, states.to(dtype), t)  # (B, nb, P, Hkv*2D)
         samples = rearrange(samples.to(dtype), "b n p (h kv d) -> kv b h n p d", h=self.kv_heads, kv=2)
         keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each
         slots = samples.shape[-2]
