@@ -276,8 +276,8 @@ class ScaleInvariantMeasure(Encoder):
             drives.append(self._drive(x[..., full * block :, :], s, rest, mats).unsqueeze(-3))  # (..., 1, N, C)
             transitions.append(mats[:1])  # (1, N, N)
         return linear_recurrence(
-            torch.cat(transitions),
-            torch.cat(drives, dim=-3),
+            torch.cat(transitions) if rest and full else transitions[0],  # no copy for one part
+            torch.cat(drives, dim=-3) if rest and full else drives[0],
             None if state is None else state.to(dtype),
             method=self.scan_method,
         )

@@ -140,6 +140,8 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
             kernel = self.block(rest, x.dtype, x.device)[1]
             drive.append((kernel @ x[..., full * block :, :]).to(dtype).unsqueeze(-3))  # (..., 1, N, C)
             powers.append(self.block(rest, dtype, x.device)[0].unsqueeze(0))  # (1, N, N)
+        if len(drive) == 1:  # no copy for one part
+            return linear_recurrence(powers[0], drive[0], state)
         return linear_recurrence(torch.cat(powers), torch.cat(drive, dim=-3), state)
 
     def basis(self, positions: Tensor, t: TimeLike) -> Tensor:
