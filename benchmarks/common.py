@@ -103,11 +103,15 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
 
 
 def memory_spec(spec: str, p: Preset, scale: int | None = None) -> dict[str, Any]:
-    """``build_model`` memory keywords for ``spec`` (``name`` or ``elastic:ENCODER``) at ``scale``.
+    """``build_model`` memory keywords for ``spec`` (``name`` or ``elastic:ENCODER``, optionally
+    followed by ``@Kx`` for K times the memory budget) at ``scale`` (the spec's, else the preset's).
 
     Elastic encoders: ``legs`` (default), ``jacobi`` (β = 1, a recency-weighted scale-invariant
     measure), ``legt`` / ``fout`` with a window of the whole training sequence.
     """
+    spec, at, size = spec.partition("@")
+    if at:
+        scale = memory_configs.parse_scales(size)[0]
     name, _, encoder = spec.partition(":")
     scale = p.scale if scale is None else scale
     options = memory_configs.model_options(name, scale, p.block, p.head_dim)

@@ -12,6 +12,9 @@ no training; the arms differ only in what the queries can attend to:
 - ``elastic-sample``: the same, each sample rotated at the position it reads (``rope="sample"``);
 - ``elastic-sample-offset``: as ``elastic-sample`` with the parameter-free memory-logit offset
   ``-ln P`` (the P samples start with the weight of about one key);
+- ``elastic-sample-offset-exp`` / ``-power``: as ``elastic-sample-offset`` with the warped
+  sampler (exponential warp, rate 4; power warp, rate 2): more samples near the present, a
+  recency bias injected at test time (a learned sampler untrained is the uniform one);
 - ``local-previous``: block-local attention with ``span="previous"`` (each block also sees the
   previous one: twice the context of ``local``). It shows the "attention sink" effect: the window
   no longer starts with a token that saw nothing, which a pretrained model relies on;
@@ -57,6 +60,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "elastic": dict(memory="elastic", rope="none"),
     "elastic-sample": dict(memory="elastic", rope="sample"),
     "elastic-sample-offset": dict(memory="elastic", rope="sample", logit_offset="-lnP"),
+    "elastic-sample-offset-exp": dict(memory="elastic", rope="sample", logit_offset="-lnP", retriever="warped",
+                                      retriever_options={"warp": "exponential", "rate": 4.0}),
+    "elastic-sample-offset-power": dict(memory="elastic", rope="sample", logit_offset="-lnP", retriever="warped",
+                                        retriever_options={"warp": "power", "rate": 2.0}),
     "hf-full": {},
 }
 
@@ -189,7 +196,7 @@ does not grow with the stream. No training: every arm is the same pretrained mod
 the queries attend to. Local window: blocks of {args.block} tokens, span `{args.span}` unless the arm says
 otherwise (`block`: each block sees itself causally; `previous`: also the previous block), at window-local RoPE
 positions. Elastic:
-LegS encoder, N = {args.order}, uniform retriever, P = {args.samples}, in {layers}, no added parameters.
+LegS encoder, N = {args.order}, uniform retriever unless the arm names a warped one, P = {args.samples}, in {layers}, no added parameters.
 
 Perplexity = exp(mean next-token loss). *beyond window*: tokens at positions >= {window}, where no arm's local
 window reaches the start of the play. Segments are by position. The weights are 4-bit dequantised and instruction-tuned:
