@@ -344,9 +344,11 @@ class ScaleInvariantMeasure(Encoder):
         """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C), as :meth:`_drive`."""
         dtype, device, length = blocks.dtype, blocks.device, blocks.shape[-2]
         if self.uniform_weight:
-            # U(s_i, s_i + L) = (1 - r_i) T(r_i) U(0, L), formed first: the tokens then meet one
-            # matrix per block, and the backward has no (N, N) product on the token side
-            inputs = mats[:, 1] @ self._own_input(length, mats.dtype, device)  # (nb, N, L)
+            # U(s_i, s_i + L) = (1 - r_i) T(r_i) U(0, L), formed first (and cached: training
+            # repeats the same block starts): the tokens then meet one matrix per block, and the
+            # backward has no (N, N) product on the token side
+            inputs = self._cached(("W", starts[0], len(starts), length), dtype, device,
+                                  lambda: mats[:, 1] @ self._own_input(length, mats.dtype, device))  # (nb, N, L)
         else:
             inputs = torch.stack(
                 [

@@ -37,13 +37,16 @@ def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
 def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time."""
     _check(A, u, c0)
+    batch, (N, C) = u.shape[:-3], u.shape[-2:]
+    A = A.expand(*batch, *A.shape[-3:]).reshape(-1, *A.shape[-3:])  # (B, nb, N, N), B = prod(batch)
+    u = u.reshape(-1, *u.shape[-3:])  # (B, nb, N, C)
+    c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
     states = []
-    c = c0
     # unbind, not indexing: the backward of nb index ops would write nb full-size zero tensors
-    for a, step in zip(A.unbind(-3), u.unbind(-3)):  # (..., N, N), (..., N, C)
-        c = step if c is None else a @ c + step
+    for a, step in zip(A.unbind(-3), u.unbind(-3)):  # (B, N, N), (B, N, C)
+        c = step if c is None else torch.baddbmm(step, a, c)  # a @ c + step in one kernel
         states.append(c)
-    return torch.stack(states, dim=-3)
+    return torch.stack(states, dim=-3).reshape(*batch, *u.shape[-3:])
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
