@@ -53,7 +53,9 @@ def make(task: str, p: Preset) -> tuple[Task, Task | None]:
         return PasskeyTask(key_length=key, distances=near + far), PasskeyTask(key_length=key, distances=near)
     if task == "recall":
         span = min(p.length // 2, 4 * p.block)
-        return RecallTask(span=span, pairs=4, queries=8), RecallTask(span=p.block // 2, pairs=2, queries=8)
+        # the control: an independent instance in every block
+        control = RecallTask(span=max(6, p.block // 4), pairs=2, queries=max(1, p.block // 16), repeat=p.block)
+        return RecallTask(span=span, pairs=4, queries=8), control
     raise ValueError(f"task must be regime, passkey or recall, got {task!r}")
 
 

@@ -85,6 +85,18 @@ def test_passkey_repeats_the_key():
         assert torch.equal(asked, stated)
 
 
+def test_recall_repeat_keeps_every_question_inside_its_segment():
+    task = RecallTask(span=16, pairs=2, queries=4, repeat=64)
+    batch = task.sample(4, 256, torch.Generator().manual_seed(0))
+    assert int(batch.scored.sum()) == 4 * 4 * 4  # queries x segments x sequences
+    assert (task.oracle_nll(batch, "block:64")[batch.scored] == 0).all()  # answerable from its own block
+    for b, t in torch.nonzero(batch.scored).tolist():  # the binding stated d tokens back has the answer
+        d = int(batch.distance[b, t])
+        assert batch.labels[b, t - d] == batch.labels[b, t] and batch.input_ids[b, t - d] == batch.input_ids[b, t]
+    with pytest.raises(ValueError, match="repeat"):
+        RecallTask(span=16, queries=4, repeat=20)
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="task must be one of"):
         make_task("nope")

@@ -4,6 +4,10 @@
 within the first ``span`` tokens; later, ``ASK k`` questions ask for the value, and the scored
 token is ``v`` after ``ASK k``. Filler between is random. Without the binding in view the value
 is at chance (ln V nats); with it, exactly predictable.
+
+``repeat=R`` makes every R-token segment an independent instance (its own pairs, stated and
+asked inside the segment): with R = the block length, every question is answerable from its own
+block, the within-block control that a model must learn before distances mean anything.
 """
 
 from __future__ import annotations
@@ -17,36 +21,48 @@ from .base import Batch, Task, block_start
 
 
 class RecallTask(Task):
-    def __init__(self, keys: int = 16, values: int = 16, pairs: int = 4, queries: int = 4, span: int = 128) -> None:
+    def __init__(self, keys: int = 16, values: int = 16, pairs: int = 4, queries: int = 4, span: int = 128,
+                 repeat: int | None = None) -> None:
         if not 1 <= pairs <= keys:
             raise ValueError(f"pairs must be in [1, keys={keys}], got {pairs}")
         if values < 2 or queries < 1 or span < 3 * pairs:
             raise ValueError(f"need values >= 2, queries >= 1 and span >= 3 * pairs; got values={values}, queries={queries}, span={span}")
+        if repeat is not None and repeat < span + 3 * queries:
+            raise ValueError(f"repeat must be None or >= span + 3 * queries = {span + 3 * queries}, got {repeat}")
         self.keys, self.values, self.pairs, self.queries, self.span = keys, values, pairs, queries, span
+        self.repeat = repeat
         # vocabulary: filler/values 0..V-1, keys V..V+K-1, then PAIR and ASK markers
         self.pair_mark, self.ask_mark = values + keys, values + keys + 1
         self.vocab_size = values + keys + 2
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
-        if length < self.span + 3 * self.queries + 1:
-            raise ValueError(f"length must be >= span + 3 * queries + 1 = {self.span + 3 * self.queries + 1}, got {length}")
+        need = self.repeat or self.span + 3 * self.queries + 1
+        if length < need:
+            raise ValueError(f"length must be >= {need} (span + 3 * queries + 1, or repeat), got {length}")
         seq = torch.randint(self.values, (batch, length + 1), generator=generator)
         scored = torch.zeros(batch, length, dtype=torch.bool)
         distance = torch.full((batch, length), -1)
+        size = self.repeat or length
         for b in range(batch):
-            keys = torch.randperm(self.keys, generator=generator)[: self.pairs] + self.values
-            vals = torch.randint(self.values, (self.pairs,), generator=generator)
-            # non-overlapping triple slots inside the span, and after it
-            stated = torch.randperm(self.span // 3, generator=generator)[: self.pairs] * 3
-            asked = self.span + torch.randperm((length - self.span) // 3, generator=generator)[: self.queries] * 3
-            for i, p in enumerate(stated.tolist()):
-                seq[b, p : p + 3] = torch.tensor([self.pair_mark, keys[i], vals[i]])
-            for p in asked.tolist():
-                i = int(torch.randint(self.pairs, (1,), generator=generator))
-                seq[b, p : p + 3] = torch.tensor([self.ask_mark, keys[i], vals[i]])
-                scored[b, p + 1] = True  # input k predicts v
-                distance[b, p + 1] = p + 1 - (int(stated[i]) + 1)
+            for lo in range(0, length - size + 1, size):  # one instance per segment
+                self._instance(seq[b], scored[b], distance[b], lo, size, generator)
         return Batch(seq[:, :-1], seq[:, 1:].clone(), scored, distance)
+
+    def _instance(self, seq: Tensor, scored: Tensor, distance: Tensor, lo: int, size: int,
+                  generator: torch.Generator) -> None:
+        """Write one instance into tokens ``lo .. lo + size - 1`` of one sequence (in place)."""
+        keys = torch.randperm(self.keys, generator=generator)[: self.pairs] + self.values
+        vals = torch.randint(self.values, (self.pairs,), generator=generator)
+        # non-overlapping triple slots inside the span, and after it
+        stated = lo + torch.randperm(self.span // 3, generator=generator)[: self.pairs] * 3
+        asked = lo + self.span + torch.randperm((size - self.span) // 3, generator=generator)[: self.queries] * 3
+        for i, p in enumerate(stated.tolist()):
+            seq[p : p + 3] = torch.tensor([self.pair_mark, keys[i], vals[i]])
+        for p in asked.tolist():
+            i = int(torch.randint(self.pairs, (1,), generator=generator))
+            seq[p : p + 3] = torch.tensor([self.ask_mark, keys[i], vals[i]])
+            scored[p + 1] = True  # input k predicts v
+            distance[p + 1] = p + 1 - (int(stated[i]) + 1)
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor:
         """Exact on scored positions: 0 if the binding is in view, else ln V."""
