@@ -10,6 +10,12 @@ several rates; power warps (rate < 1 favours the distant past, > 1 the recent); 
 positions fitted for a few seconds with every model weight frozen; and with its memory masked.
 The table gives bits per regime-dependent token and the change against the sampler the model was
 trained with (negative: the swap helped).
+
+``--task code`` (or any corpus of ``memplug data list``) asks the same question on text, where
+the recent past predicts most: byte-level models trained on the corpus's training split, scored
+in bits per byte on held-out windows (document-level validation split) past the first blocks.
+
+    python benchmarks/swaps.py --preset cpu --task code --name swaps_code
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import common
 import torch
 from tasks_suite import PRESETS, regime_rows
 
+from memplug.data import prepare
 from memplug.evaluate import memory_masked
 from memplug.tasks import RegimeTask
+from memplug.tasks.corpus import CorpusTask
+from memplug.tokenizers import ByteTokenizer
 
 TRAINED = {
     "uniform": {"retriever": "uniform"},
@@ -66,10 +75,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             help=f"comma-separated training samplers among {list(TRAINED)}")
         parser.add_argument("--learn-share", type=float, default=0.15,
                             help="seconds spent fitting learned positions, as a share of --budget")
+        parser.add_argument("--task", default="regime", help="regime (default) or a corpus name, e.g. code")
 
     args, p = common.parse(__doc__.split("\n")[0], PRESETS, add, argv)
     started = time.perf_counter()
-    task, skip = RegimeTask(), 4 * p.block
+    skip = 4 * p.block
+    if args.task == "regime":
+        task = scored = RegimeTask()
+        unit, what = "bits", f"bits per regime-dependent token (positions >= {skip})"
+    else:  # train on the corpus's training split, score held-out windows
+        task, scored = (CorpusTask(prepare(args.task).split(split).tokens(ByteTokenizer()))
+                        for split in ("train", "validation"))
+        unit, what = "bits per byte", f"bits per byte of held-out `{args.task}` windows at positions >= {skip}"
     rows, runs = [], {}
     chosen = args.trained.split(",")
     if unknown := [t for t in chosen if t not in TRAINED]:
@@ -83,20 +100,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model.eval()
         for label, (name, cfg) in SWAPS.items():
             with model.swap_retriever(name, samples=samples, **cfg):
-                scores[label] = regime_rows(label, common.collect(model, task, p), p, skip)["bits"]
+                scores[label] = regime_rows(label, common.collect(model, scored, p), p, skip)["bits"]
         if trained == "jittered":  # its own sampler in eval mode is uniform; score the trained object too
-            scores["jittered (eval = uniform)"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
+            scores["jittered (eval = uniform)"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]
         with memory_masked(model):
-            scores["memory masked"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
+            scores["memory masked"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]
         with fit_learned(model, common.teaching(args, task), p, args.learn_share, args.seed, samples):
-            scores["learned (fitted, weights frozen)"] = regime_rows("", common.collect(model, task, p), p, skip)["bits"]
+            scores["learned (fitted, weights frozen)"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]
         own = scores[OWN[trained]]
         for label, value in scores.items():
             rows.append({"trained with": trained, "evaluated with": label, "bits": value, "change": value - own,
                          "steps": runs[trained].steps})
         print("  ", trained, {k: round(v, 3) for k, v in scores.items()}, flush=True)
-    oracle = common.collect(model, task, p, oracles=("full", f"block:{p.block}"))
-    refs = {c: regime_rows("", dict(oracle, nll=oracle[f"oracle:{c}"]), p, skip)["bits"] for c in ("full", f"block:{p.block}")}
+    refs = {}
+    if args.task == "regime":
+        oracle = common.collect(model, task, p, oracles=("full", f"block:{p.block}"))
+        refs = {c: regime_rows("", dict(oracle, nll=oracle[f"oracle:{c}"]), p, skip)["bits"]
+                for c in ("full", f"block:{p.block}")}
 
     pivot: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -104,14 +124,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['bits']:.3f} ({r['change']:+.3f})"
     columns = ["evaluated with", *chosen]
     markdown = (
-        f"Elastic (LegS, N = P = {samples}, memory in layers {list(p.layers)}) trained on the hidden-regime task for "
-        f"{common.effort(p)} per column, loss on {args.train_on} tokens ({', '.join(f'{k}: {r.steps} steps' for k, r in runs.items())}). Cells: bits per "
-        f"regime-dependent token (positions >= {skip}) and, in brackets, the change against the sampler the model "
-        f"was trained with (`uniform` for the jittered model, its evaluation form); negative = the swap helped.\n\n"
+        f"Elastic (LegS, N = P = {samples}, memory in layers {list(p.layers)}) trained on "
+        + ("the hidden-regime task" if args.task == "regime" else f"the `{args.task}` corpus (bytes)")
+        + f" for {common.effort(p)} per column, loss on {args.train_on} tokens "
+        f"({', '.join(f'{k}: {r.steps} steps' for k, r in runs.items())}). Cells: {what} and, in brackets, the change "
+        "against the sampler the model was trained with (`uniform` for the jittered model, its evaluation form); "
+        "negative = the swap helped.\n\n"
         + common.table(list(pivot.values()), columns)
-        + f"\n\nOracles on the same batches: whole history {refs['full']:.3f} bits, block of {p.block} alone "
-          f"{refs[f'block:{p.block}']:.3f} bits. Learned positions were fitted for {common.effort(p, args.learn_share)} "
-          "with lr 1e-2, every model weight frozen."
+        + ("" if not refs else f"\n\nOracles on the same batches: whole history {refs['full']:.3f} bits, block of "
+           f"{p.block} alone {refs[f'block:{p.block}']:.3f} bits.")
+        + f"\n\nLearned positions were fitted for {common.effort(p, args.learn_share)} with lr 1e-2, every model "
+          "weight frozen."
     )
 
     def draw(plt: Any) -> None:
@@ -123,12 +146,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             plt.barh([j + 0.27 * i for j in range(len(labels))], values, height=0.27, label=f"trained: {trained}")
         plt.yticks([j + 0.27 for j in range(len(labels))], labels, fontsize=7)
         plt.gca().invert_yaxis()
-        plt.axvline(refs["full"], color="k", ls="--", lw=1, label="oracle: whole history")
-        plt.axvline(refs[f"block:{p.block}"], color="r", ls=":", lw=1, label="oracle: block alone")
-        plt.xlabel("bits per regime-dependent token (lower is better)")
+        if refs:
+            plt.axvline(refs["full"], color="k", ls="--", lw=1, label="oracle: whole history")
+            plt.axvline(refs[f"block:{p.block}"], color="r", ls=":", lw=1, label="oracle: block alone")
+        plt.xlabel(f"{unit} (lower is better)")
         plt.legend(fontsize=7)
 
-    common.finish(args, "swaps", "Test-time sampler swaps (hidden-regime task)", markdown,
+    title = "hidden-regime task" if args.task == "regime" else f"`{args.task}` corpus"
+    common.finish(args, "swaps", f"Test-time sampler swaps ({title})", markdown,
                   {"rows": rows, "oracles": refs, "losses": {k: r.losses for k, r in runs.items()}}, started, p, draw)
     return {"rows": rows}
 

@@ -74,13 +74,26 @@ def test_tasks_suite_passkey_curriculum_smoke(tmp_path):
     assert "Within-block control learned" in (tmp_path / "tasks_passkey.md").read_text()
 
 
-def test_swaps_smoke(tmp_path):
+@pytest.mark.parametrize("task", ["regime", "code"])
+def test_swaps_smoke(tmp_path, task):
     import swaps
 
-    result = swaps.main(["--preset", "smoke", "--out", str(tmp_path), "--steps", "2"])
+    result = swaps.main(["--preset", "smoke", "--out", str(tmp_path), "--steps", "2", "--task", task])
     _outputs(tmp_path, "swaps")
     own = [r for r in result["rows"] if r["evaluated with"] == swaps.OWN[r["trained with"]]]
     assert len(own) == len(swaps.TRAINED) and all(r["change"] == 0 for r in own)
+    assert ("Oracles" in (tmp_path / "swaps.md").read_text()) == (task == "regime")
+
+
+def test_tasks_suite_recall_control_is_answerable_in_block(tmp_path):
+    import tasks_suite
+
+    result = tasks_suite.main(["--preset", "smoke", "--out", str(tmp_path), "--task", "recall", "--memories",
+                               "none,knn@16x"])
+    _outputs(tmp_path, "tasks_recall")
+    assert [r["memory"] for r in result["rows"][:2]] == ["none", "knn@16x"]
+    task, control = tasks_suite.make("recall", tasks_suite.PRESETS["smoke"])
+    assert control.repeat == tasks_suite.PRESETS["smoke"].block and task.repeat is None
 
 
 def test_ablations_smoke(tmp_path):
