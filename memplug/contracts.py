@@ -112,6 +112,11 @@ class Retriever(Component, abc.ABC):
     #: P, the number of samples read per memory.
     samples: int
 
+    #: True when ``positions(t, encoder)`` depends on ``t`` and the encoder only (no parameters,
+    #: no randomness): a memory may then cache the basis it reads with. False unless a
+    #: retriever says so.
+    fixed: bool = False
+
     @abc.abstractmethod
     def positions(self, t: TimeLike, encoder: Encoder) -> Tensor:
         """Sorted absolute positions inside ``encoder.support(t)``: (P,) or, for a (nb,) tensor

@@ -47,12 +47,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import OrderedDict
-from collections.abc import Hashable
-
 import torch
 from torch import Tensor
 
+from .cache import TensorLRU
 from .contracts import Encoder, TimeLike
 from .ops.legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
 from .ops.quadrature import shifted_gauss_jacobi
@@ -62,39 +60,6 @@ __all__ = ["ScaleInvariantMeasure"]
 
 _F64 = torch.float64
 _CPU = torch.device("cpu")
-
-
-class _TensorLRU:
-    """Least-recently-used cache of tensors, bounded by their total size in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, Tensor] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: Hashable) -> Tensor | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: Hashable, value: Tensor) -> Tensor:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._bytes -= old.numel() * old.element_size()
-        self._items[key] = value
-        self._bytes += value.numel() * value.element_size()
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, evicted = self._items.popitem(last=False)
-            self._bytes -= evicted.numel() * evicted.element_size()
-        return value
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _position(value: object, arg: str) -> int:
@@ -109,7 +74,7 @@ def _position(value: object, arg: str) -> int:
 
 
 #: Transition caches shared by equal encoders: (module, class, order, beta, bytes) -> cache.
-_CACHES: dict[tuple, _TensorLRU] = {}
+_CACHES: dict[tuple, TensorLRU] = {}
 
 
 class ScaleInvariantMeasure(Encoder):
@@ -149,10 +114,10 @@ class ScaleInvariantMeasure(Encoder):
         self._cache_key = (type(self).__module__, type(self).__qualname__, order, beta, cache_bytes)
 
     @property
-    def _cache(self) -> _TensorLRU:
+    def _cache(self) -> TensorLRU:
         # looked up by key, so deep copies (one encoder per layer) share one bounded cache
         if self._cache_key not in _CACHES:
-            _CACHES[self._cache_key] = _TensorLRU(self._cache_key[-1])
+            _CACHES[self._cache_key] = TensorLRU(self._cache_key[-1])
         return _CACHES[self._cache_key]
 
     def extra_repr(self) -> str:

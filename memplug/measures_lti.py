@@ -100,9 +100,10 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         if hit is not None:
             self._blocks.move_to_end(key)
             return hit
-        Ad, Bd = self.discrete(device)
-        power, kernel = block_transition(Ad, Bd, length)
-        entry = (_flush_subnormal(power.to(dtype)), _flush_subnormal(kernel.to(dtype)))
+        with torch.inference_mode(False):  # cached: autograd may use it after an inference-mode call
+            Ad, Bd = self.discrete(device)
+            power, kernel = block_transition(Ad, Bd, length)
+            entry = (_flush_subnormal(power.to(dtype)), _flush_subnormal(kernel.to(dtype)))
         self._blocks[key] = entry
         while len(self._blocks) > self.cache_size:
             self._blocks.popitem(last=False)

@@ -146,3 +146,31 @@ def test_swap_retriever_changes_logits_not_weights():
         assert torch.equal(v, weights[k]), k
     with pytest.raises(ValueError, match="set_retriever"):
         memplug.build_model("tiny", memory=None, **SMALL).swap_retriever("uniform")
+
+
+@pytest.mark.parametrize("retriever", ["uniform", "warped", "learned"])
+def test_cached_read_bases_equal_the_retrievers_own_read(retriever, monkeypatch):
+    mem = memory(retriever=retriever)
+    q, k, v = blocks(4)
+    state = mem.init_state(2, torch.float32, torch.device("cpu"))
+    reads = [mem.forward_blocks(state, q, k, v, 32, 3)[0] for _ in range(2)]  # the second hits the cache
+    assert len(mem._bases) == (1 if mem.retriever.fixed else 0)
+    monkeypatch.setattr(mem.retriever, "fixed", False)  # the same memory reading through retriever.read
+    direct = mem.forward_blocks(state, q, k, v, 32, 3)[0]
+    for read in reads:
+        assert torch.equal(read.keys, direct.keys) and torch.equal(read.values, direct.values)
+    mem.set_retriever(memplug.make_retriever("uniform", samples=6))
+    assert len(mem._bases) == 0  # a swap never reads a stale basis
+
+
+@pytest.mark.parametrize("encoder", ["legs", "jacobi", "legt"])
+def test_encoder_caches_filled_in_inference_mode_serve_training(encoder):
+    options = {"window": 64.0} if encoder == "legt" else {}
+    torch.manual_seed(0)
+    model = memplug.build_model("tiny", memory="elastic", block=16, order=8, samples=4, encoder=encoder,
+                                encoder_options=options, **SMALL)
+    ids = torch.randint(0, 256, (1, 64))
+    with torch.inference_mode():
+        model(ids)
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -40,11 +40,13 @@ from einops import rearrange
 from torch import Tensor
 
 import memplug
+from memplug.cache import TensorLRU
 from memplug.contracts import Encoder, Memory, MemoryRead, Retriever
 from memplug.manager import make_encoder, make_retriever
 
 POSITIONS = ("none", "sample")
 LOG_P = "-lnP"
+BASIS_CACHE_BYTES = 16 * 2**20
 
 
 def _component(kind: str, make, spec: Any, options: dict[str, Any], defaults: dict[str, Any]):
@@ -96,6 +98,8 @@ class ElasticMemory(Memory):
         if isinstance(logit_offset, str) and logit_offset != LOG_P:
             raise ValueError(f"logit_offset must be a float or {LOG_P!r}, got {logit_offset!r}")
         self.positions, self.max_distance, self.logit_offset = positions, max_distance, logit_offset
+        # read bases of a fixed retriever by block times: training reads the same ones every step
+        self._bases = TensorLRU(BASIS_CACHE_BYTES)
 
     def extra_repr(self) -> str:
         return f"positions={self.positions!r}, logit_offset={self.logit_offset!r}"
@@ -103,6 +107,7 @@ class ElasticMemory(Memory):
     def set_retriever(self, retriever: Retriever) -> None:
         """Swap the sampling at test time (``MemoryModel.swap_retriever``); the state is unchanged."""
         self.retriever = retriever
+        self._bases.clear()
 
     def offset(self) -> float:
         return -math.log(self.retriever.samples) if self.logit_offset == LOG_P else float(self.logit_offset)
@@ -117,7 +122,7 @@ class ElasticMemory(Memory):
         return {"coef": coef}
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
-        return self._read(state["coef"].unsqueeze(1), t, q.dtype)  # one block: (B, 1, N, Hkv*2D)
+        return self._read(state["coef"].unsqueeze(1), t, q.dtype, (t, 1, 0))  # one block: (B, 1, N, Hkv*2D)
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
@@ -137,15 +142,16 @@ class ElasticMemory(Memory):
                 states.append(self.encoder.scan(x, length, t0, coef))  # (B, c, N, Hkv*2D): after each block
         states = torch.cat(states, dim=1)  # (B, c+1, N, Hkv*2D)
         starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
-        read = self._read(states[:, :nb], starts, q.dtype)
+        read = self._read(states[:, :nb], starts, q.dtype, (t0, nb, length))
         return read, {"coef": states[:, complete].clone()}  # not a view that keeps every block's state
 
-    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype) -> MemoryRead:
-        """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int."""
+    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype, when: tuple[int, int, int]) -> MemoryRead:
+        """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int;
+        ``when`` = (first block time, nb, block length) names those times for the basis cache."""
         t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
         with torch.autocast(states.device.type, enabled=False):
             # read in the samples' dtype: they join bf16 keys under autocast either way
-            samples = self.retriever.read(self.encoder, states.to(dtype), t)  # (B, nb, P, Hkv*2D)
+            samples = self._sample(states.to(dtype), t, when)  # (B, nb, P, Hkv*2D)
         samples = rearrange(samples.to(dtype), "b n p (h kv d) -> kv b h n p d", h=self.kv_heads, kv=2)
         keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each
         slots = samples.shape[-2]
@@ -159,6 +165,20 @@ class ElasticMemory(Memory):
             key_positions = rel.to(torch.float32)
         return MemoryRead(keys=keys, values=values, key_positions=key_positions,
                           bias=bias.reshape(1, 1, -1, 1, slots))  # (1, 1, nb, 1, P)
+
+    def _sample(self, states: Tensor, t: Tensor, when: tuple[int, int, int]) -> Tensor:
+        """``retriever.read(encoder, states, t)``, with the basis cached when the retriever is fixed
+        and reads the contract's way (``basis @ state``). Evaluating the basis is ~N small ops per
+        read, a cost that does not shrink with more threads. Skipped under ``torch.compile``, which
+        fuses that cost away."""
+        ret = self.retriever
+        if not ret.fixed or type(ret).read is not Retriever.read or torch.compiler.is_compiling():
+            return ret.read(self.encoder, states, t)
+        key = (*when, states.dtype, states.device)
+        phi = self._bases.get(key)
+        if phi is None:
+            phi = self._bases.put(key, self.encoder.basis(ret.positions(t, self.encoder), t).to(states))  # (nb, P, N)
+        return phi @ states
 
 
 @memplug.hookimpl

@@ -17,6 +17,7 @@ class Uniform(Retriever):
     """``samples`` = P evenly spaced positions (cell midpoints) over ``encoder.support(t)``."""
 
     name = "uniform"
+    fixed = True
 
     def __init__(self, samples: int = 64) -> None:
         super().__init__()

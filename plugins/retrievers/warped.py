@@ -46,6 +46,7 @@ class Warped(Retriever):
     """
 
     name = "warped"
+    fixed = True
 
     def __init__(
         self,
