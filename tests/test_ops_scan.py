@@ -47,6 +47,18 @@ def test_gradients_agree(case):
         torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
 
 
+@given(recurrences())
+def test_transitions_with_gradient_get_it(case):
+    # the hand-written backward is for constant transitions; learnable ones take autograd's path
+    A, u, c0 = case
+    grads = []
+    for method in ("sequential", "parallel"):
+        AA = A.clone().requires_grad_()
+        linear_recurrence(AA, u.clone().requires_grad_(), c0, method=method).square().sum().backward()
+        grads.append(torch.zeros_like(A) if AA.grad is None else AA.grad)  # None: A never acts (nb = 1, no c0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+
+
 def test_float32_and_auto_method():
     A = torch.randn(5, 3, 3) / 3
     u = torch.randn(2, 5, 3, 4)

@@ -35,18 +35,58 @@ def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
 
 
 def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
-    """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time."""
+    """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time.
+
+    With constant transitions (``A`` needs no gradient: every built-in encoder) the steps run in
+    :class:`_ConstantTransitionScan`, whose backward is the reverse recurrence written out: the
+    same matmuls as autograd's, without one graph node per step and per slice.
+    """
     _check(A, u, c0)
     batch, (N, C) = u.shape[:-3], u.shape[-2:]
     A = A.expand(*batch, *A.shape[-3:]).reshape(-1, *A.shape[-3:])  # (B, nb, N, N), B = prod(batch)
     u = u.reshape(-1, *u.shape[-3:])  # (B, nb, N, C)
     c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
+    if A.requires_grad:
+        states = _steps(A, u, c)
+    else:
+        states = _ConstantTransitionScan.apply(A, u, c if c is not None else u.new_zeros(u.shape[0], N, C))
+    return states.reshape(*batch, *states.shape[-3:])
+
+
+def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
+    """(B, nb, N, N), (B, nb, N, C), (B, N, C) or None -> (B, nb, N, C), differentiable in all."""
     states = []
     # unbind, not indexing: the backward of nb index ops would write nb full-size zero tensors
     for a, step in zip(A.unbind(-3), u.unbind(-3)):  # (B, N, N), (B, N, C)
         c = step if c is None else torch.baddbmm(step, a, c)  # a @ c + step in one kernel
         states.append(c)
-    return torch.stack(states, dim=-3).reshape(*batch, *u.shape[-3:])
+    return torch.stack(states, dim=-3)
+
+
+class _ConstantTransitionScan(torch.autograd.Function):
+    """:func:`_steps` for transitions without gradient. With ``g_i`` the total gradient of state
+    ``i`` and ``G_i`` the gradient it receives directly: ``g_i = G_i + A_{i+1}^T g_{i+1}``, the
+    gradient of ``u_i`` is ``g_i`` and that of ``c0`` is ``A_0^T g_0``."""
+
+    @staticmethod
+    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor) -> Tensor:
+        ctx.save_for_backward(A)
+        states, c = [], c0
+        for a, step in zip(A.unbind(-3), u.unbind(-3)):
+            c = torch.baddbmm(step, a, c)
+            states.append(c)
+        return torch.stack(states, dim=-3)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor]:
+        (A,) = ctx.saved_tensors
+        At = A.mT  # (B, nb, N, N)
+        g = grad[:, -1]
+        grads = [g]
+        for i in range(grad.shape[1] - 2, -1, -1):
+            g = torch.baddbmm(grad[:, i], At[:, i + 1], g)
+            grads.append(g)
+        return None, torch.stack(grads[::-1], dim=1), At[:, 0] @ g
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
