@@ -33,7 +33,7 @@ run() {  # run LIMIT_SECONDS NAME ARGS...
 }
 
 # the synthetic tasks train on their scored tokens (--train-on scored): on the CPU, 1000 steps on
-# every token left every model at the regime task's answer marginal (docs/results/tasks_regime_long.md)
+# every token left every model at the regime task's answer marginal (an earlier version of the task)
 run 180 tasks_regime  benchmarks/tasks_suite.py --task regime --train-on scored               # 10 arms x 15 s
 run 80  tasks_passkey benchmarks/tasks_suite.py --task passkey --train-on scored --memories none,xl,knn,full,elastic
 run 80  swaps         benchmarks/swaps.py --train-on scored                                   # 3 arms x 15 s

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from memplug.tasks import PasskeyTask, RecallTask, RegimeTask, make_task
+from memplug.tasks import Mixture, PasskeyTask, RecallTask, RegimeTask, make_task
 from memplug.tasks.base import block_start
 
 
@@ -104,3 +104,12 @@ def test_bad_arguments_name_themselves():
         RegimeTask(answer_prob=0.01)
     with pytest.raises(ValueError, match="context"):
         block_start(10, "block:0")
+
+
+def test_mixture_draws_whole_sequences_from_each_task():
+    a, b = RecallTask(span=16, pairs=2, queries=4, repeat=64), RecallTask(span=60)
+    batch = Mixture(a, b).sample(32, 256, torch.Generator().manual_seed(0))
+    per_row = batch.scored.sum(-1)  # 16 scored tokens per row from `a`, 4 from `b`
+    assert set(per_row.tolist()) == {16, 4}
+    with pytest.raises(ValueError, match="vocab_size"):
+        Mixture(a, PasskeyTask())

@@ -10,7 +10,7 @@ everything".
 - :class:`RecallTask`: several key -> value pairs stated early, queried later.
 """
 
-from .base import Batch, ScoredOnly, Task
+from .base import Batch, Mixture, ScoredOnly, Task
 from .passkey import PasskeyTask
 from .recall import RecallTask
 from .regime import RegimeTask
@@ -25,4 +25,4 @@ def make_task(name: str, **cfg) -> Task:
     return TASKS[name](**cfg)
 
 
-__all__ = ["Batch", "ScoredOnly", "Task", "RegimeTask", "PasskeyTask", "RecallTask", "TASKS", "make_task"]
+__all__ = ["Batch", "Mixture", "ScoredOnly", "Task", "RegimeTask", "PasskeyTask", "RecallTask", "TASKS", "make_task"]

@@ -74,3 +74,24 @@ class ScoredOnly(Task):
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor | None:
         return self.task.oracle_nll(batch, context)
+
+
+class Mixture(Task):
+    """Each sequence of a batch drawn from one of ``tasks`` (equal odds), for training.
+
+    A curriculum's second stage mixes its first stage back in, so a skill that the harder task
+    cannot reward on its own (the within-block control, for a model that cannot yet reach the
+    distance) is not unlearned. The tasks must share one vocabulary. No oracle: evaluate the
+    parts separately.
+    """
+
+    def __init__(self, *tasks: Task) -> None:
+        if len(tasks) < 2 or len({t.vocab_size for t in tasks}) != 1:
+            raise ValueError(f"Mixture needs >= 2 tasks with one vocab_size, got {[t.vocab_size for t in tasks]}")
+        self.tasks, self.vocab_size = tasks, tasks[0].vocab_size
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        source = torch.randint(len(self.tasks), (batch,), generator=generator)  # (B,)
+        parts = [task.sample(batch, length, generator) for task in self.tasks]
+        pick = lambda field: torch.stack([getattr(parts[int(s)], field)[b] for b, s in enumerate(source)])  # noqa: E731
+        return Batch(pick("input_ids"), pick("labels"), pick("scored"), pick("distance"))
