@@ -97,6 +97,15 @@ def test_recall_repeat_keeps_every_question_inside_its_segment():
         RecallTask(span=16, queries=4, repeat=20)
 
 
+def test_recall_distance_is_to_the_latest_mention_of_the_binding():
+    task = RecallTask(span=12, pairs=1, queries=6)  # one binding: every question repeats it
+    batch = task.sample(2, 64, torch.Generator().manual_seed(1))
+    for b in range(2):
+        where = torch.nonzero(batch.scored[b]).flatten().tolist()
+        ask = [t - 1 for t in where]  # ASK marker positions, in order
+        assert [int(batch.distance[b, t]) for t in where[1:]] == [q - p for p, q in zip(ask, ask[1:])]
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="task must be one of"):
         make_task("nope")

@@ -3,7 +3,9 @@
 ``pairs`` distinct keys, each bound to a random value, are stated as ``PAIR k v`` triples
 within the first ``span`` tokens; later, ``ASK k`` questions ask for the value, and the scored
 token is ``v`` after ``ASK k``. Filler between is random. Without the binding in view the value
-is at chance (ln V nats); with it, exactly predictable.
+is at chance (ln V nats); with it, exactly predictable. A question's distance is to the latest
+triple that showed its binding: the PAIR, or an earlier ASK of the same key (which shows the
+value too).
 
 ``repeat=R`` makes every R-token segment an independent instance (its own pairs, stated and
 asked inside the segment): with R = the block length, every question is answerable from its own
@@ -56,13 +58,16 @@ class RecallTask(Task):
         # non-overlapping triple slots inside the span, and after it
         stated = lo + torch.randperm(self.span // 3, generator=generator)[: self.pairs] * 3
         asked = lo + self.span + torch.randperm((size - self.span) // 3, generator=generator)[: self.queries] * 3
-        for i, p in enumerate(stated.tolist()):
+        last = stated.tolist()  # where each binding was last shown: its PAIR, then its latest ASK
+        for i, p in enumerate(last):
             seq[p : p + 3] = torch.tensor([self.pair_mark, keys[i], vals[i]])
-        for p in asked.tolist():
+        for p in sorted(asked.tolist()):
             i = int(torch.randint(self.pairs, (1,), generator=generator))
             seq[p : p + 3] = torch.tensor([self.ask_mark, keys[i], vals[i]])
             scored[p + 1] = True  # input k predicts v
-            distance[p + 1] = p + 1 - (int(stated[i]) + 1)
+            # an earlier question about the same key shows the value too, so it counts as a statement
+            distance[p + 1] = p - last[i]
+            last[i] = p
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor:
         """Exact on scored positions: 0 if the binding is in view, else ln V."""
