@@ -113,8 +113,8 @@ class Retriever(Component, abc.ABC):
     samples: int
 
     #: True when ``positions(t, encoder)`` depends on ``t`` and the encoder only (no parameters,
-    #: no randomness): a memory may then cache the basis it reads with. False unless a
-    #: retriever says so.
+    #: no randomness): a memory may then cache the basis it reads with, so change such a
+    #: retriever by swapping it, not by editing it in place. False unless a retriever says so.
     fixed: bool = False
 
     @abc.abstractmethod

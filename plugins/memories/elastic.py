@@ -122,7 +122,8 @@ class ElasticMemory(Memory):
         return {"coef": coef}
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
-        return self._read(state["coef"].unsqueeze(1), t, q.dtype, (t, 1, 0))  # one block: (B, 1, N, Hkv*2D)
+        # one block: states (B, 1, N, Hkv*2D); its basis is cached under (t, 1 block, length unused)
+        return self._read(state["coef"].unsqueeze(1), t, q.dtype, (t, 1, 0))
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
