@@ -266,7 +266,9 @@ def train(
     """Run ``config``; see the module docstring. ``on_step(step, loss)`` is called after each step."""
     info = init_distributed(config.train.device)
     try:
-        return _train(config, info, resume, on_step)
+        result = _train(config, info, resume, on_step)
+        barrier(info)  # no rank tears the group down while another is still in a collective or writing
+        return result
     finally:
         close_distributed(info)
 
