@@ -241,8 +241,8 @@ class ScaleInvariantMeasure(Encoder):
             drives.append(self._drive(x[..., full * block :, :], s, rest, mats).unsqueeze(-3))  # (..., 1, N, C)
             transitions.append(mats[:1])  # (1, N, N)
         return linear_recurrence(
-            torch.cat(transitions) if rest and full else transitions[0],  # no copy for one part
-            torch.cat(drives, dim=-3) if rest and full else drives[0],
+            transitions[0] if len(transitions) == 1 else torch.cat(transitions),  # no copy for one part
+            drives[0] if len(drives) == 1 else torch.cat(drives, dim=-3),
             None if state is None else state.to(dtype),
             method=self.scan_method,
         )

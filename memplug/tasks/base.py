@@ -93,5 +93,6 @@ class Mixture(Task):
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         source = torch.randint(len(self.tasks), (batch,), generator=generator)  # (B,)
         parts = [task.sample(batch, length, generator) for task in self.tasks]
-        pick = lambda field: torch.stack([getattr(parts[int(s)], field)[b] for b, s in enumerate(source)])  # noqa: E731
-        return Batch(pick("input_ids"), pick("labels"), pick("scored"), pick("distance"))
+        rows = torch.arange(batch)
+        fields = ("input_ids", "labels", "scored", "distance")
+        return Batch(*(torch.stack([getattr(part, f) for part in parts])[source, rows] for f in fields))
