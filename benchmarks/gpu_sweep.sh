@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The evidence tables at their gpu preset, in about 10 minutes on one H100, no network.
+# The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
-#   bash benchmarks/gpu_sweep.sh                 # writes docs/results/gpu/*.md|json|png
-#   OUT=/some/dir bash benchmarks/gpu_sweep.sh
+#   bash benchmarks/gpu_sweep.sh check   # ~2 min: CUDA tests, every script's smoke preset, speeds
+#   bash benchmarks/gpu_sweep.sh         # ~8 min: timings alone, then the evidence jobs at once
 #
-# Each script runs under its own time limit (seconds below, ~560 s in all) so one slow table
-# cannot starve the rest; a table that fails or runs out is named at the end and the others
-# still land. Training is time-capped per arm (the gpu presets set seconds, not steps), so the
-# reports' `steps` columns say how much work each arm got.
+# Reports land in $RESULTS (default docs/results/gpu), logs in $RESULTS/logs. Every step runs
+# under its own time limit, so one slow table cannot starve the rest; a step that fails or runs
+# out is named at the end and the others still land.
+#
+# The full run has two phases. Phase 1 times things (attention backends, training throughput)
+# with the GPU to itself. Phase 2 runs the evidence jobs side by side, one process each (tiny
+# models leave an H100 mostly idle, so several share it well; under NVIDIA MPS when it starts).
+# Phase 2 trains at the CPU preset's sizes and step counts, so its tables are further seeds of
+# the CPU tables in docs/results: each arm's step count is capped by a time budget and the
+# reports' steps columns say how many it got. The language-modelling sweep uses the gpu preset.
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-docs/results/gpu}
-mkdir -p "$OUT"
+RESULTS=${RESULTS:-docs/results/gpu}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu runs the same steps here, to check the script itself
+LOGS=$RESULTS/logs
+mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 if ! python -c "import memplug.plugins.retrievers.jittered" 2>/dev/null; then
@@ -22,24 +30,72 @@ fi
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 
 failed=()
-run() {  # run LIMIT_SECONDS NAME ARGS...
+step() {  # step LIMIT_SECONDS NAME COMMAND...: run in the foreground, log to $LOGS/NAME.log
   local limit=$1 name=$2; shift 2
   echo "== $name (limit ${limit}s): $*"
   local start=$SECONDS
-  if ! timeout "$limit" python "$@" --preset gpu --device auto --out "$OUT" --name "$name"; then
-    failed+=("$name")
-  fi
-  echo "== $name took $((SECONDS - start)) s"
+  timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1 || failed+=("$name")
+  echo "== $name took $((SECONDS - start)) s"; tail -n 3 "$LOGS/$name.log"
 }
+jobs_started=()
+job() {  # job LIMIT_SECONDS NAME COMMAND...: the same in the background (wait with finish_jobs)
+  local limit=$1 name=$2; shift 2
+  echo "== started $name (limit ${limit}s): $*"
+  ( start=$SECONDS; timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; rc=$?
+    echo "== $name ended rc=$rc after $((SECONDS - start)) s" >>"$LOGS/$name.log"; exit $rc ) &
+  jobs_started+=("$!:$name")
+}
+finish_jobs() {
+  for entry in "${jobs_started[@]}"; do
+    wait "${entry%%:*}" || failed+=("${entry#*:}")
+    tail -n 2 "$LOGS/${entry#*:}.log"
+  done
+  jobs_started=()
+}
+mps_start() {  # NVIDIA MPS lets the phase-2 processes' kernels run concurrently; optional
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p /tmp/mps /tmp/mps-log
+  if nvidia-cuda-mps-control -d 2>/dev/null && timeout 60 python -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    echo "MPS on"; return 0
+  fi
+  echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  echo "MPS unavailable; processes share the GPU by time slicing"
+}
+mps_stop() { [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control; true; }
+# the CPU preset's models and step counts on the GPU (--budget caps each arm's seconds)
+CPU_SIZED=(--preset cpu --device "$DEVICE" --out "$RESULTS")
 
-# the synthetic tasks train on their scored tokens (--train-on scored): on the CPU, 1000 steps on
-# every token left every model at the regime task's answer marginal (an earlier version of the task)
-run 180 tasks_regime  benchmarks/tasks_suite.py --task regime --train-on scored               # 10 arms x 15 s
-run 80  tasks_passkey benchmarks/tasks_suite.py --task passkey --train-on scored --memories none,xl,knn,full,elastic
-run 80  swaps         benchmarks/swaps.py --train-on scored                                   # 3 arms x 15 s
-run 110 ablations     benchmarks/ablations.py --train-on scored                               # 16 arms x 6 s
-run 60  lm_sweep      benchmarks/lm_sweep.py --corpora code --memories none,knn,melodi,elastic --scales 1x,16x --seeds 0,1
-run 60  length        benchmarks/length.py --tokens 1048576
+if [ "${1:-}" = check ]; then
+  tmp=$(mktemp -d)
+  job 170 pytest_all python -m pytest -q -x -n 6 -p no:cacheprovider tests
+  step 90 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
+  for script in tasks_suite swaps ablations lm_sweep length; do
+    step 60 "smoke_$script" python "benchmarks/$script.py" --preset smoke --device "$DEVICE" --out "$tmp"
+  done
+  step 60 speed_tasks python benchmarks/tasks_suite.py "${CPU_SIZED[@]}" --budget 20 --task passkey --memories full,elastic --steps 300 --eval-batches 1 --train-on scored --out "$tmp"
+  step 60 speed_lm python benchmarks/lm_sweep.py --preset gpu --device "$DEVICE" --corpora code --memories none,elastic --scales 1 --seeds 0 --steps 100 --budget 20 --eval-batches 2 --out "$tmp"
+  step 60 smoke_throughput python benchmarks/throughput.py --device "$DEVICE" --memories none,elastic --modes eager --rounds 2 --warmup 1 --seq 2048 --out "$tmp/throughput"
+  step 60 smoke_backends python benchmarks/attention_backends.py --device "$DEVICE" --shapes 8x128x32 --repeats 2 --out "$tmp/backends"
+  mps_start; mps_stop
+  finish_jobs
+else
+  # phase 1: timings, the GPU to ourselves
+  step 80 attention_backends python benchmarks/attention_backends.py --device "$DEVICE" --out "$RESULTS/attention_backends"
+  step 100 throughput python benchmarks/throughput.py --device "$DEVICE" --memories none,knn,melodi,elastic --scale 1x,16x \
+    --modes eager --rounds 5 --warmup 2 --batch 8 --out "$RESULTS/throughput"
+  # phase 2: evidence jobs side by side
+  mps_start
+  tasks=(python benchmarks/tasks_suite.py "${CPU_SIZED[@]}" --train-on scored --eval-batches 8)
+  job 300 passkey_seed2 "${tasks[@]}" --budget 135 --task passkey --memories full,elastic --steps 3000 --control-share 0.5 --seed 2 --name tasks_passkey_seed2
+  job 300 passkey_seed3 "${tasks[@]}" --budget 135 --task passkey --memories full,elastic --steps 3000 --control-share 0.5 --seed 3 --name tasks_passkey_seed3
+  job 300 recall_seed1 "${tasks[@]}" --budget 135 --task recall --memories full,elastic --steps 6000 --control-share 0.5 --seed 1 --name tasks_recall_seed1
+  job 300 regime_sizes_seed1 "${tasks[@]}" --budget 40 --task regime --steps 250 --memories elastic@1x,knn@16x,elastic@16x,knn@1x,melodi@1x,melodi@16x --seed 1 --name tasks_regime_sizes_seed1
+  job 300 swaps_code_seed1 python benchmarks/swaps.py "${CPU_SIZED[@]}" --budget 70 --task code --trained 'uniform,warped exp 4,jittered' --steps 600 --eval-batches 8 --seed 1 --name swaps_code_seed1
+  job 300 lm_sweep python benchmarks/lm_sweep.py --preset gpu --device "$DEVICE" --corpora literature --memories none,knn,melodi,elastic --scales 1,16 --seeds 0,1 --steps 3000 --budget 16 --out "$RESULTS"
+  job 300 length python benchmarks/length.py --preset gpu --device "$DEVICE" --out "$RESULTS"
+  finish_jobs
+  mps_stop
+fi
 
-echo "tables in $OUT"
+echo "reports in $RESULTS"
 if ((${#failed[@]})); then echo "failed or out of time: ${failed[*]}" >&2; exit 1; fi

@@ -3,7 +3,7 @@
 Every memory in ``--memories`` (``none`` = the bare model: block-local attention, no memory) is
 built on the same tiny backbone, with the memory on all layers at ``--scale`` x the memory
 budget (:mod:`memplug.budget`; elastic at 1x with block 256 is N = P = 64). Each step is one
-forward + backward on random bytes under bf16 autocast (CPU) in eager mode and under
+forward + backward on random bytes under bf16 autocast (``--device``, CPU by default) in eager mode and under
 ``torch.compile`` (after one eager step that fills the encoders' caches). The arms run interleaved, round after round, so a load change on the machine
 hits them alike; the ratio to the bare model is the median of per-round ratios.
 
@@ -32,7 +32,7 @@ def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryMode
     return memplug.build_model(
         "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
         **model_options(name, scale, args.block, head_dim),
-    )
+    ).to(args.device)
 
 
 def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | None, ids: torch.Tensor):
@@ -40,11 +40,15 @@ def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | N
     the encoders' transition caches, so the compiled graph only looks them up (tracing their
     construction takes minutes and recompiles when the cache changes)."""
 
+    device = ids.device
+
     def step_with(forward) -> None:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = forward(ids, labels=ids).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
+        if device.type == "cuda":  # time the work, not its launch
+            torch.cuda.synchronize(device)
 
     if not compiled:
         return lambda: step_with(model)
@@ -68,6 +72,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     p.add_argument("--out", default="docs/results/throughput")
     args = p.parse_args()
     started = time.perf_counter()
@@ -76,7 +81,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     names = [n.strip() for n in args.memories.split(",") if n.strip()]
     scales = parse_scales(args.scale)
-    ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
 
     rows = []
     for mode in [m.strip() for m in args.modes.split(",")]:
@@ -111,11 +117,11 @@ def main() -> None:
             print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
                   + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of none"), flush=True)
 
-    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config = {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "out"}
     lines = [
         f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, "
-        f"sequence {args.seq}, batch {args.batch}, {args.dtype} autocast, {torch.get_num_threads()} torch "
-        f"thread(s); forward + backward per step; {args.rounds} interleaved steps per arm after "
+        f"sequence {args.seq}, batch {args.batch}, {args.dtype} autocast on {args.device}, "
+        f"{torch.get_num_threads()} torch thread(s); forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
         f"median over rounds of (none's step time / this arm's step time) within the same round.\n",
