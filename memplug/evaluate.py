@@ -100,7 +100,7 @@ def block_bytes(windows: Tensor, block: int, tokenizer: Tokenizer | None) -> np.
     """(N, nb) UTF-8 bytes that the targets of each block of each window stand for.
 
     ``tokenizer=None`` means byte-level (one byte per token)."""
-    targets = windows[:, 1:].numpy()  # (N, T)
+    targets = windows[:, 1:].cpu().numpy()  # (N, T)
     n, t = targets.shape
     nb = math.ceil(t / block)
     out = np.zeros((n, nb), dtype=np.int64)

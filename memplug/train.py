@@ -347,7 +347,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
     def validate(step: int) -> None:
         if not info.main:  # one process evaluates; the others go on to the next collective call
             return
-        scores = evaluate(unwrap(model), val_windows.to(info.device), tokenizer=tokenizer, batch_size=micro,
+        scores = evaluate(unwrap(model), val_windows, tokenizer=tokenizer, batch_size=micro,
                           precision=tc.precision, compare_masked=False)["memory"]
         result.evals[step] = scores
         if logger is not None:

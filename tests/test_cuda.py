@@ -8,6 +8,7 @@ CPU-only op anywhere on the path fails here.
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -86,3 +87,23 @@ def test_bf16_training_step_matches_float32(case):
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
     torch.testing.assert_close(loss.float(), exact, atol=3e-2, rtol=1e-2)
+
+
+def test_evaluate_takes_windows_on_the_gpu():
+    from memplug.evaluate import evaluate
+
+    _, gpu = pair("elastic-legs")
+    windows = ids(length=97, batch=3)
+    on_host = evaluate(gpu, windows, batch_size=2)
+    on_gpu = evaluate(gpu, windows.to(CUDA), batch_size=2)
+    assert on_gpu["memory"]["bpb"] == pytest.approx(on_host["memory"]["bpb"], rel=1e-6)
+
+
+def test_train_command_on_cuda(tmp_path, monkeypatch):
+    from train_helpers import tiny_config
+
+    from memplug.train import train
+
+    monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
+    result = train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "train.device=cuda", memory="elastic"))
+    assert math.isfinite(result.evals[max(result.evals)]["bpb"])
