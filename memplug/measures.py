@@ -56,7 +56,7 @@ from .ops.legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted
 from .ops.quadrature import shifted_gauss_jacobi
 from .ops.scan import linear_recurrence
 
-__all__ = ["ScaleInvariantMeasure"]
+__all__ = ["ScaleInvariantMeasure", "default_cache_bytes"]
 
 _F64 = torch.float64
 _CPU = torch.device("cpu")
@@ -77,6 +77,13 @@ def _position(value: object, arg: str) -> int:
 _CACHES: dict[tuple, TensorLRU] = {}
 
 
+def default_cache_bytes(order: int) -> int:
+    """64 MiB, or room for 32 block transitions [M(r), (1 - r) T(r)] of order N in float32
+    (2 x N x N x 4 bytes each) if that is more: a training sequence of up to 32 blocks then
+    keeps its transitions between steps (at N = 1024 that is 256 MiB)."""
+    return max(64 * 2**20, 32 * 2 * order * order * 4)
+
+
 class ScaleInvariantMeasure(Encoder):
     """A HiPPO measure on [0, t] with the scale-invariant weight (s/t)^β, exact block update.
 
@@ -87,16 +94,19 @@ class ScaleInvariantMeasure(Encoder):
     Args:
         order: N, coefficients per channel (>= 1).
         beta: the weight exponent β > -1 (0: uniform, LegS).
-        cache_bytes: bound on the transition cache. The cache is shared by every encoder of the
-            same class, order, β and bound (the layers of a model each hold one encoder, and
-            their transitions are identical), over all dtypes and devices.
+        cache_bytes: bound on the transition cache (default :func:`default_cache_bytes`: 64 MiB,
+            or room for 32 float32 block transitions at this order if that is more). The cache
+            is shared by every encoder of the same class, order, β and bound (the layers of a
+            model each hold one encoder, and their transitions are identical), over all dtypes
+            and devices. Training cycles through the same block starts at every step, so a bound
+            below one step's transitions evicts each before its reuse and rebuilds them all.
         scan_method: how :meth:`scan` runs the block recurrence, see
             :func:`memplug.ops.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
             ``"parallel"``).
     """
 
     def __init__(
-        self, order: int, beta: float = 0.0, *, cache_bytes: int = 64 * 2**20, scan_method: str = "auto"
+        self, order: int, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
     ) -> None:
         super().__init__()
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
@@ -104,8 +114,10 @@ class ScaleInvariantMeasure(Encoder):
         beta = float(beta)
         if not (math.isfinite(beta) and beta > -1):
             raise ValueError(f"beta must be a finite number > -1, got {beta!r}")
+        if cache_bytes is None:
+            cache_bytes = default_cache_bytes(order)
         if not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
+            raise ValueError(f"cache_bytes must be None or an int >= 0, got {cache_bytes!r}")
         if scan_method not in ("auto", "sequential", "parallel"):
             raise ValueError(f"scan_method must be 'auto', 'sequential' or 'parallel', got {scan_method!r}")
         self.order = order

@@ -250,3 +250,23 @@ def test_equal_encoders_share_one_bounded_cache():
     second = copy.deepcopy(first)
     assert first._cache is second._cache
     assert LegS(order=9, cache_bytes=2**20)._cache is not first._cache
+
+
+def test_default_cache_holds_one_training_step_of_transitions():
+    """At a large order, the default bound keeps a 16-block sequence's transitions between steps
+    (a bound below that evicts each before its reuse: a cyclic access defeats LRU)."""
+    from memplug.measures import default_cache_bytes
+
+    assert LegS(1024)._cache.max_bytes == default_cache_bytes(1024) >= 16 * 2 * 1024**2 * 4  # elastic 16x
+    assert default_cache_bytes(8) == 64 * 2**20
+    order, blocks, block = 192, 16, 4
+    encoder = LegS(order)
+    x = torch.randn(1, blocks * block, 2)
+    encoder.scan(x, block)
+    cached = len(encoder._cache)
+    built = []
+    original = encoder._ratio_matrices
+    encoder._ratio_matrices = lambda *a, **k: built.append(1) or original(*a, **k)
+    encoder.scan(x, block)
+    assert not built and len(encoder._cache) == cached
+    assert LegS(order, cache_bytes=2**20)._cache.max_bytes == 2**20
