@@ -52,7 +52,8 @@ def windows(corpus: str, split: str, p: Preset, count: int) -> tuple[CorpusTask,
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--corpora", default=None, help="comma-separated datasets (memplug data list)")
-        parser.add_argument("--memories", default=None, help="comma-separated memories")
+        parser.add_argument("--memories", default=None,
+                            help="comma-separated memories; NAME@Kx runs NAME at that size only (e.g. knn@16x)")
         parser.add_argument("--scales", default=None, help="memory sizes, e.g. 1x,16x")
         parser.add_argument("--seeds", default=None, help="comma-separated seeds")
 
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             missing[corpus] = str(exc)
             print(f"  skipped {corpus}: {exc}", flush=True)
             continue
-        for memory in memories.split(","):
-            for scale in scales if memory in SCALED else scales[:1]:
+        for spec in memories.split(","):
+            memory, at, size = spec.partition("@")  # knn@16x: that size only
+            for scale in memory_configs.parse_scales(size) if at else scales if memory in SCALED else scales[:1]:
                 for seed in map(int, seeds.split(",")):
                     model = common.build(256, memory, p, seed, args.device, scale=scale)
                     run = common.train(model, train_task, p, seed, label=f"{corpus} {memory} {scale}x seed {seed}")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = [c for c in corpora.split(",") if c not in missing]
         for k, corpus in enumerate(done):
             plt.subplot(1, len(done), k + 1)
-            for memory in memories.split(","):
+            for memory in dict.fromkeys(spec.partition("@")[0] for spec in memories.split(",")):
                 pts = [s for s in summary if s["corpus"] == corpus and s["memory"] == memory]
                 if memory in SCALED:
                     plt.plot([int(s["scale"][:-1]) for s in pts], [s["later bpb"] for s in pts], "o-", label=memory)
