@@ -52,7 +52,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--shapes", default="64x256x64,16x1024x256", help="CALLSxBLOCKxSLOTS, comma-separated")
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", default="docs/results/attention_backends")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     started = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     gen = torch.Generator().manual_seed(0)
@@ -118,6 +118,7 @@ def main() -> None:
     path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, device=str(device), results=rows),
                         title="Attention backends on the memory layer's call", seconds=time.perf_counter() - started)
     print(f"wrote {path}")
+    return rows
 
 
 if __name__ == "__main__":

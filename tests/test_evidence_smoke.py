@@ -113,10 +113,11 @@ def test_lm_sweep_and_length_smoke(tmp_path):
     import lm_sweep
 
     # the code corpus is the running interpreter's standard library: always here, so no skip
-    sweep = lm_sweep.main(["--preset", "smoke", "--out", str(tmp_path), "--memories", "none,elastic",
+    sweep = lm_sweep.main(["--preset", "smoke", "--out", str(tmp_path), "--memories", "none,elastic,knn@4x",
                            "--scales", "1x,2x", "--steps", "1"])
     _outputs(tmp_path, "lm_sweep")
-    assert [(s["memory"], s["scale"]) for s in sweep["summary"]] == [("none", "-"), ("elastic", "1x"), ("elastic", "2x")]
+    assert [(s["memory"], s["scale"]) for s in sweep["summary"]] == [
+        ("none", "-"), ("elastic", "1x"), ("elastic", "2x"), ("knn", "4x")]
     stream = length.main(["--preset", "smoke", "--out", str(tmp_path), "--tokens", "1024", "--steps", "1"])
     _outputs(tmp_path, "length")
     sizes = {r["state KiB"] for r in stream["rows"]}
@@ -146,3 +147,17 @@ def test_memplug_task_cli(capsys):
     out = capsys.readouterr().out
     assert "oracle, whole history" in out
     assert cli_main(["task", "passkey", "--option", "symbols=1"]) == 2
+
+
+def test_attention_backends_smoke(tmp_path):
+    import attention_backends
+
+    rows = attention_backends.main(["--device", "cpu", "--shapes", "2x8x4", "--repeats", "1", "--heads", "2",
+                                    "--kv-heads", "1", "--head-dim", "8", "--out", str(tmp_path / "backends")])
+    assert (tmp_path / "backends.md").stat().st_size > 0
+    sdpa = {r["dtype"]: r for r in rows if r["backend"] == "sdpa"}
+    assert sdpa["fp32"]["status"] == "ok" and sdpa["fp32"]["max_abs_error"] < 1e-5
+    assert sdpa["bf16"]["max_abs_error"] < 5e-2
+    assert {r["status"] for r in rows if r["backend"] == "flash"} == {"not supported here"}
+    with pytest.raises(ValueError, match="CALLSxBLOCKxSLOTS"):
+        attention_backends.parse_shape("8x128")
