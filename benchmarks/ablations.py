@@ -27,7 +27,7 @@ from tasks_suite import regime_rows
 from memplug.evaluate import memory_masked
 from memplug.tasks import RegimeTask
 
-# 16 arms: fewer steps (cpu) or seconds (gpu) each
+# 17 arms: fewer steps (cpu) or seconds (gpu) each
 PRESETS = {**SUITE, "cpu": replace(SUITE["cpu"], steps=150, budget=300), "gpu": replace(SUITE["gpu"], budget=6)}
 
 
@@ -48,6 +48,7 @@ def arms(p: Preset) -> dict[str, tuple[str, dict[str, Any], Preset]]:
         "legs zoh (ODE)": ("elastic", {"encoder_options": {"discretization": "zoh"}}, p),
         "sample positions (RoPE)": ("elastic", {"positions": "sample"}, p),
         "logit offset -ln P": ("elastic", {"logit_offset": "-lnP"}, p),
+        "logit offset +2": ("elastic", {"logit_offset": 2.0}, p),
         "span block + previous": ("elastic", {"span": "previous"}, p),
         "memory on all layers": ("elastic", {}, replace(p, layers=tuple(range(p.n_layers)))),
         "no memory (reference)": ("none", {}, p),
