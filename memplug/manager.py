@@ -60,8 +60,10 @@ def build_plugins(autoload: bool | None = None) -> Plugins:
     pm.add_hookspecs(hookspecs)
     failures: dict[str, str] = {}
     providers: dict[str, str] = {}
+    builtins_found = False
     for ep in _entry_points():
         builtin = ep.dist is not None and ep.dist.metadata["Name"] == BUILTIN_DIST
+        builtins_found = builtins_found or builtin
         if not builtin and not autoload:
             continue
         if pm.has_plugin(ep.name):
@@ -78,6 +80,14 @@ def build_plugins(autoload: bool | None = None) -> Plugins:
         pm.register(plugin, name=ep.name)
         providers[ep.name] = _provider(ep)
     pm.check_pending()
+    if not builtins_found:
+        warnings.warn(
+            "memplug's built-in plugins register through its package metadata (the 'memplug' entry-point "
+            "group) and none was found: memplug is imported from a source tree that is not installed in "
+            "this interpreter (check which python runs). Install it with `pip install -e .`; until then "
+            "every registry holds only what is registered in code.",
+            stacklevel=2,
+        )
 
     registries = {kind: Registry(kind, base) for kind, (_, base) in KINDS.items()}
     plugins = pm.get_plugins()

@@ -26,6 +26,14 @@ def test_builtins_come_through_the_entry_point_group():
         assert entry.provider.startswith("memplug ")
 
 
+def test_missing_builtin_metadata_is_named(monkeypatch):
+    """A source tree imported without being installed has no entry points: say so, not just "none"."""
+    monkeypatch.setattr(manager, "_entry_points", lambda: [])
+    with pytest.warns(UserWarning, match="not installed"):
+        plugins = manager.build_plugins()
+    assert plugins.registries["encoder"].names() == []
+
+
 def test_unknown_name_lists_what_exists_and_where_from():
     with pytest.raises(UnknownComponentError) as info:
         memplug.make_encoder("legz", order=4)
