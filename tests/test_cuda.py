@@ -4,7 +4,8 @@ Skipped without a GPU (CI has none). On a GPU machine: ``pytest tests/test_cuda.
 builds one small model, copies it to the GPU, and checks that the forward pass in float32, the
 gradients, a streamed forward with state, and a bf16-autocast training step agree with the CPU
 model (float32 to 1e-4, bf16 to its rounding), so a tensor left on the wrong device or a
-CPU-only op anywhere on the path fails here.
+CPU-only op anywhere on the path fails here. The last two tests run ``evaluate`` with windows on
+the GPU and ``memplug train`` with ``train.device=cuda`` (both crashed on the first GPU run).
 """
 
 import copy
