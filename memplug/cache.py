@@ -1,10 +1,11 @@
-"""A least-recently-used cache of tensors bounded by bytes: the encoders' transition matrices
-and the memories' read bases, which training recomputes with the same arguments at every step."""
+"""A least-recently-used cache of tensors bounded by bytes and/or entries: the encoders'
+transition matrices and the memories' read bases, which training recomputes with the same
+arguments at every step."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 import torch
 from torch import Tensor
@@ -12,34 +13,52 @@ from torch import Tensor
 __all__ = ["TensorLRU"]
 
 
-class TensorLRU:
-    """Least-recently-used cache of tensors, bounded by their total size in bytes."""
+Entry = Tensor | tuple[Tensor, ...]
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, Tensor] = OrderedDict()
+
+def _nbytes(value: Entry) -> int:
+    parts = value if isinstance(value, tuple) else (value,)
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _trainable(value: Tensor) -> Tensor:
+    """A normal-tensor copy of an inference tensor, so autograd can use it after that mode ends."""
+    if not value.is_inference():
+        return value
+    with torch.inference_mode(False):
+        return value.clone()
+
+
+class TensorLRU:
+    """Least-recently-used cache of tensors (or tuples of tensors), bounded by their total size
+    in bytes and/or by the number of entries (``None``: no bound of that kind). The newest entry
+    is always kept, even when it alone exceeds ``max_bytes``."""
+
+    def __init__(self, max_bytes: int | None = None, max_items: int | None = None) -> None:
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self._items: OrderedDict[Hashable, Entry] = OrderedDict()
         self._bytes = 0
 
-    def get(self, key: Hashable) -> Tensor | None:
+    def get(self, key: Hashable) -> Entry | None:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
         return item
 
-    def put(self, key: Hashable, value: Tensor) -> Tensor:
-        """Store ``value`` (a normal-tensor copy if it was made in inference mode, so autograd can
-        use it after that mode ends) and return what is stored."""
-        if value.is_inference():
-            with torch.inference_mode(False):
-                value = value.clone()
+    def put(self, key: Hashable, value: Entry) -> Entry:
+        """Store ``value`` (normal-tensor copies of inference tensors) and return what is stored."""
+        value = tuple(map(_trainable, value)) if isinstance(value, tuple) else _trainable(value)
         old = self._items.pop(key, None)
         if old is not None:
-            self._bytes -= old.numel() * old.element_size()
+            self._bytes -= _nbytes(old)
         self._items[key] = value
-        self._bytes += value.numel() * value.element_size()
-        while self._bytes > self.max_bytes and len(self._items) > 1:
+        self._bytes += _nbytes(value)
+        while len(self._items) > 1 and (
+            (self.max_bytes is not None and self._bytes > self.max_bytes)
+            or (self.max_items is not None and len(self._items) > self.max_items)
+        ):
             _, evicted = self._items.popitem(last=False)
-            self._bytes -= evicted.numel() * evicted.element_size()
+            self._bytes -= _nbytes(evicted)
         return value
 
     def clear(self) -> None:
@@ -48,3 +67,7 @@ class TensorLRU:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        """The keys, least recently used first."""
+        return iter(self._items)

@@ -22,11 +22,11 @@ them once and the cache never grows past ``cache_size`` entries.
 from __future__ import annotations
 
 import abc
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
 
+from .cache import TensorLRU
 from .contracts import Encoder, TimeLike
 from .ops.discretize import block_transition, zoh
 from .ops.scan import linear_recurrence
@@ -55,7 +55,7 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         self.order = order
         self.window = float(window)
         self.cache_size = cache_size
-        self._blocks: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+        self._blocks = TensorLRU(max_items=cache_size)
 
     def extra_repr(self) -> str:
         return f"order={self.order}, window={self.window:g}"
@@ -98,16 +98,10 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         key = (self.window, length, dtype, torch.device(device))
         hit = self._blocks.get(key)
         if hit is not None:
-            self._blocks.move_to_end(key)
             return hit
-        with torch.inference_mode(False):  # cached: autograd may use it after an inference-mode call
-            Ad, Bd = self.discrete(device)
-            power, kernel = block_transition(Ad, Bd, length)
-            entry = (_flush_subnormal(power.to(dtype)), _flush_subnormal(kernel.to(dtype)))
-        self._blocks[key] = entry
-        while len(self._blocks) > self.cache_size:
-            self._blocks.popitem(last=False)
-        return entry
+        Ad, Bd = self.discrete(device)
+        power, kernel = block_transition(Ad, Bd, length)
+        return self._blocks.put(key, (_flush_subnormal(power.to(dtype)), _flush_subnormal(kernel.to(dtype))))
 
     def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
         """State (..., N, C) after tokens ``x`` (..., L, C); the result does not depend on ``t0``
