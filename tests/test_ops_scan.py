@@ -32,31 +32,34 @@ def test_sequential_and_parallel_equal_reference(case):
         torch.testing.assert_close(method(A, u, c0), expected, rtol=1e-12, atol=1e-12)
 
 
+def _grads_by_method(A, u, c0, loss):
+    """Gradients of ``loss(states)`` w.r.t. (A, u, c0), leaves as given, for each scan method."""
+    out = []
+    for method in ("sequential", "parallel"):
+        leaves = [None if x is None else x.detach().clone().requires_grad_(x.requires_grad) for x in (A, u, c0)]
+        loss(linear_recurrence(*leaves, method=method)).backward()
+        out.append([None if x is None else x.grad for x in leaves])
+    return out
+
+
 @given(recurrences())
 def test_gradients_agree(case):
     A, u, c0 = case
-    grads = []
-    for method in ("sequential", "parallel"):
-        uu = u.clone().requires_grad_()
-        cc = None if c0 is None else c0.clone().requires_grad_()
-        out = linear_recurrence(A, uu, cc, method=method)
-        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        grads.append((uu.grad, None if cc is None else cc.grad))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    weight = lambda out: (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()  # noqa: E731
+    seq, par = _grads_by_method(A, u.requires_grad_(), None if c0 is None else c0.requires_grad_(), weight)
+    assert seq[1] is not None and par[1] is not None
+    torch.testing.assert_close(seq[1], par[1], rtol=1e-12, atol=1e-12)
     if c0 is not None:
-        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(seq[2], par[2], rtol=1e-12, atol=1e-12)
 
 
 @given(recurrences())
 def test_transitions_with_gradient_get_it(case):
     # the hand-written backward is for constant transitions; learnable ones take autograd's path
     A, u, c0 = case
-    grads = []
-    for method in ("sequential", "parallel"):
-        AA = A.clone().requires_grad_()
-        linear_recurrence(AA, u.clone().requires_grad_(), c0, method=method).square().sum().backward()
-        grads.append(torch.zeros_like(A) if AA.grad is None else AA.grad)  # None: A never acts (nb = 1, no c0)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+    seq, par = _grads_by_method(A.requires_grad_(), u.requires_grad_(), c0, lambda out: out.square().sum())
+    # None: A never acts (nb = 1, no c0)
+    torch.testing.assert_close(*(torch.zeros_like(A) if g[0] is None else g[0] for g in (seq, par)), rtol=1e-10, atol=1e-10)
 
 
 def test_float32_and_auto_method():
