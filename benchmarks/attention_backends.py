@@ -10,7 +10,7 @@ time of a forward and of a forward + backward.
     python benchmarks/attention_backends.py --device cuda --out docs/results/gpu/attention_backends
     python benchmarks/attention_backends.py --device cpu --shapes 8x128x32 --out /tmp/ab
 
-Writes ``NAME.md`` and ``.json`` (machine, date, command).
+Writes ``NAME.md``, ``.json`` (machine, date, command) and ``.png``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import common
 import torch
 
 from memplug.layers import attention_candidates
@@ -115,10 +118,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{fmt(r.get('forward_ms'))} | {fmt(r.get('forward_backward_ms'))} | {r['status']} |" for r in rows]
     out = Path(args.out)
     config = {k: v for k, v in vars(args).items() if k != "out"}
-    path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, device=str(device), results=rows),
+    data = dict(config=config, device=str(device), results=rows)
+    lines.append(common.figure(out.parent, out.name, figure(data)))
+    path = write_report(out.parent, out.name, "\n".join(lines), data,
                         title="Attention backends on the memory layer's call", seconds=time.perf_counter() - started)
     print(f"wrote {path}")
     return rows
+
+
+def figure(data: dict[str, Any]) -> Callable[[Any], None]:
+    """The plot of a backends report's JSON ``data``: forward + backward time and error against
+    float64 for each backend that ran, per shape and dtype."""
+    ran = [r for r in data["results"] if r["status"] == "ok"]
+    cases = list(dict.fromkeys(f"{r['shape']} {r['dtype']}" for r in ran))
+    backends = list(dict.fromkeys(r["backend"] for r in ran))
+
+    def draw(plt: Any) -> None:
+        width = 0.8 / max(1, len(backends))
+        for panel, (key, label) in enumerate((("forward_backward_ms", "forward + backward ms"),
+                                              ("max_abs_error", "max abs error vs float64"))):
+            plt.subplot(1, 2, panel + 1)
+            for i, backend in enumerate(backends):
+                got = {f"{r['shape']} {r['dtype']}": r[key] for r in ran if r["backend"] == backend}
+                plt.bar([c + i * width for c in range(len(cases))], [got.get(c, 0.0) for c in cases], width, label=backend)
+            plt.xticks([c + 0.4 - width / 2 for c in range(len(cases))], cases, fontsize=7, rotation=20)
+            plt.yscale("log")
+            plt.ylabel(label)
+        plt.legend(fontsize=7)
+        plt.suptitle(f"device {data['device']}", fontsize=9)
+
+    return draw
 
 
 if __name__ == "__main__":

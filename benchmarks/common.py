@@ -7,7 +7,8 @@
   with the same initial backbone weights for every arm of a seed.
 - :func:`collect` : per-scored-token losses, hits, distances, positions and exact oracles over
   fresh evaluation batches, so a table can be cut by distance or position afterwards.
-- :func:`finish` : the Markdown + JSON report (:func:`memplug.report.write_report`) and its plot.
+- :func:`finish` : the Markdown + JSON report (:func:`memplug.report.write_report`) and its plot;
+  :func:`figure` : the plot alone, for scripts that write their own report.
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
 """
@@ -15,6 +16,7 @@ Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path`
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import time
@@ -27,6 +29,7 @@ import memory_configs
 import torch
 import torch.nn.functional as F
 
+from memplug.atomic import atomic_write_bytes
 from memplug.model import MemoryModel, build_model
 from memplug.report import write_report
 from memplug.tasks import ScoredOnly
@@ -238,8 +241,18 @@ def plot(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = (8
     plt.figure(figsize=size)
     draw(plt)
     plt.tight_layout()
-    plt.savefig(path, dpi=100)
+    png = io.BytesIO()
+    plt.savefig(png, format="png", dpi=100)
     plt.close("all")
+    atomic_write_bytes(path, png.getvalue())
+
+
+def figure(directory: str | Path, name: str, draw: Callable[[Any], None]) -> str:
+    """Draw ``directory/NAME.png`` and return the Markdown that shows it under a report's table."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plot(directory / f"{name}.png", draw)
+    return f"\n\n![{name}]({name}.png)\n"
 
 
 def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data: dict[str, Any], started: float,
@@ -247,10 +260,8 @@ def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data:
     """Write ``NAME.md`` / ``NAME.json`` (with machine, date, command, wall-clock) and ``NAME.png``."""
     name = args.name or name
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if draw is not None:
-        plot(out / f"{name}.png", draw)
-        markdown += f"\n\n![{name}]({name}.png)\n"
+        markdown += figure(out, name, draw)
     settings = (f"Preset `{args.preset}`: {asdict(preset)}; seed {args.seed}; device {args.device}; "
                 f"torch threads {torch.get_num_threads()}; load average at the end "
                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")

@@ -14,7 +14,7 @@ Times, in float32 with C channels:
 - the discretisation error of the per-token bilinear recurrence against the exact update.
 
 Usage: ``python benchmarks/encoders.py [--threads 1] [--repeats 11] [--subset 256]``.
-Writes docs/results/encoders.json and docs/results/encoders.md.
+Writes docs/results/encoders.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import common
 import torch
 from memplug.plugins.encoders.legs import LegS, legs_matrices
 
@@ -188,6 +190,32 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def figure(data: dict[str, Any]) -> Callable[[Any], None]:
+    """The plot of an encoders report's JSON ``data``: time per block of each update by order and
+    block length, and the block update's time by absolute position."""
+
+    def draw(plt: Any) -> None:
+        plt.subplot(1, 2, 1)
+        labels = [f"N={r['order']}, L={r['length']}" for r in data["rows"]]
+        for key, label in (("fresh_ms", "block, fresh"), ("cached_ms", "block, cached"), ("per_token_ms", "per-token")):
+            plt.plot(labels, [r[key] for r in data["rows"]], marker="o", label=label)
+        plt.yscale("log")
+        plt.xticks(fontsize=7, rotation=20)
+        plt.ylabel("ms per block of L tokens")
+        plt.legend(fontsize=7)
+        plt.subplot(1, 2, 2)
+        positions = [int(t) for t in data["positions"]]
+        for key, label in (("fresh_ms", "fresh"), ("cached_ms", "cached")):
+            plt.plot(positions, [r[key] for r in data["positions"].values()], marker="o", label=label)
+        plt.xscale("log")
+        plt.ylim(bottom=0)
+        plt.xlabel("absolute position t0 of the block")
+        plt.ylabel("ms per block (N = 256, L = 2048)")
+        plt.legend(fontsize=7)
+
+    return draw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -235,7 +263,7 @@ def main() -> None:
         },
     }
     path = write_report(
-        args.out, "encoders", markdown(result), result, title=TITLE, seconds=time.perf_counter() - began
+        args.out, "encoders", markdown(result) + common.figure(args.out, "encoders", figure(result)), result, title=TITLE, seconds=time.perf_counter() - began
     )
     print(path.read_text())
 

@@ -35,9 +35,11 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 import torch.nn.functional as F
 
@@ -225,9 +227,27 @@ shared the 2 cores when above ~2; the tokens/s column is then pessimistic; the p
             "span": args.span, "chunk": args.chunk, "order": args.order, "samples": args.samples,
             "layers": args.layers, "dtype": args.dtype, "segments": segments,
             "load_average": [load_start, load_end], "arms": data}
+    body += common.figure(args.out, args.name, figure(meta))
     path = write_report(args.out, args.name, body, meta, title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory",
                         seconds=time.time() - start)
     print(f"wrote {path}")
+
+
+def figure(data: dict[str, Any]) -> Callable[[Any], None]:
+    """The plot of a retrofit report's JSON ``data``: each arm's perplexity by position segment."""
+    starts = [a for a, _ in data["segments"]]
+
+    def draw(plt: Any) -> None:
+        for arm, got in data["arms"].items():
+            shown = [(a, y) for a, y in zip(starts, got["ppl_segments"]) if not math.isnan(y)]
+            plt.plot([a for a, _ in shown], [y for _, y in shown], marker="o", label=f"{arm} ({got['ppl']:.2f})")
+        plt.xlabel("segment start (tokens into the stream)")
+        plt.ylabel("perplexity in the segment")
+        plt.title(f"SmolLM2-135M over {data['play']}, {data['streamed_tokens']:,} tokens, block {data['block']}",
+                  fontsize=9)
+        plt.legend(fontsize=7)
+
+    return draw
 
 
 if __name__ == "__main__":

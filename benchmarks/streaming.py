@@ -10,7 +10,7 @@ the resident memory (RSS) at those three points, the peak, and the model state s
 
     python benchmarks/streaming.py --tokens 16k,256k,1M --memories elastic --encoder-cache-mb 0,16
 
-Writes ``docs/results/streaming.md`` and ``.json`` (machine, date, command).
+Writes ``docs/results/streaming.md``, ``.json`` (machine, date, command) and ``.png``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
 
+import common
 import memplug
 from memplug.report import write_report
 from memory_configs import model_options, parse_scales
@@ -149,9 +152,30 @@ def main() -> None:
         lines.append(f"| {r['memory']} | {r['scale']}x | {cache} | {r['tokens']:,} | {cells} | {mem} | {r['peak_rss_mb']:.0f} "
                      f"| {r['state_bytes']:,} | {r['total_s']:.0f} |")
     out = Path(args.out)
-    path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, results=rows),
+    data = dict(config=config, results=rows)
+    lines.append(common.figure(out.parent, out.name, figure(data)))
+    path = write_report(out.parent, out.name, "\n".join(lines), data,
                         title="Streaming: time per block and memory over long streams", seconds=time.perf_counter() - started)
     print(f"wrote {path} and its .json")
+
+
+def figure(data: dict[str, Any]) -> Callable[[Any], None]:
+    """The plot of a streaming report's JSON ``data``: ms per block and resident memory at the
+    start, middle and end of each stream (flat lines: the cost does not grow with the stream)."""
+    rows, stages = data["results"], ("start", "middle", "end")
+
+    def draw(plt: Any) -> None:
+        for panel, (key, label) in enumerate((("ms_per_block", "ms per block (median)"), ("rss_mb", "resident MB"))):
+            plt.subplot(1, 2, panel + 1)
+            for r in rows:
+                plt.plot(stages, [r[key][s] for s in stages], marker="o",
+                         label=f"{r['memory']} {r['scale']}x, {r['tokens']:,} tokens")
+            plt.ylim(bottom=0)
+            plt.xlabel("part of the stream")
+            plt.ylabel(label)
+        plt.legend(fontsize=7)
+
+    return draw
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/tasks_suite.py --task regime --preset cpu          # ~10 arms x budget
     python benchmarks/tasks_suite.py --task passkey --preset cpu --memories none,xl,full,elastic
     python benchmarks/tasks_suite.py --task recall --preset smoke
+    python benchmarks/tasks_suite.py --task passkey --preset far     # distances of 2-64 blocks
 
 ``regime`` (gist): bits per regime-dependent token (the answer after each QUERY, positions past
 the first ``skip`` tokens) between the Bayes oracle that sees the whole history and the one that
@@ -38,6 +39,11 @@ PRESETS = {
     # sequence and batch, so a shared 2-core machine gets a few hundred steps per arm
     "cpu": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=512, batch=8, budget=400, eval_batches=12,
                   steps=250),
+    # passkey / recall at 2-64 blocks on the CPU: the cpu preset's model and tokens per step with
+    # blocks of 16 and 65 of them per sequence; at 16x the memory budget every memory holds what
+    # the cpu preset's 4x holds (64 slots, elastic N = P = 64) for a 4x longer reach in blocks
+    "far": Preset(d_model=128, n_layers=2, n_heads=4, block=16, length=1040, batch=4, budget=900, eval_batches=8,
+                  scale=16, steps=3000),
     "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=64, length=2048, batch=32, budget=15, eval_batches=8),
 }
 CONTROL_LEARNED = 0.9

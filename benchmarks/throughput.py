@@ -9,7 +9,7 @@ hits them alike; the ratio to the bare model is the median of per-round ratios.
 
     python benchmarks/throughput.py --memories none,elastic --scale 1x --modes eager,compiled
 
-Writes ``docs/results/throughput.md`` and ``.json`` (machine, date, command).
+Writes ``docs/results/throughput.md``, ``.json`` (machine, date, command) and ``.png``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+import common
 import memplug
 from memplug.report import write_report
 from memory_configs import model_options, parse_scales
@@ -135,9 +138,29 @@ def main() -> None:
                      f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | **{fmt(r['paired_ratio_to_none'])}** | "
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
     out = Path(args.out)
-    path = write_report(out.parent, out.name, "\n".join(lines), dict(config=config, results=rows),
+    data = dict(config=config, results=rows)
+    lines.append(common.figure(out.parent, out.name, figure(data)))
+    path = write_report(out.parent, out.name, "\n".join(lines), data,
                         title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started)
     print(f"wrote {path} and its .json")
+
+
+def figure(data: dict[str, Any]) -> Callable[[Any], None]:
+    """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the bare model."""
+    rows = data["results"]
+
+    def draw(plt: Any) -> None:
+        labels = [f"{r['memory']} {r['scale']}x ({r['mode']})" for r in rows]
+        ratios = [r["paired_ratio_to_none"] or 0.0 for r in rows]
+        plt.barh(labels, ratios)
+        plt.axvline(1.0, color="black", linewidth=0.8)
+        plt.gca().invert_yaxis()
+        plt.yticks(fontsize=7)
+        plt.xlabel("training throughput / bare model's (paired; higher is faster)")
+        plt.title(f"{data['config'].get('device', 'cpu')}, sequence {data['config']['seq']}, "
+                  f"batch {data['config']['batch']}", fontsize=9)
+
+    return draw
 
 
 if __name__ == "__main__":

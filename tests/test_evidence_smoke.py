@@ -154,10 +154,39 @@ def test_attention_backends_smoke(tmp_path):
 
     rows = attention_backends.main(["--device", "cpu", "--shapes", "2x8x4", "--repeats", "1", "--heads", "2",
                                     "--kv-heads", "1", "--head-dim", "8", "--out", str(tmp_path / "backends")])
-    assert (tmp_path / "backends.md").stat().st_size > 0
+    _outputs(tmp_path, "backends")
     sdpa = {r["dtype"]: r for r in rows if r["backend"] == "sdpa"}
     assert sdpa["fp32"]["status"] == "ok" and sdpa["fp32"]["max_abs_error"] < 1e-5
     assert sdpa["bf16"]["max_abs_error"] < 5e-2
     assert {r["status"] for r in rows if r["backend"] == "flash"} == {"not supported here"}
     with pytest.raises(ValueError, match="CALLSxBLOCKxSLOTS"):
         attention_backends.parse_shape("8x128")
+
+
+RESULTS = BENCHMARKS.parent / "docs" / "results"
+#: committed reports whose scripts draw their figure from the JSON alone (``figure(data)``)
+REDRAWN = ("encoders", "retrofit", "retrofit_long_local", "streaming", "throughput_memories",
+           "gpu/attention_backends", "gpu/throughput")
+
+
+@pytest.mark.parametrize("name", REDRAWN)
+def test_replot_redraws_a_committed_report_from_its_json(tmp_path, name):
+    import replot
+
+    copy = tmp_path / Path(name).name
+    copy.with_suffix(".json").write_bytes((RESULTS / f"{name}.json").read_bytes())
+    body = (RESULTS / f"{name}.md").read_text()
+    copy.with_suffix(".md").write_text(body.replace(f"![{copy.stem}]({copy.stem}.png)", ""))
+    for _ in range(2):  # a second run redraws without linking the figure twice
+        assert replot.main([str(copy.with_suffix(".json"))]) == [copy.with_suffix(".png")]
+    assert copy.with_suffix(".png").stat().st_size > 0
+    assert copy.with_suffix(".md").read_text().count(f"![{copy.stem}]({copy.stem}.png)") == 1
+
+
+def test_replot_refuses_a_report_drawn_during_its_run(tmp_path):
+    import replot
+
+    report = tmp_path / "sweep.json"
+    report.write_text(json.dumps({"command": "python benchmarks/lm_sweep.py --preset smoke", "data": {}}))
+    with pytest.raises(SystemExit, match="rerun its command"):
+        replot.main([str(report)])
