@@ -74,6 +74,17 @@ def test_tasks_suite_passkey_curriculum_smoke(tmp_path):
     assert "Within-block control learned" in (tmp_path / "tasks_passkey.md").read_text()
 
 
+def test_tasks_suite_far_preset_reaches_64_blocks():
+    import tasks_suite
+
+    p = tasks_suite.PRESETS["far"]
+    task, control = tasks_suite.make("passkey", p)
+    far = [d // p.block for d in task.distances if d >= p.block]
+    assert far == list(tasks_suite.BLOCK_DISTANCES)  # 2, 4, ..., 64 blocks, all inside one sequence
+    assert max(control.distances) < p.block  # the control's question can share its statement's block
+    task.sample(1, p.length, torch.Generator().manual_seed(0))  # the longest distance fits
+
+
 @pytest.mark.parametrize("task", ["regime", "code"])
 def test_swaps_smoke(tmp_path, task):
     import swaps
