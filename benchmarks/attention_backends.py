@@ -27,7 +27,6 @@ import torch
 
 from memplug.layers import attention_candidates
 from memplug.ops.attention import reference_attention, trapezoid_mask
-from memplug.report import write_report
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -119,10 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     config = {k: v for k, v in vars(args).items() if k != "out"}
     data = dict(config=config, device=str(device), results=rows)
-    lines.append(common.figure(out.parent, out.name, figure(data)))
-    path = write_report(out.parent, out.name, "\n".join(lines), data,
-                        title="Attention backends on the memory layer's call", seconds=time.perf_counter() - started)
-    print(f"wrote {path}")
+    common.report(out.parent, out.name, "\n".join(lines), data, figure(data),
+                  title="Attention backends on the memory layer's call", seconds=time.perf_counter() - started)
     return rows
 
 

@@ -7,8 +7,8 @@
   with the same initial backbone weights for every arm of a seed.
 - :func:`collect` : per-scored-token losses, hits, distances, positions and exact oracles over
   fresh evaluation batches, so a table can be cut by distance or position afterwards.
-- :func:`finish` : the Markdown + JSON report (:func:`memplug.report.write_report`) and its plot;
-  :func:`figure` : the plot alone, for scripts that write their own report.
+- :func:`finish` : the Markdown + JSON report and its plot, with the preset's settings;
+  :func:`report` : the same for scripts without a preset; :func:`figure` : the plot alone.
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
 """
@@ -255,18 +255,24 @@ def figure(directory: str | Path, name: str, draw: Callable[[Any], None]) -> str
     return f"\n\n![{name}]({name}.png)\n"
 
 
+def report(directory: str | Path, name: str, markdown: str, data: dict[str, Any], draw: Callable[[Any], None] | None,
+           *, title: str, seconds: float) -> Path:
+    """``NAME.md`` / ``NAME.json`` (:func:`memplug.report.write_report`: machine, date, command,
+    wall-clock) with ``NAME.png``, drawn by ``draw(plt)``, shown under the Markdown."""
+    if draw is not None:
+        markdown += figure(directory, name, draw)
+    path = write_report(directory, name, markdown, data, title=title, seconds=seconds)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
 def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data: dict[str, Any], started: float,
            preset: Preset, draw: Callable[[Any], None] | None = None) -> Path:
     """Write ``NAME.md`` / ``NAME.json`` (with machine, date, command, wall-clock) and ``NAME.png``."""
     name = args.name or name
-    out = Path(args.out)
-    if draw is not None:
-        markdown += figure(out, name, draw)
     settings = (f"Preset `{args.preset}`: {asdict(preset)}; seed {args.seed}; device {args.device}; "
                 f"torch threads {torch.get_num_threads()}; load average at the end "
                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
-    path = write_report(out, name, settings + "\n\n" + markdown,
-                        {"preset": asdict(preset), "preset_name": args.preset, "seed": args.seed, **data},
-                        title=title, seconds=time.perf_counter() - started)
-    print(f"wrote {path}", flush=True)
-    return path
+    return report(args.out, name, settings + "\n\n" + markdown,
+                  {"preset": asdict(preset), "preset_name": args.preset, "seed": args.seed, **data}, draw,
+                  title=title, seconds=time.perf_counter() - started)

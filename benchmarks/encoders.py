@@ -35,7 +35,6 @@ import torch
 from memplug.plugins.encoders.legs import LegS, legs_matrices
 
 from memplug.ops.discretize import bilinear
-from memplug.report import write_report
 
 TITLE = "Encoders: exact LegS block update vs per-token recurrence"
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -262,9 +261,8 @@ def main() -> None:
             / positions[str(POSITIONS[0])]["cached_ms"],
         },
     }
-    path = write_report(
-        args.out, "encoders", markdown(result) + common.figure(args.out, "encoders", figure(result)), result, title=TITLE, seconds=time.perf_counter() - began
-    )
+    path = common.report(args.out, "encoders", markdown(result), result, figure(result), title=TITLE,
+                         seconds=time.perf_counter() - began)
     print(path.read_text())
 
 

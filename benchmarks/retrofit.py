@@ -47,7 +47,6 @@ from memplug.backbones.hf import attach
 from memplug.backbones.smollm2 import load_smollm2
 from memplug.data.literature import Literature
 from memplug.model import ModelState
-from memplug.report import write_report
 
 HF_FULL = """
 
@@ -227,10 +226,8 @@ shared the 2 cores when above ~2; the tokens/s column is then pessimistic; the p
             "span": args.span, "chunk": args.chunk, "order": args.order, "samples": args.samples,
             "layers": args.layers, "dtype": args.dtype, "segments": segments,
             "load_average": [load_start, load_end], "arms": data}
-    body += common.figure(args.out, args.name, figure(meta))
-    path = write_report(args.out, args.name, body, meta, title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory",
-                        seconds=time.time() - start)
-    print(f"wrote {path}")
+    common.report(args.out, args.name, body, meta, figure(meta),
+                  title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory", seconds=time.time() - start)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:

@@ -32,7 +32,6 @@ import torch
 
 import common
 import memplug
-from memplug.report import write_report
 from memory_configs import model_options, parse_scales
 
 UNITS = {"k": 1024, "m": 1024**2}
@@ -153,10 +152,8 @@ def main() -> None:
                      f"| {r['state_bytes']:,} | {r['total_s']:.0f} |")
     out = Path(args.out)
     data = dict(config=config, results=rows)
-    lines.append(common.figure(out.parent, out.name, figure(data)))
-    path = write_report(out.parent, out.name, "\n".join(lines), data,
-                        title="Streaming: time per block and memory over long streams", seconds=time.perf_counter() - started)
-    print(f"wrote {path} and its .json")
+    common.report(out.parent, out.name, "\n".join(lines), data, figure(data),
+                  title="Streaming: time per block and memory over long streams", seconds=time.perf_counter() - started)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:

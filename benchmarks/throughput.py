@@ -25,7 +25,6 @@ import torch
 
 import common
 import memplug
-from memplug.report import write_report
 from memory_configs import model_options, parse_scales
 
 
@@ -139,24 +138,25 @@ def main() -> None:
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
     out = Path(args.out)
     data = dict(config=config, results=rows)
-    lines.append(common.figure(out.parent, out.name, figure(data)))
-    path = write_report(out.parent, out.name, "\n".join(lines), data,
-                        title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started)
-    print(f"wrote {path} and its .json")
+    common.report(out.parent, out.name, "\n".join(lines), data, figure(data),
+                  title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:
-    """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the bare model."""
+    """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the bare model,
+    or its tokens/s when the run had no bare arm."""
     rows = data["results"]
+    paired = all(r["paired_ratio_to_none"] is not None for r in rows)
 
     def draw(plt: Any) -> None:
         labels = [f"{r['memory']} {r['scale']}x ({r['mode']})" for r in rows]
-        ratios = [r["paired_ratio_to_none"] or 0.0 for r in rows]
-        plt.barh(labels, ratios)
-        plt.axvline(1.0, color="black", linewidth=0.8)
+        plt.barh(labels, [r["paired_ratio_to_none" if paired else "tokens_per_s"] for r in rows])
+        if paired:
+            plt.axvline(1.0, color="black", linewidth=0.8)
         plt.gca().invert_yaxis()
         plt.yticks(fontsize=7)
-        plt.xlabel("training throughput / bare model's (paired; higher is faster)")
+        plt.xlabel("training throughput / bare model's (paired; higher is faster)" if paired
+                   else "training tokens/s (fastest step)")
         plt.title(f"{data['config'].get('device', 'cpu')}, sequence {data['config']['seq']}, "
                   f"batch {data['config']['batch']}", fontsize=9)
 

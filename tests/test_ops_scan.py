@@ -50,6 +50,7 @@ def test_gradients_agree(case):
     assert seq[1] is not None and par[1] is not None
     torch.testing.assert_close(seq[1], par[1], rtol=1e-12, atol=1e-12)
     if c0 is not None:
+        assert seq[2] is not None and par[2] is not None
         torch.testing.assert_close(seq[2], par[2], rtol=1e-12, atol=1e-12)
 
 
@@ -58,6 +59,8 @@ def test_transitions_with_gradient_get_it(case):
     # the hand-written backward is for constant transitions; learnable ones take autograd's path
     A, u, c0 = case
     seq, par = _grads_by_method(A.requires_grad_(), u.requires_grad_(), c0, lambda out: out.square().sum())
+    if u.shape[-3] > 1 or c0 is not None:  # A acts on a state: both methods must give it a gradient
+        assert seq[0] is not None and par[0] is not None
     # None: A never acts (nb = 1, no c0)
     torch.testing.assert_close(*(torch.zeros_like(A) if g[0] is None else g[0] for g in (seq, par)), rtol=1e-10, atol=1e-10)
 
