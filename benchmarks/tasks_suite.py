@@ -50,15 +50,17 @@ CONTROL_LEARNED = 0.9
 BLOCK_DISTANCES = (2, 4, 8, 16, 32, 64)
 
 
-def make(task: str, p: Preset) -> tuple[Task, Task | None]:
-    """The task, and for recall tasks the curriculum's first stage (the within-block control)."""
+def make(task: str, p: Preset, dense_control: bool = False) -> tuple[Task, Task | None]:
+    """The task, and for recall tasks the curriculum's first stage (the within-block control;
+    for passkey with ``dense_control``, one key per block instead of one per sequence)."""
     if task == "regime":
         return RegimeTask(), None
     if task == "passkey":
         key = 4
         far = [d * p.block for d in BLOCK_DISTANCES if d * p.block + key + 2 <= p.length]
         near = sorted({key + 2, max(key + 2, p.block // 4), max(key + 2, p.block // 2)})  # within-block copies
-        return PasskeyTask(key_length=key, distances=near + far), PasskeyTask(key_length=key, distances=near)
+        control = PasskeyTask(key_length=key, distances=near, repeat=p.block if dense_control else None)
+        return PasskeyTask(key_length=key, distances=near + far), control
     if task == "recall":
         span = min(p.length // 2, 4 * p.block)
         # the control: an independent instance in every block
@@ -98,12 +100,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument("--memories", default=",".join(common.MEMORIES), help="comma-separated memory specs")
         parser.add_argument("--control-share", type=float, default=0.4,
                             help="share of the budget spent on the within-block control (passkey/recall)")
+        parser.add_argument("--dense-control", action="store_true",
+                            help="passkey: the curriculum's first stage states and asks a key in every block, "
+                                 "not one per sequence")
 
     args, p = common.parse(__doc__.split("\n")[0], PRESETS, add, argv)
     started = time.perf_counter()
-    task, control = make(args.task, p)
+    task, control = make(args.task, p, args.dense_control)
     # the curriculum's second stage: passkey's distances include the within-block ones; recall's
-    # do not, so half its sequences come from the control, lest a model unlearn it meanwhile
+    # do not, so half its sequences come from the control, lest a model unlearn it meanwhile.
+    # (Not a dense control: its hundreds of answers per sequence would outweigh the one far key
+    # per sequence in the mean loss.)
     second = Mixture(task, control) if args.task == "recall" else task
     skip = 4 * p.block
     oracles = ("full", f"block:{p.block}")
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         intro = (f"{args.task}: accuracy on the scored tokens, by distance to the statement in blocks of {p.block} "
                  f"(`control acc`: statement inside the token's own block). Curriculum: {args.control_share:.0%} of "
                  f"the training ({common.effort(p)} per arm) on the within-block control alone, then the full mix"
-                 + (" (half the sequences from the control)." if args.task == "recall" else "."))
+                 + (" (half the sequences from the control)." if args.task == "recall" else ".")
+                 + (" The first stage states and asks a key inside every block." if args.dense_control else ""))
         verdict = ("\n\n**Within-block control learned (acc >= 0.9) by: " + (", ".join(learned) or "none") + ".** "
                    + ("" if learned else "No arm learned the control, so the distance columns measure nothing "
                       "about memory at this budget."))

@@ -82,6 +82,8 @@ def test_tasks_suite_far_preset_reaches_64_blocks():
     far = [d // p.block for d in task.distances if d >= p.block]
     assert far == list(tasks_suite.BLOCK_DISTANCES)  # 2, 4, ..., 64 blocks, all inside one sequence
     assert max(control.distances) < p.block  # the control's question can share its statement's block
+    _, dense = tasks_suite.make("passkey", p, dense_control=True)
+    assert dense.repeat == p.block  # one key per block, each answerable inside its block
     task.sample(1, p.length, torch.Generator().manual_seed(0))  # the longest distance fits
 
 
@@ -127,6 +129,9 @@ def test_lm_sweep_and_length_smoke(tmp_path):
     sweep = lm_sweep.main(["--preset", "smoke", "--out", str(tmp_path), "--memories", "none,elastic,knn@4x",
                            "--scales", "1x,2x", "--steps", "1"])
     _outputs(tmp_path, "lm_sweep")
+    assert "**Equal tokens:** every arm ran its 1 steps." in (tmp_path / "lm_sweep.md").read_text()
+    short = lm_sweep.equal_tokens([{"corpus": "code", "memory": "knn", "scale": "1x", "seed": 0, "steps": 7}], 10)
+    assert short.startswith("\n\n**Not equal tokens:**") and "knn 1x seed 0 (7)" in short
     assert [(s["memory"], s["scale"]) for s in sweep["summary"]] == [
         ("none", "-"), ("elastic", "1x"), ("elastic", "2x"), ("knn", "4x")]
     stream = length.main(["--preset", "smoke", "--out", str(tmp_path), "--tokens", "1024", "--steps", "1"])

@@ -85,6 +85,19 @@ def test_passkey_repeats_the_key():
         assert torch.equal(asked, stated)
 
 
+def test_passkey_repeat_states_and_asks_a_key_in_every_segment():
+    task = PasskeyTask(key_length=4, distances=(6, 8), repeat=16)
+    batch = task.sample(3, 160, torch.Generator().manual_seed(0))
+    assert int(batch.scored.sum()) == 4 * 10 * 3  # key tokens x segments x sequences
+    assert (task.oracle_nll(batch, "block:16")[batch.scored] == 0).all()  # answerable from its own block
+    for b, t in torch.nonzero(batch.scored).tolist():
+        d = int(batch.distance[b, t])
+        assert t // 16 == (t - d) // 16 and batch.labels[b, t] == batch.labels[b, t - d]
+    assert (batch.input_ids == task.key_mark).sum() == (batch.input_ids == task.ask_mark).sum() == 30
+    with pytest.raises(ValueError, match="repeat"):
+        PasskeyTask(key_length=4, distances=(6, 12), repeat=16)
+
+
 def test_recall_repeat_keeps_every_question_inside_its_segment():
     task = RecallTask(span=16, pairs=2, queries=4, repeat=64)
     batch = task.sample(4, 256, torch.Generator().manual_seed(0))
