@@ -3,7 +3,7 @@
     python benchmarks/tasks_suite.py --task regime --preset cpu          # ~10 arms x budget
     python benchmarks/tasks_suite.py --task passkey --preset cpu --memories none,xl,full,elastic
     python benchmarks/tasks_suite.py --task recall --preset smoke
-    python benchmarks/tasks_suite.py --task passkey --preset far     # distances of 2-64 blocks
+    python benchmarks/tasks_suite.py --task passkey --preset far --dense-control  # distances of 2-64 blocks
 
 ``regime`` (gist): bits per regime-dependent token (the answer after each QUERY, positions past
 the first ``skip`` tokens) between the Bayes oracle that sees the whole history and the one that
@@ -15,7 +15,8 @@ recall, half the sequences drawn from the control: its task has no within-block 
 a model that cannot reach the distances yet unlearned the control without them). The table
 reports accuracy by distance in blocks and, first, whether the control was learned (accuracy on
 tokens whose statement is inside their own block >= 0.9). If it was not, the distance columns
-measure nothing, and the table says so.
+measure nothing, and the table says so. With blocks of 16, one key per sequence is too little
+control for a model to learn: ``--dense-control`` states and asks a key inside every block.
 """
 
 from __future__ import annotations
