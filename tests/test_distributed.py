@@ -14,6 +14,9 @@ from train_helpers import make_corpus, set_args, tiny_config, tiny_overrides
 from memplug.train import train
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _train_losses(path) -> dict[int, float]:
     with open(path, newline="") as handle:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "train"}
@@ -29,8 +32,16 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     sets = set_args([*tiny_overrides(tmp_path), "name=two", *extra])
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "memplug", "train", *sets],
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    for attempt in range(2):
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "memplug", "train", *sets],
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
+        # with torch 2.14 a rank sometimes aborts on its way out, after rank 0 finished training
+        # (twice in 41 runs on a loaded 2-core machine; not seen with torch 2.13); one fresh
+        # retry for that crash alone, any other failure fails at once
+        finished_then_aborted = TEARDOWN_ABORT in proc.stderr and "trained to step 3" in proc.stderr
+        if proc.returncode == 0 or attempt or not finished_then_aborted:
+            break
+        shutil.rmtree(tmp_path / "runs" / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = _train_losses(tmp_path / "runs" / "two" / "log.csv")
     assert sorted(two) == [1, 2, 3]
