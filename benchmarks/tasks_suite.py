@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the curriculum's second stage: passkey's distances include the within-block ones; recall's
     # do not (nor, at blocks of 16, do enough of passkey's), so half its sequences come from the
     # control, lest a model unlearn it meanwhile. A dense control's answers then outnumber the far
-    # ones (65 keys per control sequence against 1), which the table states.
+    # ones (a key per block against one per sequence), which the table states.
     second = Mixture(task, control) if args.task == "recall" or args.dense_control else task
     skip = 4 * p.block
     oracles = ("full", f"block:{p.block}")
