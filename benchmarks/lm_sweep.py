@@ -58,7 +58,7 @@ def equal_tokens(rows: list[dict[str, Any]], steps: int | None) -> str:
         return "\n\n**Equal seconds, not equal tokens:** every arm trained for the same time (see `steps`)."
     short = [f"{r['corpus']} {r['memory']} {r['scale']} seed {r['seed']} ({r['steps']})" for r in rows if r["steps"] < steps]
     if not short:
-        return f"\n\n**Equal tokens:** every arm ran its {steps} steps."
+        return f"\n\n**Equal tokens:** every arm reached step {steps}."
     return (f"\n\n**Not equal tokens:** the seconds cap stopped {len(short)} of {len(rows)} arms before {steps} steps: "
             + ", ".join(short) + ".")
 

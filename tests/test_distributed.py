@@ -36,8 +36,8 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "memplug", "train", *sets],
                               env=env, capture_output=True, text=True, timeout=300, check=False)
         # with torch 2.14 a rank sometimes aborts on its way out, after rank 0 finished training
-        # (twice in 41 runs on a loaded 2-core machine; not seen with torch 2.13); one fresh
-        # retry for that crash alone, any other failure fails at once
+        # (seen on a loaded 2-core machine, not with torch 2.13); one fresh retry for that crash
+        # alone, any other failure fails at once
         finished_then_aborted = TEARDOWN_ABORT in proc.stderr and "trained to step 3" in proc.stderr
         if proc.returncode == 0 or attempt or not finished_then_aborted:
             break

@@ -129,7 +129,7 @@ def test_lm_sweep_and_length_smoke(tmp_path):
     sweep = lm_sweep.main(["--preset", "smoke", "--out", str(tmp_path), "--memories", "none,elastic,knn@4x",
                            "--scales", "1x,2x", "--steps", "1"])
     _outputs(tmp_path, "lm_sweep")
-    assert "**Equal tokens:** every arm ran its 1 steps." in (tmp_path / "lm_sweep.md").read_text()
+    assert "**Equal tokens:** every arm reached step 1." in (tmp_path / "lm_sweep.md").read_text()
     short = lm_sweep.equal_tokens([{"corpus": "code", "memory": "knn", "scale": "1x", "seed": 0, "steps": 7}], 10)
     assert short.startswith("\n\n**Not equal tokens:**") and "knn 1x seed 0 (7)" in short
     assert [(s["memory"], s["scale"]) for s in sweep["summary"]] == [
