@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from memplug.atomic import atomic_write_bytes
 from memplug.model import MemoryModel, build_model
+from memplug.precision import PRECISIONS, Precision, resolve_precision
 from memplug.report import write_report
 from memplug.tasks import ScoredOnly
 from memplug.tasks.base import Task
@@ -59,7 +60,7 @@ class Preset:
     lr: float = 2e-3
     scale: int = 4  # memory budget multiple (memplug.budget) unless a script sweeps it
     layers: tuple[int, ...] = (-1,)  # the layers that get a memory
-    bf16: bool = True
+    precision: str = "auto"  # bf16 autocast or float32 (memplug.precision); auto: bf16 where it is fast
     steps: int | None = None  # training steps per arm: equal work for every arm on a shared machine
 
     @property
@@ -81,6 +82,8 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="bf16 autocast or float32 (default: the preset's, auto: bf16 where the device is fast in it)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder (default docs/results)")
     parser.add_argument("--name", default=None, help="report name (default: the script's)")
     if add is not None:
@@ -97,6 +100,8 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
         if args.eval_batches < 1:
             parser.error(f"--eval-batches must be >= 1, got {args.eval_batches}")
         preset = replace(preset, eval_batches=args.eval_batches)
+    if args.precision is not None:
+        preset = replace(preset, precision=args.precision)
     if args.steps is not None:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -156,7 +161,7 @@ def train(model: MemoryModel, task: Task, p: Preset, seed: int, seconds: float |
           steps: int | None = None, label: str = "") -> TaskRun:
     """``train_on_task`` for the preset's steps and budget (or ``seconds`` / ``steps``), no progress bar."""
     run = train_on_task(model, task, length=p.length, batch=p.batch, lr=p.lr, seconds=seconds or p.budget,
-                        steps=steps or p.steps, seed=seed, bf16=p.bf16 and model_device(model).type != "mps", progress=False)
+                        steps=steps or p.steps, seed=seed, precision=p.precision, progress=False)
     print(f"  trained {label or 'arm'}: {run.steps} steps in {run.seconds:.0f} s, last loss "
           f"{sum(run.losses[-10:]) / max(1, len(run.losses[-10:])):.3f}", flush=True)
     return run
@@ -256,12 +261,12 @@ def figure(directory: str | Path, name: str, draw: Callable[[Any], None]) -> str
 
 
 def report(directory: str | Path, name: str, markdown: str, data: dict[str, Any], draw: Callable[[Any], None] | None,
-           *, title: str, seconds: float) -> Path:
+           *, title: str, seconds: float, precision: Precision | None = None) -> Path:
     """``NAME.md`` / ``NAME.json`` (:func:`memplug.report.write_report`: machine, date, command,
-    wall-clock) with ``NAME.png``, drawn by ``draw(plt)``, shown under the Markdown."""
+    wall-clock, precision) with ``NAME.png``, drawn by ``draw(plt)``, shown under the Markdown."""
     if draw is not None:
         markdown += figure(directory, name, draw)
-    path = write_report(directory, name, markdown, data, title=title, seconds=seconds)
+    path = write_report(directory, name, markdown, data, title=title, seconds=seconds, precision=precision)
     print(f"wrote {path}", flush=True)
     return path
 
@@ -275,4 +280,5 @@ def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data:
                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
     return report(args.out, name, settings + "\n\n" + markdown,
                   {"preset": asdict(preset), "preset_name": args.preset, "seed": args.seed, **data}, draw,
-                  title=title, seconds=time.perf_counter() - started)
+                  title=title, seconds=time.perf_counter() - started,
+                  precision=resolve_precision(preset.precision, args.device))

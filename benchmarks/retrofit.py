@@ -47,6 +47,7 @@ from memplug.backbones.hf import attach
 from memplug.backbones.smollm2 import load_smollm2
 from memplug.data.literature import Literature
 from memplug.model import ModelState
+from memplug.precision import resolve_precision
 
 HF_FULL = """
 
@@ -84,7 +85,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", default="all", help="comma-separated layer indices with memory, or 'all'")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--segment", type=int, default=8192, help="tokens per reported segment (default 8192)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="weights' dtype; auto (default): bfloat16 where this device computes it fast, else float32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="retrofit")
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     start = time.time()
     load_start = os.getloadavg()[0]
+    precision = resolve_precision("auto" if args.dtype == "auto" else {"float32": "fp32", "bfloat16": "bf16"}[args.dtype])
+    args.dtype = "bfloat16" if precision.name == "bf16" else "float32"
     hf, tokenizer = load_smollm2(dtype=getattr(torch, args.dtype))
     ids = torch.tensor(tokenizer(play_text(args.archive, args.play), verbose=False).input_ids)
     play_tokens = ids.shape[0]
@@ -227,7 +231,8 @@ shared the 2 cores when above ~2; the tokens/s column is then pessimistic; the p
             "layers": args.layers, "dtype": args.dtype, "segments": segments,
             "load_average": [load_start, load_end], "arms": data}
     common.report(args.out, args.name, body, meta, figure(meta),
-                  title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory", seconds=time.time() - start)
+                  title="Retrofit: SmolLM2-135M over a long play, local window vs + Elastic memory", seconds=time.time() - start,
+                  precision=precision)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:

@@ -3,7 +3,8 @@
 Every memory in ``--memories`` (``none`` = the bare model: block-local attention, no memory) is
 built on the same tiny backbone, with the memory on all layers at ``--scale`` x the memory
 budget (:mod:`memplug.budget`; elastic at 1x with block 256 is N = P = 64). Each step is one
-forward + backward on random bytes under bf16 autocast (``--device``, CPU by default) in eager mode and under
+forward + backward on random bytes under ``--dtype`` (bf16 autocast where the device computes it fast,
+float32 elsewhere; ``--device``, CPU by default) in eager mode and under
 ``torch.compile`` (after one eager step that fills the encoders' caches). The arms run interleaved, round after round, so a load change on the machine
 hits them alike; the ratio to the bare model is the median of per-round ratios.
 
@@ -26,6 +27,7 @@ import torch
 import common
 import memplug
 from memory_configs import model_options, parse_scales
+from memplug.precision import PRECISIONS, resolve_precision
 
 
 def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryModel:
@@ -45,7 +47,7 @@ def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | N
     device = ids.device
 
     def step_with(forward) -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):  # None: float32
             loss = forward(ids, labels=ids).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -72,7 +74,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7, help="timed steps per arm, interleaved")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS,
+                   help="bf16 autocast or float32; auto (default): bf16 where the device computes it fast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     p.add_argument("--out", default="docs/results/throughput")
@@ -80,10 +83,11 @@ def main() -> None:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else None
     names = [n.strip() for n in args.memories.split(",") if n.strip()]
     scales = parse_scales(args.scale)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    precision = resolve_precision(args.dtype, args.device)
+    dtype = precision.dtype
     ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
 
     rows = []
@@ -122,7 +126,7 @@ def main() -> None:
     config = {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "out"}
     lines = [
         f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, "
-        f"sequence {args.seq}, batch {args.batch}, {args.dtype} autocast on {args.device}, "
+        f"sequence {args.seq}, batch {args.batch}, {precision.name} on {args.device}, "
         f"{torch.get_num_threads()} torch thread(s); forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
@@ -139,7 +143,8 @@ def main() -> None:
     out = Path(args.out)
     data = dict(config=config, results=rows)
     common.report(out.parent, out.name, "\n".join(lines), data, figure(data),
-                  title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started)
+                  title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started,
+                  precision=precision)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:

@@ -71,7 +71,8 @@ class TrainConfig:
     weight_decay: float = field(default=0.1, metadata=_meta("AdamW decoupled weight decay (matrices only)", 0))
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_meta("AdamW betas"))
     grad_clip: float = field(default=1.0, metadata=_meta("gradient norm clip (0: off)", 0))
-    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata=_meta("autocast dtype"))
+    precision: Literal["auto", "bf16", "fp32"] = field(
+        default="auto", metadata=_meta("bf16 autocast or float32; auto: bf16 where the device computes it fast"))
     compile: bool = field(default=False, metadata=_meta("torch.compile the model"))
     bptt: int = field(default=0, metadata=_meta("truncated-BPTT segment in tokens (0: whole sequence)", 0))
     seed: int = field(default=0, metadata=_meta("seed of initialisation and data order"))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .atomic import atomic_write_bytes
+from .precision import PRECISIONS, Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
@@ -64,19 +65,15 @@ def memory_masked(model: nn.Module) -> Iterator[nn.Module]:
             layer.memory = memory
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for ``"fp32"``."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-
 @torch.no_grad()
-def token_losses(model: nn.Module, windows: Tensor, *, batch_size: int = 4, precision: str = "fp32") -> Tensor:
+def token_losses(
+    model: nn.Module, windows: Tensor, *, batch_size: int = 4, precision: str | Precision = "auto"
+) -> Tensor:
     """Per-token negative log-likelihood (nats) of ``windows[:, 1:]`` given the tokens before.
 
     ``windows`` is (N, T + 1) token ids; each row starts with a fresh model state. Returns (N, T)
     float32 on the CPU. The model is put in eval mode for the call and restored after.
+    ``precision`` is ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :mod:`memplug.precision`).
     """
     if windows.ndim != 2 or windows.shape[1] < 2:
         raise ValueError(f"windows must be (N, T + 1) with T >= 1, got shape {tuple(windows.shape)}")
@@ -140,7 +137,7 @@ def evaluate(
     tokenizer: Tokenizer | None = None,
     block: int | None = None,
     batch_size: int = 4,
-    precision: str = "fp32",
+    precision: str | Precision = "auto",
     compare_masked: bool = True,
     retriever: Any = None,
     retriever_options: dict[str, Any] | None = None,
@@ -154,12 +151,15 @@ def evaluate(
     """
     block = block or int(model.block)
     nbytes = block_bytes(windows, block, tokenizer)
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, next(model.parameters()).device)
     swap = model.swap_retriever(retriever, **(retriever_options or {})) if retriever is not None else nullcontext()
     with swap:
         result: dict[str, Any] = {
             "windows": int(windows.shape[0]),
             "seq_len": int(windows.shape[1] - 1),
             "block": block,
+            "precision": {"name": precision.name, "reason": precision.reason},
             "retriever": None if retriever is None else {"name": str(retriever), **(retriever_options or {})},
             "memory": summarize(token_losses(model, windows, batch_size=batch_size, precision=precision), nbytes, block),
         }
@@ -181,7 +181,10 @@ def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
     if result.get("retriever"):
         options = ", ".join(f"{k}={v}" for k, v in result["retriever"].items() if k != "name")
         swap = f", retriever swapped to {result['retriever']['name']}" + (f" ({options})" if options else "")
-    lines = [f"## {title}", "", f"{result['windows']} windows of {result['seq_len']} tokens, block {result['block']}{swap}", "",
+    precision = result.get("precision")
+    computed = f"; {precision['name']} ({precision['reason']})" if precision else ""
+    lines = [f"## {title}", "",
+             f"{result['windows']} windows of {result['seq_len']} tokens, block {result['block']}{swap}{computed}", "",
              "| model | bits/byte | perplexity | first block bpb | later blocks bpb |", "|---|---|---|---|---|"]
 
     def row(name: str, r: dict[str, Any]) -> str:
@@ -225,7 +228,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per window (default: the training length)")
     parser.add_argument("--windows", type=int, default=16, help="windows to score (round-robin over documents)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="bf16 autocast or float32; auto: bf16 where this device computes it fast (default)")
     parser.add_argument("--retriever", default=None, help="swap this retriever into every Elastic layer")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="retriever option (TOML value), e.g. --set samples=32 --set warp=exponential")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_bytes
+from .precision import Precision
 
 
 def machine() -> dict[str, Any]:
@@ -57,9 +58,18 @@ def command_line() -> str:
 
 
 def write_report(
-    directory: str | Path, name: str, markdown: str, data: dict[str, Any], *, title: str, seconds: float | None = None
+    directory: str | Path,
+    name: str,
+    markdown: str,
+    data: dict[str, Any],
+    *,
+    title: str,
+    seconds: float | None = None,
+    precision: Precision | None = None,
 ) -> Path:
-    """Write ``directory/NAME.md`` and ``directory/NAME.json``; returns the Markdown path."""
+    """Write ``directory/NAME.md`` and ``directory/NAME.json``; returns the Markdown path.
+
+    ``precision``, when given, is stated in the header with the reason it was chosen."""
     directory = Path(directory)
     facts = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -67,6 +77,8 @@ def write_report(
         "machine": machine(),
         "wall_clock_s": None if seconds is None else round(seconds, 1),
     }
+    if precision is not None:
+        facts["precision"] = {"name": precision.name, "reason": precision.reason}
     m = facts["machine"]
     header = [
         f"# {title}",
@@ -77,6 +89,8 @@ def write_report(
         f"- date: {facts['date']}",
         f"- command: `{facts['command']}`",
     ]
+    if precision is not None:
+        header.append(f"- precision: {precision}")
     if seconds is not None:
         header.append(f"- wall-clock: {seconds / 60:.1f} min")
     atomic_write_bytes(directory / f"{name}.md", ("\n".join(header) + "\n\n" + markdown.rstrip() + "\n").encode())

@@ -6,7 +6,8 @@ processes and into micro-batches; each micro-batch runs the model's block-parall
 forward on the whole window, or, with ``train.bptt = S``, on segments of S tokens carrying
 ``state.detach()`` from one to the next (truncated back-propagation through time). AdamW with
 decoupled weight decay on matrices, linear warm-up then cosine decay, gradient-norm clipping,
-optional bf16 autocast and ``torch.compile``.
+bf16 autocast where the device computes it fast (``train.precision``, see
+:mod:`memplug.precision`) and optional ``torch.compile``.
 
 Reproducibility: the batch of step ``s`` is a pure function of ``(train.seed, s)`` and the
 learning rate a pure function of ``s``, so ``--resume`` (weights, optimizer moments and random
@@ -60,7 +61,8 @@ from .distributed import (
     close_distributed,
     init_distributed,
 )
-from .evaluate import autocast, evaluate
+from .evaluate import evaluate
+from .precision import autocast, resolve_precision
 from .tokenizers import BPETokenizer, HFTokenizer, Tokenizer, make_tokenizer
 
 __all__ = ["OutputError", "TrainResult", "build_model_and_tokenizer", "lr_at", "train"]
@@ -306,6 +308,9 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
     barrier(info)
     prepared, model, tokenizer, train_data, val_data = built or setup()
     model.to(info.device)
+    precision = resolve_precision(tc.precision, info.device)
+    if info.main:
+        print(f"memplug train: precision {precision}", file=sys.stderr)
     sampler = WindowSampler(train_data, config.data.seq_len, tc.seed)
     val_windows = gather(val_data.tokens, eval_starts(val_data, config.data.seq_len, lc.eval_windows),
                          config.data.seq_len + 1)
@@ -328,7 +333,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
     logger = _Logger(out, start if ckpt is not None else None, lc.tensorboard) if info.main else None
     files = {"tokenizer.json": tokenizer.to_json().encode()} if isinstance(tokenizer, BPETokenizer) else {}
     meta = {"dataset": prepared.dataset, "splits": {s: prepared.split(s).hash for s in ("train", "validation", "test")},
-            "world_size": info.world}
+            "world_size": info.world, "precision": {"name": precision.name, "reason": precision.reason}}
 
     def save(step: int) -> None:
         if info.main:
@@ -348,7 +353,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
         if not info.main:  # one process evaluates; the others go on to the next collective call
             return
         scores = evaluate(unwrap(model), val_windows, tokenizer=tokenizer, batch_size=micro,
-                          precision=tc.precision, compare_masked=False)["memory"]
+                          precision=precision, compare_masked=False)["memory"]
         result.evals[step] = scores
         if logger is not None:
             logger.write({"step": step, "split": "validation", "loss": f"{scores['loss']:.6f}",
@@ -383,7 +388,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
                     if s == 0:
                         state = None
                     sync = i == len(passes) - 1 or not info.active
-                    with (nullcontext() if sync else runner.no_sync()), autocast(info.device, tc.precision):
+                    with (nullcontext() if sync else runner.no_sync()), autocast(info.device, precision):
                         output = runner(x, state=state, labels=y)
                         # Equal-length windows: the global mean is the mean of per-pass means.
                         loss = output.loss * (micro * x.shape[1]) / (share * seq)

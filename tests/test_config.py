@@ -54,7 +54,7 @@ def test_overrides_parse_toml_values():
         (["train.steps=1.5"], r"train\.steps: must be an integer, got 1\.5"),
         (["train.compile=1"], r"train\.compile: must be true or false, got 1"),
         (["data.tokenizer=words"], r"data\.tokenizer: must be one of 'byte', 'bpe', 'hf', got 'words'"),
-        (["train.precision=fp16"], r"train\.precision: must be one of 'bf16', 'fp32'"),
+        (["train.precision=fp16"], r"train\.precision: must be one of 'auto', 'bf16', 'fp32'"),
         (["train.betas=[0.9]"], r"train\.betas: must be a list of 2 numbers"),
         (["train.betas=[0.9, 'x']"], r"train\.betas\[1\]: must be a number"),
         (["train=3"], r"train: must be a table, got 3"),

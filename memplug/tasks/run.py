@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..precision import Precision, autocast, resolve_precision
 from .base import Task
 
 LN2 = math.log(2)
@@ -28,6 +28,7 @@ class TaskRun:
     steps: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    precision: Precision | None = None
 
 
 def train_on_task(
@@ -41,15 +42,16 @@ def train_on_task(
     seconds: float | None = None,
     warmup: int = 20,
     seed: int = 0,
-    bf16: bool = True,
+    precision: str | Precision = "auto",
     progress: bool = True,
     description: str = "train",
     on_step: Callable[[int, float], None] | None = None,
 ) -> TaskRun:
     """AdamW on fresh task batches until ``steps`` or ``seconds`` runs out (whichever first).
 
-    The loss is next-token cross-entropy on every labelled position; ``bf16`` uses CPU/GPU
-    autocast. Returns the loss curve.
+    The loss is next-token cross-entropy on every labelled position; ``precision`` is
+    ``"auto"`` (bf16 autocast where the device computes it fast), ``"bf16"`` or ``"fp32"`` (see
+    :mod:`memplug.precision`). Returns the loss curve.
     """
     if steps is None and seconds is None:
         raise ValueError("give steps or seconds (or both)")
@@ -57,14 +59,15 @@ def train_on_task(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    run = TaskRun()
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, device)
+    run = TaskRun(precision=precision)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=description, disable=not progress, unit="step")
     model.train()
     while (steps is None or run.steps < steps) and (seconds is None or time.perf_counter() - start < seconds):
         data = task.sample(batch, length, gen)
-        with autocast:
+        with autocast(device, precision):
             out = model(data.input_ids.to(device), labels=data.labels.to(device))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()

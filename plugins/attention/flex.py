@@ -1,10 +1,12 @@
 """``flex``: compiled ``torch.nn.attention.flex_attention`` with the additive mask as a score_mod.
 
 The mask enters as ``score + mask[b, h, q, k]`` (a captured tensor, broadcast by an ``expand``
-view, never copied). On CUDA it runs forward and backward; on CPU, torch 2.13 compiles flex
-attention for inference only (no backward, no log-sum-exp output), so :meth:`supports` refuses
-CPU while autograd is enabled and :meth:`forward` raises if asked for gradients there. The
-first call for each shape compiles (seconds to tens of seconds), so ``sdpa`` stays the default.
+view, never copied). CUDA only: on the CPU, compiled flex attention is inference-only in torch
+2.13 (no backward, no log-sum-exp output), and in torch 2.14.1 on an AVX2 CPU its forward gave
+wrong outputs (16 of 3072 elements off, relative difference 1.0, against the float64 definition).
+A backend that is not verified must not be used, so :meth:`supports` declines the CPU and
+:meth:`forward` refuses it even when the backend is named explicitly. The first call for each
+shape compiles (seconds to tens of seconds), so ``sdpa`` stays the default on CUDA too.
 """
 
 from __future__ import annotations
@@ -41,16 +43,15 @@ class FlexAttention(AttentionBackend):
 
     @classmethod
     def supports(cls, device: torch.device, dtype: torch.dtype, masked: bool) -> bool:
-        # Compiled flex on CPU is inference-only (no backward, no log-sum-exp) in torch 2.13.
-        if torch.device(device).type == "cpu" and torch.is_grad_enabled():
-            return False
-        return _available() and dtype in (torch.float32, torch.float16, torch.bfloat16)
+        return (torch.device(device).type == "cuda" and _available()
+                and dtype in (torch.float32, torch.float16, torch.bfloat16))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         # q (N, H, Lq, D), k/v (N, Hkv, Lk, D), mask broadcastable to (N, H, Lq, Lk)
         n, heads, lq, _ = q.shape
-        if q.device.type == "cpu" and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            raise RuntimeError("flex attention has no backward on CPU in this torch; use attention='sdpa'")
+        if q.device.type != "cuda":
+            raise RuntimeError(f"attention='flex' runs on CUDA only (on {q.device.type} it is not verified: torch 2.14 "
+                               "gave wrong outputs on the CPU); use attention='sdpa'")
         score_mod = None
         if mask is not None:
             full = mask.to(q.dtype).expand(n, heads, lq, k.shape[-2])  # (N, H, Lq, Lk), a view
