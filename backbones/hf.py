@@ -32,11 +32,11 @@ import torch
 from torch import Tensor, nn
 
 import memplug
-from memplug.contracts import Backbone
-from memplug.model import MemoryModel
+from memplug.core.contracts import Backbone
+from memplug.core.model import MemoryModel
 
-from .hf_llama import LlamaWiring
-from .hf_neox import NeoXWiring
+from memplug.backbones.hf_llama import LlamaWiring
+from memplug.backbones.hf_neox import NeoXWiring
 
 __all__ = [
     "HFBackbone",
@@ -99,7 +99,7 @@ class HFBackbone(Backbone):
         super().__init__()
         self.tokenizer: Any = None
         if isinstance(model, str) and model == "smollm2":
-            from .smollm2 import load_smollm2
+            from memplug.backbones.smollm2 import load_smollm2
 
             model, self.tokenizer = load_smollm2(dtype=_dtype(dtype))
         elif isinstance(model, (str, Path)):
@@ -186,13 +186,13 @@ def attach(
     rope: str = "none",
     **cfg: Any,
 ) -> MemoryModel:
-    """Turn a Hugging Face causal LM into a :class:`memplug.model.MemoryModel`.
+    """Turn a Hugging Face causal LM into a :class:`memplug.core.model.MemoryModel`.
 
     ``model``: a Llama-family or GPT-NeoX ``*ForCausalLM`` (or an :class:`HFBackbone`). It is
     held, not copied: the MemoryModel's parameters are the HF model's (plus any a memory adds;
     elastic adds none) and no weight changes. ``memory``, ``block``, ``layers`` and ``cfg``
     (``span``, ``attention`` and memory options such as ``order`` and ``samples``) are those of
-    :class:`~memplug.model.MemoryModel`; ``memory=None`` gives block-local attention only.
+    :class:`~memplug.core.model.MemoryModel`; ``memory=None`` gives block-local attention only.
 
     ``rope`` says how memory samples are positioned for the model's rotary embedding:
 

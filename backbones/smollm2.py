@@ -44,6 +44,6 @@ def load_smollm2(dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     ``dtype`` casts the dequantised float32 weights (e.g. ``torch.bfloat16``). Loading takes
     about 15 s on 2 CPU cores (the dequantisation dominates).
     """
-    from .hf import load_pretrained
+    from memplug.backbones.hf import load_pretrained
 
     return load_pretrained(str(smollm2_gguf_path()), dtype=dtype)

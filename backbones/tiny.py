@@ -2,7 +2,7 @@
 
 Read top to bottom: the config, the presets, the small modules (RMSNorm comes from torch, the
 rotary embedding, the SwiGLU MLP, the decoder layer), then the backbone. The backbone does not
-run attention itself in :class:`memplug.model.MemoryModel`: it exposes each layer's raw
+run attention itself in :class:`memplug.core.model.MemoryModel`: it exposes each layer's raw
 queries, keys and values (``attention_inputs``) and takes the attention back
 (``attention_output``), so the driver can put a memory in between. :meth:`TinyBackbone.forward`
 is the plain full-causal model with absolute positions, kept for reference and tests.
@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 import memplug
-from memplug.contracts import Backbone
+from memplug.core.contracts import Backbone
 
 
 @dataclass

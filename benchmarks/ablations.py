@@ -24,7 +24,7 @@ from common import Preset
 from tasks_suite import PRESETS as SUITE
 from tasks_suite import regime_rows
 
-from memplug.evaluate import memory_masked
+from memplug.app.evaluate import memory_masked
 from memplug.tasks import RegimeTask
 
 # 17 arms: fewer steps (cpu) or seconds (gpu) each

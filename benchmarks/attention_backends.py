@@ -1,6 +1,6 @@
 """Every attention backend on the memory layer's call: error against float64, and time.
 
-The call is the one :class:`memplug.layers.MemoryAttention` makes: one batched attention over
+The call is the one :class:`memplug.core.layer.MemoryAttention` makes: one batched attention over
 all blocks, each block's L queries against P memory slots plus its L local keys under the
 trapezoid mask (memory visible, local keys causal), grouped-query heads. For each registered
 backend that supports the device and dtype, the script reports the largest absolute error of
@@ -25,7 +25,7 @@ from typing import Any
 import common
 import torch
 
-from memplug.layers import attention_candidates
+from memplug.core.layer import attention_candidates
 from memplug.ops.attention import reference_attention, trapezoid_mask
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -3,7 +3,7 @@
 - :class:`Preset` and :func:`parse` : every script takes ``--preset smoke|cpu|gpu`` (sizes),
   ``--budget`` (training seconds per arm), ``--threads``, ``--seed`` and ``--out``.
 - :func:`memory_spec` / :func:`build` : one model per arm from a memory spec such as ``none``,
-  ``knn``, ``elastic`` (LegS) or ``elastic:jacobi``, at a budget scale (:mod:`memplug.budget`),
+  ``knn``, ``elastic`` (LegS) or ``elastic:jacobi``, at a budget scale (:mod:`memplug.core.budget`),
   with the same initial backbone weights for every arm of a seed.
 - :func:`collect` : per-scored-token losses, hits, distances, positions and exact oracles over
   fresh evaluation batches, so a table can be cut by distance or position afterwards.
@@ -29,10 +29,10 @@ import memory_configs
 import torch
 import torch.nn.functional as F
 
-from memplug.atomic import atomic_write_bytes
-from memplug.model import MemoryModel, build_model
-from memplug.precision import PRECISIONS, Precision, resolve_precision
-from memplug.report import write_report
+from memplug.util.atomic import atomic_write_bytes
+from memplug.core.model import MemoryModel, build_model
+from memplug.app.precision import PRECISIONS, Precision, resolve_precision
+from memplug.app.report import write_report
 from memplug.tasks import ScoredOnly
 from memplug.tasks.base import Task
 from memplug.tasks.run import TaskRun, train_on_task
@@ -58,9 +58,9 @@ class Preset:
     budget: float  # training seconds per arm (a cap when ``steps`` is set)
     eval_batches: int
     lr: float = 2e-3
-    scale: int = 4  # memory budget multiple (memplug.budget) unless a script sweeps it
+    scale: int = 4  # memory budget multiple (memplug.core.budget) unless a script sweeps it
     layers: tuple[int, ...] = (-1,)  # the layers that get a memory
-    precision: str = "auto"  # bf16 autocast or float32 (memplug.precision); auto: bf16 where it is fast
+    precision: str = "auto"  # bf16 autocast or float32 (memplug.app.precision); auto: bf16 where it is fast
     steps: int | None = None  # training steps per arm: equal work for every arm on a shared machine
 
     @property
@@ -262,7 +262,7 @@ def figure(directory: str | Path, name: str, draw: Callable[[Any], None]) -> str
 
 def report(directory: str | Path, name: str, markdown: str, data: dict[str, Any], draw: Callable[[Any], None] | None,
            *, title: str, seconds: float, precision: Precision | None = None) -> Path:
-    """``NAME.md`` / ``NAME.json`` (:func:`memplug.report.write_report`: machine, date, command,
+    """``NAME.md`` / ``NAME.json`` (:func:`memplug.app.report.write_report`: machine, date, command,
     wall-clock, precision) with ``NAME.png``, drawn by ``draw(plt)``, shown under the Markdown."""
     if draw is not None:
         markdown += figure(directory, name, draw)

@@ -34,7 +34,7 @@ import common
 import torch
 from memplug.plugins.encoders.legs import LegS, legs_matrices
 
-from memplug.ops.discretize import bilinear
+from memplug.hippo.discretize import bilinear
 
 TITLE = "Encoders: exact LegS block update vs per-token recurrence"
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from common import Preset
 
 from memplug.data import prepare
-from memplug.evaluate import memory_masked
-from memplug.model import MemoryModel
+from memplug.app.evaluate import memory_masked
+from memplug.core.model import MemoryModel
 from memplug.tasks.corpus import CorpusTask
-from memplug.tokenizers import ByteTokenizer
+from memplug.data.tokenizers import ByteTokenizer
 
 PRESETS = {
     "smoke": Preset(d_model=32, n_layers=2, n_heads=2, block=16, length=128, batch=2, budget=5, eval_batches=1,

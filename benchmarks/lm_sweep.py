@@ -5,10 +5,10 @@
 
 Byte-level tiny models (the same backbone and initial weights per seed) are trained for the same
 number of steps (so the same tokens) on each corpus's training split, then scored on held-out
-windows (document-level validation split) with :func:`memplug.evaluate.evaluate`: bits per byte
+windows (document-level validation split) with :func:`memplug.app.evaluate.evaluate`: bits per byte
 overall, on the first block (nothing in memory yet) and on the later blocks (where a memory can
 help), and the same model with its memory masked. Memories with a size knob (elastic, knn,
-melodi) run at every ``--scales`` multiple of the memory budget (:mod:`memplug.budget`); the
+melodi) run at every ``--scales`` multiple of the memory budget (:mod:`memplug.core.budget`); the
 others (none, xl, full, infini) have one size. Parameters are reported per arm: the memories add
 at most a few hundred (gates, scales, melodi's mixing matrices) to the same backbone.
 """
@@ -27,9 +27,9 @@ from common import Preset
 
 from memplug.data import SourceMissingError, prepare
 from memplug.data.windows import eval_starts, gather
-from memplug.evaluate import evaluate
+from memplug.app.evaluate import evaluate
 from memplug.tasks.corpus import CorpusTask
-from memplug.tokenizers import ByteTokenizer
+from memplug.data.tokenizers import ByteTokenizer
 
 PRESETS = {
     "smoke": Preset(d_model=32, n_layers=2, n_heads=2, block=16, length=128, batch=2, budget=5, eval_batches=2,

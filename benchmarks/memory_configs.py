@@ -1,8 +1,8 @@
 """Which memory a benchmark builds for a name and a budget scale: one registry for all scripts.
 
 ``model_options(name, scale, block, head_dim)`` gives the ``build_model`` keywords for memory
-``name`` at ``scale`` x the memory budget (:mod:`memplug.budget`). ``"none"`` is the bare model
-(``memory=None``: block-local attention only). Any memory that :func:`memplug.budget.memory_options`
+``name`` at ``scale`` x the memory budget (:mod:`memplug.core.budget`). ``"none"`` is the bare model
+(``memory=None``: block-local attention only). Any memory that :func:`memplug.core.budget.memory_options`
 knows works without an entry here; :data:`CONFIGS` holds the exceptions (add one with
 :func:`register` to give a memory options the budget does not cover).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from memplug import budget
+from memplug.core import budget
 
 #: name -> (scale, block, head_dim) -> build_model keywords
 CONFIGS: dict[str, Callable[[int, int, int], dict[str, Any]]] = {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import common
 
-from memplug.atomic import atomic_write_bytes
+from memplug.util.atomic import atomic_write_bytes
 
 
 def replot(path: Path) -> Path:

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from memplug.backbones.hf import attach
 from memplug.backbones.smollm2 import load_smollm2
 from memplug.data.literature import Literature
-from memplug.model import ModelState
-from memplug.precision import resolve_precision
+from memplug.core.model import ModelState
+from memplug.app.precision import resolve_precision
 
 HF_FULL = """
 

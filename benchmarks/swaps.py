@@ -30,10 +30,10 @@ import torch
 from tasks_suite import PRESETS, regime_rows
 
 from memplug.data import prepare
-from memplug.evaluate import memory_masked
+from memplug.app.evaluate import memory_masked
 from memplug.tasks import RegimeTask
 from memplug.tasks.corpus import CorpusTask
-from memplug.tokenizers import ByteTokenizer
+from memplug.data.tokenizers import ByteTokenizer
 
 TRAINED = {
     "uniform": {"retriever": "uniform"},

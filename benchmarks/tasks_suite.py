@@ -29,7 +29,7 @@ import common
 import torch
 from common import Preset
 
-from memplug.evaluate import memory_masked
+from memplug.app.evaluate import memory_masked
 from memplug.tasks import Mixture, PasskeyTask, RecallTask, RegimeTask
 from memplug.tasks.base import Task
 

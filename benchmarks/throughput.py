@@ -2,7 +2,7 @@
 
 Every memory in ``--memories`` (``none`` = the bare model: block-local attention, no memory) is
 built on the same tiny backbone, with the memory on all layers at ``--scale`` x the memory
-budget (:mod:`memplug.budget`; elastic at 1x with block 256 is N = P = 64). Each step is one
+budget (:mod:`memplug.core.budget`; elastic at 1x with block 256 is N = P = 64). Each step is one
 forward + backward on random bytes under ``--dtype`` (bf16 autocast where the device computes it fast,
 float32 elsewhere; ``--device``, CPU by default) in eager mode and under
 ``torch.compile`` (after one eager step that fills the encoders' caches). The arms run interleaved, round after round, so a load change on the machine
@@ -27,7 +27,7 @@ import torch
 import common
 import memplug
 from memory_configs import model_options, parse_scales
-from memplug.precision import PRECISIONS, resolve_precision
+from memplug.app.precision import PRECISIONS, resolve_precision
 
 
 def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryModel:

@@ -8,9 +8,9 @@ Quick tour::
     mem = memplug.make_memory("elastic", encoder=enc, retriever=ret)
 """
 
-from .contracts import AttentionBackend, Backbone, Encoder, Memory, MemoryRead, Retriever
-from .hookspecs import hookimpl
-from .manager import (
+from .core.contracts import AttentionBackend, Backbone, Encoder, Memory, MemoryRead, Retriever
+from .core.hookspecs import hookimpl
+from .core.manager import (
     available,
     get_plugin_manager,
     make_attention,
@@ -20,8 +20,8 @@ from .manager import (
     make_retriever,
     register,
 )
-from .model import MemoryModel, ModelOutput, ModelState, build_model
-from .registry import PluginError, UnknownComponentError
+from .core.model import MemoryModel, ModelOutput, ModelState, build_model
+from .core.registry import PluginError, UnknownComponentError
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
-from memplug.layers import select_attention
+from memplug.core.layer import select_attention
 from memplug.ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
 from single_thread import one_thread  # noqa: F401
 
@@ -123,7 +123,7 @@ DTYPES = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
 
 def backend_or_skip(name, device, dtype, masked):
-    cls = memplug.manager.registry("attention").get(name)
+    cls = memplug.core.manager.registry("attention").get(name)
     if not cls.supports(device, dtype, masked):
         pytest.skip(f"{name} does not support {device}/{dtype}/masked={masked} here")
     return cls()
@@ -161,20 +161,20 @@ def test_sdpa_gradients_match_reference():
 def test_auto_selection_on_cpu_is_sdpa():
     assert select_attention(torch.device("cpu"), torch.float32, masked=True).name == "sdpa"
     assert select_attention(torch.device("cpu"), torch.bfloat16, masked=True).name == "sdpa"
-    assert not memplug.manager.registry("attention").get("flash").supports(torch.device("cpu"), torch.float16, False)
-    assert not memplug.manager.registry("attention").get("xformers").supports(torch.device("cpu"), torch.float32, True)
+    assert not memplug.core.manager.registry("attention").get("flash").supports(torch.device("cpu"), torch.float16, False)
+    assert not memplug.core.manager.registry("attention").get("xformers").supports(torch.device("cpu"), torch.float32, True)
 
 
 def test_flex_declines_and_refuses_the_cpu():
     """flex gave wrong outputs on the CPU with torch 2.14.1: neither auto-selection nor an explicit
     choice may run it there, with or without autograd."""
-    cls = memplug.manager.registry("attention").get("flex")
+    cls = memplug.core.manager.registry("attention").get("flex")
     q = torch.randn(1, 1, 4, 8)
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
             assert not cls.supports(torch.device("cpu"), torch.float32, True)
             with pytest.raises(RuntimeError, match="CUDA only"):
                 cls()(q, q, q, None, 1.0)
-    layer = memplug.layers.MemoryAttention(None, block=4, attention="flex")
+    layer = memplug.core.layer.MemoryAttention(None, block=4, attention="flex")
     with pytest.raises(RuntimeError, match="CUDA only"):
         layer(q, q, q, {}, 0)

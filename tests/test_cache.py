@@ -1,8 +1,8 @@
-"""memplug.cache.TensorLRU: the bounded cache behind the encoders' transitions and the read bases."""
+"""memplug.util.lru.TensorLRU: the bounded cache behind the encoders' transitions and the read bases."""
 
 import torch
 
-from memplug.cache import TensorLRU
+from memplug.util.lru import TensorLRU
 
 
 def test_bounded_by_entries_least_recent_first():

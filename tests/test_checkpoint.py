@@ -1,4 +1,4 @@
-"""Atomic, verified checkpoints (memplug.checkpoint, memplug.atomic)."""
+"""Atomic, verified checkpoints (memplug.app.checkpoint, memplug.util.atomic)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from memplug import checkpoint as ckpt
-from memplug.atomic import atomic_directory, atomic_write_bytes
-from memplug.checkpoint import (
+from memplug.app import checkpoint as ckpt
+from memplug.util.atomic import atomic_directory, atomic_write_bytes
+from memplug.app.checkpoint import (
     CheckpointError,
     capture_rng,
     latest_checkpoint,

@@ -1,4 +1,4 @@
-"""Experiment configs: TOML files, --set overrides, validation messages (memplug.config)."""
+"""Experiment configs: TOML files, --set overrides, validation messages (memplug.app.config)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from memplug.config import (
+from memplug.app.config import (
     Config,
     ConfigError,
     apply_overrides,
@@ -97,7 +97,7 @@ def test_apply_overrides_copies():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_build_their_model(path):
-    from memplug.train import build_model_and_tokenizer
+    from memplug.app.train import build_model_and_tokenizer
 
     config = load_config(path)
     if config.data.tokenizer == "bpe":  # the BPE needs the corpus; the model only its size
@@ -107,7 +107,7 @@ def test_shipped_configs_build_their_model(path):
 
 
 def test_key_value_pairs_of_cli_options():
-    from memplug.config import parse_pairs
+    from memplug.app.config import parse_pairs
 
     assert parse_pairs(["rate=4", "warp=power", "path=/a=b"], "--set") == {"rate": 4, "warp": "power", "path": "/a=b"}
     assert parse_pairs(["root=1"], "--option", typed=False) == {"root": "1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memplug.contracts import Memory, MemoryRead, stack_reads
+from memplug.core.contracts import Memory, MemoryRead, stack_reads
 
 
 class LastBlockMemory(Memory):

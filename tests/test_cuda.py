@@ -91,7 +91,7 @@ def test_bf16_training_step_matches_float32(case):
 
 
 def test_evaluate_takes_windows_on_the_gpu():
-    from memplug.evaluate import evaluate
+    from memplug.app.evaluate import evaluate
 
     _, gpu = pair("elastic-legs")
     windows = ids(length=97, batch=3)
@@ -103,7 +103,7 @@ def test_evaluate_takes_windows_on_the_gpu():
 def test_train_command_on_cuda(tmp_path, monkeypatch):
     from train_helpers import tiny_config
 
-    from memplug.train import train
+    from memplug.app.train import train
 
     monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
     result = train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "train.device=cuda", memory="elastic"))

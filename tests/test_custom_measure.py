@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
-from memplug import manager
-from memplug.measures_lti import TimeInvariantMeasure
+from memplug.core import manager
+from memplug.hippo.time_invariant import TimeInvariantMeasure
 from reference import lti_token_states
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "custom-measures.md"

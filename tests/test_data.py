@@ -81,8 +81,8 @@ def test_builtin_datasets_register_through_entry_points():
 
 
 def test_dataset_base_is_the_registry_base():
-    from memplug.manager import KINDS
-    from memplug.registry import PluginError, Registry
+    from memplug.core.manager import KINDS
+    from memplug.core.registry import PluginError, Registry
 
     assert KINDS["dataset"][1] is Dataset
     reg = Registry("dataset", Dataset)
@@ -233,7 +233,7 @@ def test_prepare_real_code_corpus_runs(tmp_path):
 
 
 def test_data_cli_prepare_and_missing_source(tmp_path, capsys):
-    from memplug.cli import main
+    from memplug.app.cli import main
 
     assert main(["data", "prepare", "code", "--option", f"root={Path(memplug.__file__).parent / 'data'}",
                  "--validation", "0.2", "--test", "0.2"]) == 0

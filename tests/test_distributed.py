@@ -11,7 +11,7 @@ import sys
 import pytest
 from train_helpers import make_corpus, set_args, tiny_config, tiny_overrides
 
-from memplug.train import train
+from memplug.app.train import train
 
 
 TEARDOWN_ABORT = "terminate called without an active exception"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
-from memplug.contracts import Memory
+from memplug.core.contracts import Memory
 from memplug.plugins.memories.elastic import ElasticMemory
 from single_thread import one_thread  # noqa: F401
 

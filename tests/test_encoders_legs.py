@@ -16,7 +16,7 @@ from reference import legs_dense_projection, legs_matrices, polynomial_projectio
 from streams import check_chunking_and_scan, check_exact_projection, relative_error, streams
 
 import memplug
-from memplug.measures import ScaleInvariantMeasure
+from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 
 positions = st.one_of(st.just(0), st.integers(1, 500), st.integers(10**5, 10**6))
 
@@ -255,7 +255,7 @@ def test_equal_encoders_share_one_bounded_cache():
 def test_default_cache_holds_one_training_step_of_transitions():
     """At a large order, the default bound keeps a 16-block sequence's transitions between steps
     (a bound below that evicts each before its reuse: a cyclic access defeats LRU)."""
-    from memplug.measures import default_cache_bytes
+    from memplug.hippo.scale_invariant import default_cache_bytes
 
     assert LegS(1024)._cache.max_bytes == default_cache_bytes(1024) >= 16 * 2 * 1024**2 * 4  # elastic 16x
     assert default_cache_bytes(8) == 64 * 2**20

@@ -19,8 +19,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memplug.measures_lti import TimeInvariantMeasure
-from memplug.ops.discretize import DISCRETIZATIONS, block_transition, zoh
+from memplug.hippo.time_invariant import TimeInvariantMeasure
+from memplug.hippo.discretize import DISCRETIZATIONS, block_transition, zoh
 from memplug.plugins.encoders.fout import FouT
 from memplug.plugins.encoders.legt import LegT
 from memplug.testing import strategies as mst
@@ -319,7 +319,7 @@ def test_block_transition_equals_steps(n, length, seed):
 
 def test_batched_discretisation_matches_one_matrix_at_a_time():
     """Regression: torch 2.13's batched CPU solve is wrong for N >= 160 on two threads."""
-    from memplug.ops.discretize import backward, bilinear
+    from memplug.hippo.discretize import backward, bilinear
 
     torch.manual_seed(0)
     A = -torch.eye(192, dtype=torch.float64) * 3 + 0.05 * torch.randn(3, 192, 192, dtype=torch.float64)

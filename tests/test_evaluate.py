@@ -1,4 +1,4 @@
-"""Evaluation metrics, memory masking, retriever swaps and the eval command (memplug.evaluate)."""
+"""Evaluation metrics, memory masking, retriever swaps and the eval command (memplug.app.evaluate)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from train_helpers import tiny_config
 
-from memplug.cli import main
-from memplug.evaluate import (
+from memplug.app.cli import main
+from memplug.app.evaluate import (
     block_bytes,
     evaluate,
     memory_masked,
@@ -20,9 +20,9 @@ from memplug.evaluate import (
     to_markdown,
     token_losses,
 )
-from memplug.model import build_model
-from memplug.tokenizers import BPETokenizer
-from memplug.train import train
+from memplug.core.model import build_model
+from memplug.data.tokenizers import BPETokenizer
+from memplug.app.train import train
 
 LN2 = math.log(2)
 

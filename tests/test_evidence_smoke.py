@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import memplug
-from memplug.cli import main as cli_main
+from memplug.app.cli import main as cli_main
 from memplug.testing import check_retriever
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import memplug
-from memplug import manager
+from memplug.core import manager
 from memplug.testing import check_encoder, check_memory, check_retriever
 from memplug.testing.memories import tiny_backbone
 

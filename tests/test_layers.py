@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memplug.backbones.tiny import Rotary
-from memplug.contracts import Memory, MemoryRead
-from memplug.layers import MemoryAttention
+from memplug.core.contracts import Memory, MemoryRead
+from memplug.core.layer import MemoryAttention
 from memplug.ops.attention import reference_attention
 from single_thread import one_thread  # noqa: F401
 

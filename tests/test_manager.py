@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import memplug
-from memplug import manager
-from memplug.registry import PluginError, Registry, UnknownComponentError
+from memplug.core import manager
+from memplug.core.registry import PluginError, Registry, UnknownComponentError
 
 BUILTIN_ENCODERS = {"legs", "legt", "fout", "jacobi"}
 BUILTIN_RETRIEVERS = {"uniform", "warped", "learned"}
@@ -151,7 +151,7 @@ def test_disable_autoload_skips_third_party_but_keeps_builtins(third_party, monk
 
 
 def test_cli_lists_plugins_with_providers(capsys):
-    from memplug.cli import main
+    from memplug.app.cli import main
 
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out

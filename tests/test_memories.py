@@ -26,10 +26,10 @@ from memplug.plugins.memories.melodi import MelodiMemory, melodi_layers
 from memplug.plugins.memories.none import NoMemory
 from memplug.plugins.memories.xl import XLMemory
 
-from memplug.budget import SCALES, memory_options, unit
-from memplug.contracts import Memory
-from memplug.layers import MemoryAttention
-from memplug.model import MemoryModel, ModelState
+from memplug.core.budget import SCALES, memory_options, unit
+from memplug.core.contracts import Memory
+from memplug.core.layer import MemoryAttention
+from memplug.core.model import MemoryModel, ModelState
 from memplug.ops.linear_memory import feature_map, linear_retrieve, linear_update
 
 L = 8  # block length
@@ -121,7 +121,7 @@ class StepForm(Memory):
         read = self.inner.read(state, q[:, :, 0], t0)
         if complete:
             state = self.inner.write(state, k[:, :, 0], v[:, :, 0], t0)
-        from memplug.contracts import stack_reads
+        from memplug.core.contracts import stack_reads
 
         return stack_reads([read]), state
 
@@ -513,7 +513,7 @@ def test_memory_budget():
 
 def test_fifo_windows_are_the_fifo_states():
     """Window i of [stored | appended] equals the FIFO after i appends of `step` slots."""
-    from memplug.ops.retrieval import fifo_append, fifo_valid, fifo_windows
+    from memplug.ops.memory_banks import fifo_append, fifo_valid, fifo_windows
 
     capacity, step, blocks, count = 5, 2, 4, 3
     stored = torch.randn(3, capacity, D)
@@ -529,7 +529,7 @@ def test_fifo_windows_are_the_fifo_states():
 
 
 def test_masked_softmax_of_a_hidden_row_is_zero_with_finite_gradients():
-    from memplug.ops.retrieval import masked_softmax
+    from memplug.ops.memory_banks import masked_softmax
 
     logits = torch.tensor([[0.5, float("-inf"), 1.0], [float("-inf")] * 3], requires_grad=True)
     weights, lse = masked_softmax(logits)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import memplug
 from memplug.backbones.tiny import TinyBackbone
-from memplug.model import MemoryModel, ModelState
+from memplug.core.model import MemoryModel, ModelState
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

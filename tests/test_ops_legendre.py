@@ -1,4 +1,4 @@
-"""memplug.ops.legendre against SciPy/NumPy in float64: values, derivatives, antiderivatives,
+"""memplug.hippo.legendre against SciPy/NumPy in float64: values, derivatives, antiderivatives,
 orthonormality of the shifted families, and gradients in x."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from numpy.polynomial import legendre as npleg
 from reference import jacobi_family, weighted_antiderivative
 
-from memplug.ops.legendre import (
+from memplug.hippo.legendre import (
     jacobi,
     legendre,
     legendre_antiderivative,

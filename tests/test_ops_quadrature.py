@@ -1,4 +1,4 @@
-"""memplug.ops.quadrature: Gauss-Jacobi rules against SciPy, and exactness on moments."""
+"""memplug.hippo.quadrature: Gauss-Jacobi rules against SciPy, and exactness on moments."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memplug.ops.quadrature import gauss_jacobi, gauss_legendre, shifted_gauss_jacobi, shifted_gauss_legendre
+from memplug.hippo.quadrature import gauss_jacobi, gauss_legendre, shifted_gauss_jacobi, shifted_gauss_legendre
 
 exponents = st.floats(-0.95, 6.0)
 

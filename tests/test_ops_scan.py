@@ -1,4 +1,4 @@
-"""memplug.ops.scan: sequential and doubling block recurrences equal a NumPy loop, and each other
+"""memplug.hippo.scan: sequential and doubling block recurrences equal a NumPy loop, and each other
 in values and gradients."""
 
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reference import linear_recurrence as reference
 
-from memplug.ops.scan import linear_recurrence, linear_recurrence_parallel, linear_recurrence_sequential
+from memplug.hippo.scan import linear_recurrence, linear_recurrence_parallel, linear_recurrence_sequential
 
 
 @st.composite

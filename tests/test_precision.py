@@ -1,10 +1,10 @@
-"""memplug.precision: bf16 autocast only where the hardware computes it fast, with an override."""
+"""memplug.app.precision: bf16 autocast only where the hardware computes it fast, with an override."""
 
 import pytest
 import torch
 
-from memplug import precision as prec
-from memplug.precision import ENV, autocast, resolve_precision
+from memplug.app import precision as prec
+from memplug.app.precision import ENV, autocast, resolve_precision
 
 
 @pytest.fixture

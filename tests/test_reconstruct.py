@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memplug import cli
-from memplug.reconstruct import ENCODERS, RETRIEVERS, byte_signal, reconstruct, synthetic_signal
+from memplug.app import cli
+from memplug.app.reconstruct import ENCODERS, RETRIEVERS, byte_signal, reconstruct, synthetic_signal
 
 SMALL = dict(order=32, samples=8, length=512, block=128)
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memplug
-from memplug.contracts import Memory, MemoryRead
+from memplug.core.contracts import Memory, MemoryRead
 from memplug.ops.sampling import place
 from memplug.plugins.memories.xl import XLMemory
 from memplug.testing import InvariantViolation, check_encoder, check_memory, check_retriever

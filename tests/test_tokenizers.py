@@ -1,4 +1,4 @@
-"""Byte, BPE and Hugging Face tokenizers (memplug.tokenizers)."""
+"""Byte, BPE and Hugging Face tokenizers (memplug.data.tokenizers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memplug.data import Dataset, Document, prepare
-from memplug.tokenizers import (
+from memplug.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
     HFTokenizer,

@@ -1,4 +1,4 @@
-"""Training loop: schedule, exact resume, truncated BPTT, faults (memplug.train)."""
+"""Training loop: schedule, exact resume, truncated BPTT, faults (memplug.app.train)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ import pytest
 import torch
 from train_helpers import make_corpus, set_args, tiny_config, tiny_overrides
 
-from memplug import checkpoint as ckpt_module
-from memplug.checkpoint import (
+from memplug.app import checkpoint as ckpt_module
+from memplug.app.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     read_checkpoint,
 )
-from memplug.cli import main
-from memplug.config import ConfigError
-from memplug.evaluate import load_trained
-from memplug.train import OutputError, lr_at, train
+from memplug.app.cli import main
+from memplug.app.config import ConfigError
+from memplug.app.evaluate import load_trained
+from memplug.app.train import OutputError, lr_at, train
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_read_only_or_invalid_output_is_reported(tmp_path, monkeypatch, capsys):
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("memplug.train.atomic_write_bytes", read_only)
+    monkeypatch.setattr("memplug.app.train.atomic_write_bytes", read_only)
     with pytest.raises(OutputError, match="is not writable: Read-only file system"):
         train(tiny_config(tmp_path))
     assert main(["train", *set_args(tiny_overrides(tmp_path))]) == 1
@@ -214,9 +214,9 @@ def test_compiled_training_matches_eager(tmp_path):
 
 def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from memplug.config import load_config
-    from memplug.tokenizers import BPETokenizer
-    from memplug.train import backbone_overrides
+    from memplug.app.config import load_config
+    from memplug.data.tokenizers import BPETokenizer
+    from memplug.app.train import backbone_overrides
 
     src = make_corpus(tmp_path / "src")
     bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
@@ -235,7 +235,7 @@ def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
 
 
 def test_backbone_flag_names_what_is_allowed():
-    from memplug.train import backbone_overrides
+    from memplug.app.train import backbone_overrides
 
     with pytest.raises(ConfigError, match="hf: needs a model"):
         backbone_overrides("hf:")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from memplug.config import Config, load_config
+from memplug.app.config import Config, load_config
 
 WORDS = ["def", "return", "x", "y", "import", "class", "self", "(", ")", ":", "=", "+", "\n", "    ", "if", "else"]
 

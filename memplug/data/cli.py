@@ -7,9 +7,9 @@ import shlex
 import subprocess
 import sys
 
-from ..cli import COMMANDS
-from ..config import ConfigError, parse_pairs
-from ..manager import registry
+from ..app.cli import COMMANDS
+from ..app.config import ConfigError, parse_pairs
+from ..core.manager import registry
 from .base import SourceMissingError
 from .literature import Literature, fetch_command
 from .prepare import get_dataset, prepare

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..hookspecs import hookimpl
+from ..core.hookspecs import hookimpl
 from .base import Dataset, Document, SourceMissingError
 from .cache import cache_dir
 from .text import decode_text

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import atomic_directory, atomic_write_bytes
+from ..util.atomic import atomic_directory, atomic_write_bytes
 from .base import Dataset
 from .cache import cache_dir
 from .splits import SPLITS, assign_splits, split_hash
 
 if TYPE_CHECKING:
-    from ..tokenizers import Tokenizer
+    from .tokenizers import Tokenizer
 
 __all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "prepare"]
 
@@ -46,7 +46,7 @@ def get_dataset(name: str | Dataset, **options: Any) -> Dataset:
         if options:
             raise ValueError(f"options {sorted(options)} given together with a ready Dataset object")
         return name
-    from ..manager import registry  # the manager imports this package's base class
+    from ..core.manager import registry  # the manager imports this package's base class
 
     cls = registry("dataset").get(name)
     try:

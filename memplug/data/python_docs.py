@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..hookspecs import hookimpl
+from ..core.hookspecs import hookimpl
 from .base import Dataset, Document, SourceMissingError
 from .cache import tree_fingerprint
 from .text import decode_text

@@ -1,6 +1,6 @@
 """Attention as pure functions: the reference definition, the trapezoid mask and output merges.
 
-These are the definitions every attention backend and :class:`memplug.layers.MemoryAttention`
+These are the definitions every attention backend and :class:`memplug.core.layer.MemoryAttention`
 are tested against. Nothing here holds state.
 
 The trapezoid. The queries of a block of ``L`` tokens attend, in one softmax, to

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ..cli import COMMANDS
+from ..app.cli import COMMANDS
 from . import TASKS, make_task
 from .run import score_on_task, train_on_task
 
@@ -37,8 +37,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, parse_pairs
-    from ..model import build_model
+    from ..app.config import ConfigError, parse_pairs
+    from ..core.model import build_model
 
     try:
         options = parse_pairs(args.option, "--option")

@@ -1,6 +1,6 @@
 """Train and score a model on a synthetic task within a time or step budget.
 
-Kept small on purpose: the general trainer (``memplug.train``) handles corpora, checkpoints and
+Kept small on purpose: the general trainer (``memplug.app.train``) handles corpora, checkpoints and
 distribution; this loop exists so that a memory can be compared on a task in a few CPU minutes.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..precision import Precision, autocast, resolve_precision
+from ..app.precision import Precision, autocast, resolve_precision
 from .base import Task
 
 LN2 = math.log(2)
@@ -51,7 +51,7 @@ def train_on_task(
 
     The loss is next-token cross-entropy on every labelled position; ``precision`` is
     ``"auto"`` (bf16 autocast where the device computes it fast), ``"bf16"`` or ``"fp32"`` (see
-    :mod:`memplug.precision`). Returns the loss curve.
+    :mod:`memplug.app.precision`). Returns the loss curve.
     """
     if steps is None and seconds is None:
         raise ValueError("give steps or seconds (or both)")

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis import settings as Settings
 from torch import Tensor
 
-from memplug.contracts import Encoder
+from memplug.core.contracts import Encoder
 
 from . import strategies as mst
 from .reference import Weight, projection_reference
@@ -46,11 +46,11 @@ EXACT_TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 def projection_weight(encoder: Encoder) -> Weight | None:
     """The density ``w(s, t) = (s/t)^β / t`` of a scale-invariant measure
-    (:class:`memplug.measures.ScaleInvariantMeasure`, whatever orthonormal family it uses for
+    (:class:`memplug.hippo.scale_invariant.ScaleInvariantMeasure`, whatever orthonormal family it uses for
     the weight ``u^β``), or None for other encoders: pass ``weight=`` to :func:`check_encoder`
     to run the projection invariant for those.
     """
-    from memplug.measures import ScaleInvariantMeasure
+    from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 
     if not isinstance(encoder, ScaleInvariantMeasure):
         return None
@@ -191,7 +191,7 @@ def check_encoder(
     invariant, the (shrunk) failing example and the error found.
 
     Args:
-        encoder_or_factory: an :class:`~memplug.contracts.Encoder`, or a callable (a class, a
+        encoder_or_factory: an :class:`~memplug.core.contracts.Encoder`, or a callable (a class, a
             ``functools.partial``) returning one.
         channels: the most channels C a drawn stream has.
         max_length: the longest stream in the exactness invariants.

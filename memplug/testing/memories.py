@@ -1,6 +1,6 @@
 """``check_memory``: the Memory contract (DESIGN §3) as hypothesis properties.
 
-A memory is checked inside a small :class:`memplug.model.MemoryModel` on the ``tiny`` backbone
+A memory is checked inside a small :class:`memplug.core.model.MemoryModel` on the ``tiny`` backbone
 (float64 by default, so that leaks far below float32 rounding are still seen). Invariants:
 
 - ``causality``: changing the tokens from position j on never changes a logit before j;
@@ -34,7 +34,7 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from memplug.contracts import Backbone, Memory
+from memplug.core.contracts import Backbone, Memory
 
 from . import strategies as mst
 from .runner import Mismatch, expect_close, run_invariant, subject
@@ -140,7 +140,7 @@ def check_memory(
     invariant, the (shrunk) failing example and the error found.
 
     Args:
-        memory_or_factory: a :class:`~memplug.contracts.Memory` (deep-copied per layer), a
+        memory_or_factory: a :class:`~memplug.core.contracts.Memory` (deep-copied per layer), a
             Memory class (built with no arguments), a registered name, or a callable
             ``layer_index -> Memory``. A memory that needs the block length at construction
             must be built with ``block`` below.
@@ -153,7 +153,7 @@ def check_memory(
         tolerance: relative tolerance of the equalities (default 1e-9 in float64, 1e-4 otherwise).
         settings: hypothesis settings; by default the active profile, without a deadline.
     """
-    from memplug.model import MemoryModel, ModelState
+    from memplug.core.model import MemoryModel, ModelState
 
     tol = tolerance if tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4)
     base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memplug.contracts import Encoder
+from memplug.core.contracts import Encoder
 
 __all__ = ["Weight", "projection_reference"]
 

@@ -29,7 +29,7 @@ from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from memplug.contracts import Encoder, Retriever
+from memplug.core.contracts import Encoder, Retriever
 
 from . import strategies as mst
 from .runner import Mismatch, component, expect_close, run_invariant, subject
@@ -87,7 +87,7 @@ def check_retriever(
     invariant, the (shrunk) failing example and the error found.
 
     Args:
-        retriever_or_factory: a :class:`~memplug.contracts.Retriever`, or a callable returning one.
+        retriever_or_factory: a :class:`~memplug.core.contracts.Retriever`, or a callable returning one.
         encoders: encoders to read through (default :func:`default_encoders`).
         max_t: the latest time drawn.
         channels: the most channels C of a drawn state.

@@ -19,7 +19,7 @@ from hypothesis import settings as Settings
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor
 
-from memplug.contracts import Component
+from memplug.core.contracts import Component
 
 __all__ = [
     "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error", "expect_close",

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import Tensor
 
 import memplug
-from memplug.contracts import AttentionBackend
+from memplug.core.contracts import AttentionBackend
 
 
 @functools.cache

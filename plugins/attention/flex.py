@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.contracts import AttentionBackend
+from memplug.core.contracts import AttentionBackend
 
 
 @functools.cache

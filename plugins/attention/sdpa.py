@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import memplug
-from memplug.contracts import AttentionBackend
+from memplug.core.contracts import AttentionBackend
 from memplug.ops.attention import repeat_kv
 
 # A builtin without an inspectable signature: its documented arguments tell (added in torch 2.5).

@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import Tensor
 
 import memplug
-from memplug.contracts import AttentionBackend
+from memplug.core.contracts import AttentionBackend
 from memplug.ops.attention import repeat_kv
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.measures_lti import TimeInvariantMeasure
+from memplug.hippo.time_invariant import TimeInvariantMeasure
 
 
 class FouT(TimeInvariantMeasure):

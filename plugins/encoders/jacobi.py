@@ -9,7 +9,7 @@
 - **Support**: [0, t].
 - **(A, B)**: t c'(t) = A c + B f(t) with A[n, k] = -sqrt((2n+β+1)(2k+β+1)) for n > k,
   -(n + β + 1) for n = k, 0 above; B[n] = sqrt(2n + β + 1) (LegS at β = 0). Computed by
-  quadrature in :meth:`~memplug.measures.ScaleInvariantMeasure.ode_matrices`.
+  quadrature in :meth:`~memplug.hippo.scale_invariant.ScaleInvariantMeasure.ode_matrices`.
 
 Update: exact, c(t1) = M(t0/t1) c(t0) + U(t0, t1) x with
 M(r) = r^(β+1) ∫_0^1 q_n(r u) q_m(u) u^β du (Gauss-Jacobi, exact) and U the exact integrals of
@@ -20,7 +20,7 @@ shift form, so U is (N, L) per (t0, t1), cached; at β = 0 it is LegS's (1 - r) 
 from __future__ import annotations
 
 import memplug
-from memplug.measures import ScaleInvariantMeasure
+from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 
 __all__ = ["Jacobi"]
 

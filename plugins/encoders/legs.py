@@ -9,7 +9,7 @@
 
 Updates (``discretization=``):
 
-- ``"exact"`` (default): the exact block update of :class:`memplug.measures.ScaleInvariantMeasure`,
+- ``"exact"`` (default): the exact block update of :class:`memplug.hippo.scale_invariant.ScaleInvariantMeasure`,
   c(t1) = M(t0/t1) c(t0) + (1 - r) T(r) U(0, L) x; any block length, any start, the cost does not
   depend on the absolute position, equal to the float64 projection of the token signal.
 - ``"bilinear"``, ``"euler"``: the classic per-token ODE steps in t, with the 1/t factor taken at
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.measures import ScaleInvariantMeasure
-from memplug.ops.discretize import DISCRETIZATIONS
-from memplug.ops.legendre import shifted_legendre, shifted_legendre_antiderivative, shifted_legendre_derivative
-from memplug.ops.quadrature import shifted_gauss_legendre
+from memplug.hippo.scale_invariant import ScaleInvariantMeasure
+from memplug.hippo.discretize import DISCRETIZATIONS
+from memplug.hippo.legendre import shifted_legendre, shifted_legendre_antiderivative, shifted_legendre_derivative
+from memplug.hippo.quadrature import shifted_gauss_legendre
 
 __all__ = ["LegS", "legs_matrices"]
 

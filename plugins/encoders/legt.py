@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.measures_lti import TimeInvariantMeasure
-from memplug.ops.legendre import shifted_legendre
+from memplug.hippo.time_invariant import TimeInvariantMeasure
+from memplug.hippo.legendre import shifted_legendre
 
 
 class LegT(TimeInvariantMeasure):

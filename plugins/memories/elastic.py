@@ -40,9 +40,9 @@ from einops import rearrange
 from torch import Tensor
 
 import memplug
-from memplug.cache import TensorLRU
-from memplug.contracts import Encoder, Memory, MemoryRead, Retriever
-from memplug.manager import make_encoder, make_retriever
+from memplug.util.lru import TensorLRU
+from memplug.core.contracts import Encoder, Memory, MemoryRead, Retriever
+from memplug.core.manager import make_encoder, make_retriever
 
 POSITIONS = ("none", "sample")
 LOG_P = "-lnP"

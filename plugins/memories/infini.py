@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 import memplug
-from memplug.contracts import Memory, MemoryRead
+from memplug.core.contracts import Memory, MemoryRead
 from memplug.ops.linear_memory import feature_map, linear_retrieve, linear_update
 
 

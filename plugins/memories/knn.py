@@ -47,8 +47,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 import memplug
-from memplug.contracts import Memory, MemoryRead
-from memplug.ops.retrieval import faiss_topk, fifo_append, fifo_valid, fifo_windows, topk_attention
+from memplug.core.contracts import Memory, MemoryRead
+from memplug.ops.memory_banks import faiss_topk, fifo_append, fifo_valid, fifo_windows, topk_attention
 
 _COMBINES = ("gate", "joint")
 _SEARCHES = ("auto", "torch", "faiss")

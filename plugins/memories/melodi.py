@@ -38,7 +38,7 @@ only. :func:`melodi_layers` builds the paper's stack (long-term at the middle la
 Sizes: ``block`` is required (the mixing matrices span the window's tokens); defaults follow
 meliad's base config scaled to the block (window 512: short 64, increment 32), i.e. ``short =
 block / 8``, ``increment = block / 16``, and ``long_slots`` = 1x memory
-(:func:`memplug.budget.unit`). Parameters: ``(S + I) (L + S) + S + I`` mixing weights, ``4 D``
+(:func:`memplug.core.budget.unit`). Parameters: ``(S + I) (L + S) + S + I`` mixing weights, ``4 D``
 normalisation scales and ``H`` gate logits; :meth:`footprint` reports them.
 
 Chunk invariant: both memories change only when a block completes. Gradients flow through both
@@ -56,10 +56,10 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 import memplug
-from memplug.budget import unit
-from memplug.contracts import Memory, MemoryRead
+from memplug.core.budget import unit
+from memplug.core.contracts import Memory, MemoryRead
 from memplug.ops.attention import repeat_kv
-from memplug.ops.retrieval import fifo_append, fifo_valid, fifo_windows
+from memplug.ops.memory_banks import fifo_append, fifo_valid, fifo_windows
 
 
 class MelodiMemory(Memory):

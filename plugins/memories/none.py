@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.contracts import Memory, MemoryRead
+from memplug.core.contracts import Memory, MemoryRead
 
 
 class NoMemory(Memory):

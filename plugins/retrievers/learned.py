@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import memplug
-from memplug.contracts import Encoder, Retriever, TimeLike
+from memplug.core.contracts import Encoder, Retriever, TimeLike
 from memplug.ops.sampling import check_samples, place
 
 

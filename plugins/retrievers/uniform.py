@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 import memplug
-from memplug.contracts import Encoder, Retriever, TimeLike
+from memplug.core.contracts import Encoder, Retriever, TimeLike
 from memplug.ops.sampling import check_samples, midpoints, place
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 import memplug
-from memplug.contracts import Encoder, Retriever, TimeLike
+from memplug.core.contracts import Encoder, Retriever, TimeLike
 from memplug.ops.sampling import check_samples, midpoints, place
 
 #: warp -> default rate

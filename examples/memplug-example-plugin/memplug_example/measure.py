@@ -7,13 +7,13 @@ local attention block sees anyway). Basis: the orthonormal Jacobi polynomials fo
 ``u^β`` on ``[0, 1]``. Support: ``[0, t]``.
 
 Everything (exact block update, ``scan``, ``basis``) comes from
-:class:`memplug.measures.ScaleInvariantMeasure`; a measure of this family only chooses β.
+:class:`memplug.hippo.scale_invariant.ScaleInvariantMeasure`; a measure of this family only chooses β.
 """
 
 from __future__ import annotations
 
 import memplug
-from memplug.measures import ScaleInvariantMeasure
+from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 
 PRIMACY_BETA = -0.5
 

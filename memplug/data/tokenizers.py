@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from ..util.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from .data import Prepared
+    from . import Prepared
 
 __all__ = ["TOKENIZERS", "BPETokenizer", "ByteTokenizer", "HFTokenizer", "Tokenizer", "make_tokenizer", "train_bpe"]
 

@@ -50,11 +50,11 @@ import operator
 import torch
 from torch import Tensor
 
-from .cache import TensorLRU
-from .contracts import Encoder, TimeLike
-from .ops.legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
-from .ops.quadrature import shifted_gauss_jacobi
-from .ops.scan import linear_recurrence
+from ..util.lru import TensorLRU
+from ..core.contracts import Encoder, TimeLike
+from .legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
+from .quadrature import shifted_gauss_jacobi
+from .scan import linear_recurrence
 
 __all__ = ["ScaleInvariantMeasure", "default_cache_bytes"]
 
@@ -101,7 +101,7 @@ class ScaleInvariantMeasure(Encoder):
             and devices. Training cycles through the same block starts at every step, so a bound
             below one step's transitions evicts each before its reuse and rebuilds them all.
         scan_method: how :meth:`scan` runs the block recurrence, see
-            :func:`memplug.ops.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
+            :func:`memplug.hippo.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
             ``"parallel"``).
     """
 
@@ -230,7 +230,7 @@ class ScaleInvariantMeasure(Encoder):
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block (..., nb, N, C): every block's input term from batched
         matmuls (in x's dtype, as in :meth:`update`), then the block recurrence
-        (:func:`memplug.ops.scan.linear_recurrence`) in the promoted dtype of state and x."""
+        (:func:`memplug.hippo.scan.linear_recurrence`) in the promoted dtype of state and x."""
         t0 = _position(t0, "t0")
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
             raise ValueError(f"block must be an int >= 1, got {block!r}")

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import atomic_write_bytes
+from ..util.atomic import atomic_write_bytes
 from .precision import PRECISIONS, Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
-    from .tokenizers import Tokenizer
+    from ..data.tokenizers import Tokenizer
 
 __all__ = ["evaluate", "load_trained", "memory_masked", "summarize", "to_markdown", "token_losses"]
 
@@ -51,7 +51,7 @@ def has_memory(model: nn.Module) -> bool:
 
 @contextmanager
 def memory_masked(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every memory layer of the :class:`~memplug.model.MemoryModel` attends
+    """Within the block, every memory layer of the :class:`~memplug.core.model.MemoryModel` attends
     only locally (its memory is detached, then put back). Weights are untouched, so this is the
     block-local model with the same parameters."""
     layers = _attention_layers(model)
@@ -73,7 +73,7 @@ def token_losses(
 
     ``windows`` is (N, T + 1) token ids; each row starts with a fresh model state. Returns (N, T)
     float32 on the CPU. The model is put in eval mode for the call and restored after.
-    ``precision`` is ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :mod:`memplug.precision`).
+    ``precision`` is ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :mod:`memplug.app.precision`).
     """
     if windows.ndim != 2 or windows.shape[1] < 2:
         raise ValueError(f"windows must be (N, T + 1) with T >= 1, got shape {tuple(windows.shape)}")
@@ -204,8 +204,8 @@ def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Any]:
-    """A trained model, its tokenizer and its :class:`~memplug.config.Config` from a checkpoint
-    folder (verified; see :func:`memplug.checkpoint.read_checkpoint`)."""
+    """A trained model, its tokenizer and its :class:`~memplug.app.config.Config` from a checkpoint
+    folder (verified; see :func:`memplug.app.checkpoint.read_checkpoint`)."""
     from .checkpoint import CheckpointError, read_checkpoint
     from .config import Config
     from .train import build_model_and_tokenizer
@@ -241,8 +241,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, latest_checkpoint
     from .config import ConfigError, parse_pairs
-    from .data import SourceMissingError, prepare
-    from .data.windows import eval_starts, gather
+    from ..data import SourceMissingError, prepare
+    from ..data.windows import eval_starts, gather
     from .distributed import resolve_device
 
     path = Path(args.checkpoint)

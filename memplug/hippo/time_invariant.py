@@ -14,7 +14,7 @@ and the base provides ``update``, ``scan``, ``basis`` and ``support`` (= ``[max(
 Discretisation: token ``j`` holds its value over ``[j, j + 1)``, so zero-order hold with a
 step of one token is exact for the token signal: ``Ā, B̄ = zoh(A, B, 1)``. A block of L
 tokens is one matmul, ``c' = Ā^L c + K x`` with ``K = [Ā^(L-1) B̄ ... B̄]``
-(:func:`memplug.ops.discretize.block_transition`); ``(Ā^L, K)`` are built in float64 and kept
+(:func:`memplug.hippo.discretize.block_transition`); ``(Ā^L, K)`` are built in float64 and kept
 in a small LRU cache per ``(θ, L, dtype, device)``, so a long stream of equal blocks builds
 them once and the cache never grows past ``cache_size`` entries.
 """
@@ -26,10 +26,10 @@ import abc
 import torch
 from torch import Tensor
 
-from .cache import TensorLRU
-from .contracts import Encoder, TimeLike
-from .ops.discretize import block_transition, zoh
-from .ops.scan import linear_recurrence
+from ..util.lru import TensorLRU
+from ..core.contracts import Encoder, TimeLike
+from .discretize import block_transition, zoh
+from .scan import linear_recurrence
 
 __all__ = ["TimeInvariantMeasure"]
 

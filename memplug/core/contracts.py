@@ -13,7 +13,7 @@ type in ``make_encoder(name)`` and friends):
 - :class:`Memory`: what a memory-augmented attention layer talks to (Elastic and every baseline).
 - :class:`AttentionBackend`: a kernel computing masked softmax attention.
 - :class:`Backbone`: a decoder whose layers expose their attention inputs and outputs, so the
-  :class:`memplug.model.MemoryModel` driver can put a memory between them.
+  :class:`memplug.core.model.MemoryModel` driver can put a memory between them.
 
 The core (this package) never imports the plugins; plugins import the core.
 """

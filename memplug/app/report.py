@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes
+from ..util.atomic import atomic_write_bytes
 from .precision import Precision
 
 

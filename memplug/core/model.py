@@ -1,7 +1,7 @@
 """MemoryModel: a backbone with a memory in (some of) its attention layers (DESIGN §3).
 
 ``model(input_ids, state)`` runs block-parallel: per layer, the backbone gives raw q/k/v for all
-new tokens, :class:`memplug.layers.MemoryAttention` asks the memory for every block's read at
+new tokens, :class:`memplug.core.layer.MemoryAttention` asks the memory for every block's read at
 once and runs one batched attention call. The returned :class:`ModelState` holds everything
 needed to continue (per-layer memory states, the partial block, the absolute position), so a
 sequence fed in chunks of any lengths gives the logits of one call, and a state saved mid-stream
@@ -30,9 +30,9 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from .atomic import atomic_write_bytes
+from ..util.atomic import atomic_write_bytes
 from .contracts import AttentionBackend, Backbone, Memory, Retriever
-from .layers import SPANS, MemoryAttention
+from .layer import SPANS, MemoryAttention
 from .manager import make_backbone, make_memory, make_retriever, registry
 
 __all__ = ["MemoryModel", "ModelState", "ModelOutput", "RetrieverSwap", "build_model"]

@@ -7,7 +7,7 @@ forward on the whole window, or, with ``train.bptt = S``, on segments of S token
 ``state.detach()`` from one to the next (truncated back-propagation through time). AdamW with
 decoupled weight decay on matrices, linear warm-up then cosine decay, gradient-norm clipping,
 bf16 autocast where the device computes it fast (``train.precision``, see
-:mod:`memplug.precision`) and optional ``torch.compile``.
+:mod:`memplug.app.precision`) and optional ``torch.compile``.
 
 Reproducibility: the batch of step ``s`` is a pure function of ``(train.seed, s)`` and the
 learning rate a pure function of ``s``, so ``--resume`` (weights, optimizer moments and random
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes
+from ..util.atomic import atomic_write_bytes
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -51,8 +51,8 @@ from .checkpoint import (
     unwrap,
 )
 from .config import Config, ConfigError, load_config
-from .data import Prepared, TokenizedSplit, prepare
-from .data.windows import WindowSampler, eval_starts, gather
+from ..data import Prepared, TokenizedSplit, prepare
+from ..data.windows import WindowSampler, eval_starts, gather
 from .distributed import (
     DistInfo,
     all_mean,
@@ -63,7 +63,7 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .precision import autocast, resolve_precision
-from .tokenizers import BPETokenizer, HFTokenizer, Tokenizer, make_tokenizer
+from ..data.tokenizers import BPETokenizer, HFTokenizer, Tokenizer, make_tokenizer
 
 __all__ = ["OutputError", "TrainResult", "build_model_and_tokenizer", "lr_at", "train"]
 
@@ -109,7 +109,7 @@ def build_model_and_tokenizer(
     the ``hf`` tokenizer is the backbone's own. The backbone's ``vocab_size`` defaults to the
     tokenizer's. Errors of the model builder are reported as :class:`ConfigError` on ``model``.
     """
-    from .model import build_model
+    from ..core.model import build_model
 
     cfg = dict(config.model)
     tokenizer: Tokenizer | None = None
@@ -461,7 +461,7 @@ def backbone_overrides(spec: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .data import SourceMissingError
+    from ..data import SourceMissingError
 
     try:
         overrides = args.set + (backbone_overrides(args.backbone) if args.backbone else [])

@@ -27,11 +27,11 @@ import torch
 
 from .cli import COMMANDS
 from .evaluate import memory_masked
-from .model import MemoryModel, build_model
+from ..core.model import MemoryModel, build_model
 from .report import write_report
-from .tasks import RegimeTask, ScoredOnly
-from .tasks.corpus import CorpusTask
-from .tasks.run import TaskRun, score_on_task, train_on_task
+from ..tasks import RegimeTask, ScoredOnly
+from ..tasks.corpus import CorpusTask
+from ..tasks.run import TaskRun, score_on_task, train_on_task
 
 #: Sizes of the demo (DESIGN §6: the regime task shows memory within minutes at this size).
 REGIME = dict(d_model=128, n_layers=2, n_heads=4, block=64, length=1024, batch=16, order=64, samples=64, lr=2e-3)
@@ -74,8 +74,8 @@ def regime_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[st
 
 def code_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[str, Any]], dict[str, TaskRun]]:
     """One elastic model on the stdlib source: with memory, masked, and a swapped retriever."""
-    from .data import prepare
-    from .tokenizers import ByteTokenizer
+    from ..data import prepare
+    from ..data.tokenizers import ByteTokenizer
 
     cfg = CODE
     prepared = prepare("code")

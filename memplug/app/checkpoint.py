@@ -9,7 +9,7 @@ Layout of ``<run>/checkpoints/step_0000100/``::
                         SHA-256 of every file above; written last
 
 The folder is built under a hidden temporary name and renamed into place (see
-:mod:`memplug.atomic`), so a kill at any moment leaves the previous checkpoints intact and no
+:mod:`memplug.util.atomic`), so a kill at any moment leaves the previous checkpoints intact and no
 half-written one visible. Reading re-hashes every file: a corrupted or truncated checkpoint is
 refused with :class:`CheckpointError` instead of loading garbage.
 """
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .atomic import atomic_directory
+from ..util.atomic import atomic_directory
 
 __all__ = [
     "Checkpoint",

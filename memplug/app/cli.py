@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .manager import KINDS, get_plugin_manager
+from ..core.manager import KINDS, get_plugin_manager
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
 
@@ -45,7 +45,7 @@ def _load_commands() -> None:
     """Import the modules that add sub-commands (kept lazy: torch-heavy imports happen here)."""
     from importlib import import_module
 
-    for module in ("memplug.reconstruct", "memplug.train", "memplug.evaluate", "memplug.data.cli", "memplug.demo",
+    for module in ("memplug.app.reconstruct", "memplug.app.train", "memplug.app.evaluate", "memplug.data.cli", "memplug.app.demo",
                    "memplug.tasks.cli"):
         try:
             import_module(module)

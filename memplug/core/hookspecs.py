@@ -1,7 +1,7 @@
 """Hook specifications: one registration hook per component kind.
 
 A plugin is a module (or object) with functions marked ``@memplug.hookimpl`` whose names match
-these specs. Each receives a :class:`memplug.registry.Registry` and adds classes to it::
+these specs. Each receives a :class:`memplug.core.registry.Registry` and adds classes to it::
 
     import memplug
 
@@ -27,27 +27,27 @@ hookimpl = pluggy.HookimplMarker("memplug")
 
 @hookspec
 def memplug_add_encoders(registry: Registry) -> None:
-    """Add :class:`memplug.contracts.Encoder` subclasses (HiPPO measures)."""
+    """Add :class:`memplug.core.contracts.Encoder` subclasses (HiPPO measures)."""
 
 
 @hookspec
 def memplug_add_retrievers(registry: Registry) -> None:
-    """Add :class:`memplug.contracts.Retriever` subclasses (polynomial samplers)."""
+    """Add :class:`memplug.core.contracts.Retriever` subclasses (polynomial samplers)."""
 
 
 @hookspec
 def memplug_add_memories(registry: Registry) -> None:
-    """Add :class:`memplug.contracts.Memory` subclasses."""
+    """Add :class:`memplug.core.contracts.Memory` subclasses."""
 
 
 @hookspec
 def memplug_add_attention_backends(registry: Registry) -> None:
-    """Add :class:`memplug.contracts.AttentionBackend` subclasses."""
+    """Add :class:`memplug.core.contracts.AttentionBackend` subclasses."""
 
 
 @hookspec
 def memplug_add_backbones(registry: Registry) -> None:
-    """Add :class:`memplug.contracts.Backbone` subclasses."""
+    """Add :class:`memplug.core.contracts.Backbone` subclasses."""
 
 
 @hookspec

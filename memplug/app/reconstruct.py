@@ -14,7 +14,7 @@ dots. The figure has one row per signal and one panel per encoder; the relative 
 (against the token values) over the support and at each retriever's samples are printed and
 returned. From Python::
 
-    from memplug.reconstruct import reconstruct
+    from memplug.app.reconstruct import reconstruct
     results = reconstruct(out="reconstruct.png")
     results[0].encoder, results[0].error, results[0].sample_errors["uniform"]
 """
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .contracts import Encoder
-from .manager import make_encoder, make_retriever
+from ..core.contracts import Encoder
+from ..core.manager import make_encoder, make_retriever
 
 __all__ = ["Reconstruction", "reconstruct", "synthetic_signal", "byte_signal"]
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .contracts import AttentionBackend, Memory, MemoryRead
 from .manager import make_attention, registry
-from .ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
+from ..ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
 
 __all__ = ["MemoryAttention", "select_attention", "SPANS"]
 
@@ -63,10 +63,10 @@ def select_attention(
 class MemoryAttention(nn.Module):
     """Block-local attention with a memory in the same softmax.
 
-    ``memory``: a :class:`memplug.contracts.Memory` or ``None`` (plain block-local attention).
+    ``memory``: a :class:`memplug.core.contracts.Memory` or ``None`` (plain block-local attention).
     ``block``: block length L. ``span``: ``"block"`` (local keys are the block) or
     ``"previous"`` (the previous block and the block). ``attention``: ``"auto"``, a backend
-    name or an :class:`~memplug.contracts.AttentionBackend`. ``scale``: softmax scale
+    name or an :class:`~memplug.core.contracts.AttentionBackend`. ``scale``: softmax scale
     (default ``1/sqrt(head_dim)``).
     """
 

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import contracts, hookspecs
-from .data.base import Dataset
+from ..data.base import Dataset
 from .registry import Registry
 
 BUILTIN_DIST = "memplug"

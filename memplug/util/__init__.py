@@ -1,0 +1,1 @@
+"""Small utilities shared by every layer: atomic file writes and a byte-bounded tensor cache."""
