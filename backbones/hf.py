@@ -35,22 +35,19 @@ import memplug
 from memplug.core.contracts import Backbone
 from memplug.core.model import MemoryModel
 
+from memplug.backbones.hf_files import as_dtype, load_pretrained
 from memplug.backbones.hf_llama import LlamaWiring
 from memplug.backbones.hf_neox import NeoXWiring
 
 __all__ = [
     "HFBackbone",
     "attach",
-    "build_backbone_from_spec",
-    "load_pretrained",
     "rotary",
     "SUPPORTED_MODEL_TYPES",
 ]
 
 _WIRINGS = (LlamaWiring(), NeoXWiring())
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for w in _WIRINGS for t in w.model_types)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-HF_HINT = 'pip install "memplug[hf]"  (transformers, gguf, accelerate, tokenizers)'
 
 
 def rotary(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: float = 1.0) -> Tensor:
@@ -79,7 +76,7 @@ class HFBackbone(Backbone):
 
     ``model`` is a loaded ``*ForCausalLM`` module (held, not copied), ``"smollm2"`` (the packaged
     SmolLM2-135M, :func:`memplug.backbones.smollm2.load_smollm2`) or a path: a directory saved
-    with ``save_pretrained`` or a ``.gguf`` file (see :func:`load_pretrained`); ``dtype`` applies
+    with ``save_pretrained`` or a ``.gguf`` file (see :func:`memplug.backbones.hf_files.load_pretrained`); ``dtype`` applies
     when loading. So ``build_model("hf", model="smollm2", memory="elastic", block=1024)`` works,
     though :func:`attach` is the way that also checks the window and clips memory positions.
     When loaded here, ``self.tokenizer`` is the model's tokenizer (``None`` when a module is
@@ -101,7 +98,7 @@ class HFBackbone(Backbone):
         if isinstance(model, str) and model == "smollm2":
             from memplug.backbones.smollm2 import load_smollm2
 
-            model, self.tokenizer = load_smollm2(dtype=_dtype(dtype))
+            model, self.tokenizer = load_smollm2(dtype=as_dtype(dtype))
         elif isinstance(model, (str, Path)):
             model, self.tokenizer = load_pretrained(str(model), dtype=dtype)
         elif dtype is not None:
@@ -244,76 +241,6 @@ def _sliding_window(config: Any) -> int | None:
     if layer_types is not None and "sliding_attention" not in layer_types:
         return None
     return int(window)
-
-
-def _require_transformers() -> Any:
-    try:
-        import transformers
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"Hugging Face backbones need transformers: {HF_HINT}", name="transformers") from exc
-    return transformers
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
-    if dtype not in names:
-        raise ValueError(f"dtype must be a torch.dtype or one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
-
-
-def load_pretrained(path: str, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` from local files only (no hub access).
-
-    ``path`` is a directory written by ``save_pretrained`` (config + weights, and a tokenizer if
-    saved; ``tokenizer`` is ``None`` when there is none) or a ``.gguf`` file, which
-    ``transformers`` dequantises (it needs the ``gguf`` package). The model is put in eval mode.
-    """
-    transformers = _require_transformers()
-    p = Path(path)
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise FileNotFoundError(f"no GGUF file at {p}")
-        folder, kwargs["gguf_file"] = str(p.parent), p.name
-    elif p.is_dir():
-        folder = str(p)
-    else:
-        raise FileNotFoundError(f"hf backbone path must be a model directory or a .gguf file, got {path!r}")
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if (dt := _dtype(dtype)) is not None:
-        model = model.to(dt)
-    # A GGUF file embeds its tokenizer; a directory has one only if its files were saved
-    # (transformers would otherwise build an empty placeholder tokenizer).
-    has_tokenizer = "gguf_file" in kwargs or any((p / f).is_file() for f in TOKENIZER_FILES)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs) if has_tokenizer else None
-    return model.eval(), tokenizer
-
-
-def build_backbone_from_spec(spec: str | Backbone, **cfg: Any) -> Backbone:
-    """The backbone a ``--backbone`` option names.
-
-    ``"hf:smollm2"`` loads the packaged SmolLM2-135M (:func:`memplug.backbones.smollm2.load_smollm2`),
-    ``"hf:<dir>"`` or ``"hf:<file>.gguf"`` a local HF model (:func:`load_pretrained`); for these
-    ``cfg`` may hold ``dtype``, and the result's ``tokenizer`` attribute holds the model's
-    tokenizer. Any other string is a registered backbone name built with
-    ``memplug.make_backbone(spec, **cfg)`` (``"tiny"``); a Backbone object passes through.
-    """
-    if isinstance(spec, Backbone):
-        return spec
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"backbone spec must be a non-empty string such as 'tiny' or 'hf:smollm2', got {spec!r}")
-    if not spec.startswith("hf:"):
-        return memplug.make_backbone(spec, **cfg)
-    target = spec[3:]
-    unknown = set(cfg) - {"dtype"}
-    if unknown:
-        raise ValueError(f"options {sorted(unknown)} do not apply to {spec!r}; an hf backbone takes only dtype")
-    if not target:
-        raise ValueError("backbone spec 'hf:' needs a target: 'hf:smollm2', 'hf:<model dir>' or 'hf:<file>.gguf'")
-    return HFBackbone(target, dtype=cfg.get("dtype"))
 
 
 @memplug.hookimpl

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from memplug.backbones.hf_files import load_pretrained
+
 __all__ = ["SMOLLM2_GGUF", "INSTALL_HINT", "smollm2_gguf_path", "load_smollm2"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,6 +46,4 @@ def load_smollm2(dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     ``dtype`` casts the dequantised float32 weights (e.g. ``torch.bfloat16``). Loading takes
     about 15 s on 2 CPU cores (the dequantisation dominates).
     """
-    from memplug.backbones.hf import load_pretrained
-
     return load_pretrained(str(smollm2_gguf_path()), dtype=dtype)

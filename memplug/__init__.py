@@ -10,6 +10,7 @@ Quick tour::
 
 from .core.contracts import AttentionBackend, Backbone, Encoder, Memory, MemoryRead, Retriever
 from .core.hookspecs import hookimpl
+from .core.manager import VERSION as __version__
 from .core.manager import (
     available,
     get_plugin_manager,
@@ -22,8 +23,6 @@ from .core.manager import (
 )
 from .core.model import MemoryModel, ModelOutput, ModelState, build_model
 from .core.registry import PluginError, UnknownComponentError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AttentionBackend",

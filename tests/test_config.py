@@ -97,7 +97,7 @@ def test_apply_overrides_copies():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_build_their_model(path):
-    from memplug.app.train import build_model_and_tokenizer
+    from memplug.app.build import build_model_and_tokenizer
 
     config = load_config(path)
     if config.data.tokenizer == "bpe":  # the BPE needs the corpus; the model only its size

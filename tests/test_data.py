@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +71,7 @@ def test_missing_sources_name_the_fetch_command(tmp_path):
         PythonCode(root=tmp_path / "nowhere").source()
 
 
-def test_builtin_datasets_register_through_entry_points():
-    eps = {ep.name: ep.value for ep in metadata.entry_points(group="memplug")}
-    assert eps["dataset_literature"] == "memplug.data.literature"
-    assert eps["dataset_code"] == "memplug.data.python_code"
-    assert eps["dataset_pydocs"] == "memplug.data.python_docs"
+def test_builtin_datasets_are_registered():
     assert {"literature", "code", "pydocs"} <= set(memplug.available("dataset"))
 
 

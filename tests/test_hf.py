@@ -18,7 +18,7 @@ from hypothesis import given
 transformers = pytest.importorskip("transformers")
 
 import memplug  # noqa: E402
-from memplug.backbones.hf import HFBackbone, attach, build_backbone_from_spec, rotary  # noqa: E402
+from memplug.backbones.hf import HFBackbone, attach, rotary  # noqa: E402
 from memplug.testing import strategies as mst  # noqa: E402
 
 VOCAB = 97
@@ -235,11 +235,11 @@ def test_unsupported_architecture_names_the_supported_ones():
         HFBackbone(base)
 
 
-def test_spec_loads_a_saved_model_directory(tmp_path):
+def test_backbone_loads_a_saved_model_directory(tmp_path):
     hf = tiny_hf("qwen2")
     hf.save_pretrained(tmp_path)
-    backbone = build_backbone_from_spec(f"hf:{tmp_path}")
-    assert isinstance(backbone, HFBackbone) and backbone.tokenizer is None
+    backbone = HFBackbone(str(tmp_path))
+    assert backbone.tokenizer is None  # no tokenizer files were saved
     ids = ids_for(1, 40)
     with torch.no_grad():
         torch.testing.assert_close(attach(backbone, memory=None, block=64)(ids).logits, hf(ids).logits,
@@ -248,10 +248,7 @@ def test_spec_loads_a_saved_model_directory(tmp_path):
     built = memplug.build_model("hf", model=str(tmp_path), memory=None, block=64)
     torch.testing.assert_close(built(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
     with pytest.raises(FileNotFoundError, match="model directory or a .gguf"):
-        build_backbone_from_spec(f"hf:{tmp_path}/missing")
-    with pytest.raises(ValueError, match="needs a target"):
-        build_backbone_from_spec("hf:")
-    assert build_backbone_from_spec("tiny", d_model=32, n_layers=1, n_heads=2).num_layers == 1
+        HFBackbone(f"{tmp_path}/missing")
 
 
 def test_module_imports_and_registers_without_transformers():
@@ -262,11 +259,11 @@ def test_module_imports_and_registers_without_transformers():
         "        if name == 'transformers' or name.startswith('transformers.'):\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import memplug, memplug.backbones.hf as hf\n"
+        "import memplug, memplug.backbones.hf, memplug.backbones.hf_files as hf_files\n"
         "assert 'hf' in memplug.available('backbone')\n"
         "assert 'transformers' not in sys.modules\n"
         "try:\n"
-        "    hf.load_pretrained('x.gguf')\n"
+        "    hf_files.load_pretrained('x.gguf')\n"
         "except ModuleNotFoundError as e:\n"
         "    assert 'memplug[hf]' in str(e), e\n"
         "else:\n"

@@ -8,13 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memplug.data import Dataset, Document, prepare
-from memplug.data.tokenizers import (
-    BPETokenizer,
-    ByteTokenizer,
-    HFTokenizer,
-    make_tokenizer,
-    train_bpe,
-)
+from memplug.data.prepare import make_tokenizer, train_bpe
+from memplug.data.tokenizers import BPETokenizer, ByteTokenizer, HFTokenizer
 
 TEXTS = [
     "def f(x):\n    return x + 1\n" * 20,

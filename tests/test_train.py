@@ -25,7 +25,7 @@ from memplug.app.checkpoint import (
 )
 from memplug.app.cli import main
 from memplug.app.config import ConfigError
-from memplug.app.evaluate import load_trained
+from memplug.app.build import load_trained
 from memplug.app.train import OutputError, lr_at, train
 
 

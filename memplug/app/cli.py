@@ -1,18 +1,81 @@
-"""The ``memplug`` command line: one sub-command per job, each in its own module.
+"""The ``memplug`` command line: a dispatcher over sub-commands that plugins contribute.
 
-Sub-commands register themselves in :data:`COMMANDS` as ``name -> (help, add_arguments, run)``
-so this file stays a dispatcher.
+Every sub-command comes from a ``memplug_add_commands(commands)`` hook. The built-in ones are
+those of the modules in :data:`BUILTIN_COMMANDS` (registered with the plugin manager only when
+the command line runs, so library code never imports them); an installed package adds its own
+through the same hook and the ``memplug`` entry-point group. ``MEMPLUG_TRACE=1`` prints every
+hook call (pluggy's tracing).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import import_module
 
-from ..core.manager import KINDS, get_plugin_manager
+from ..core.hookspecs import hookimpl
+from ..core.manager import BUILTIN_PROVIDER, KINDS, VERSION, call_each, get_plugin_manager
+from ..core.registry import PluginError
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+__all__ = ["BUILTIN_COMMANDS", "Command", "Commands", "load_commands", "main"]
+
+#: Modules whose ``memplug_add_commands`` hook adds the built-in sub-commands.
+BUILTIN_COMMANDS: tuple[str, ...] = (
+    "memplug.app.cli",
+    "memplug.app.train",
+    "memplug.app.evaluate",
+    "memplug.data.cli",
+    "memplug.tasks.cli",
+    "memplug.app.demo",
+    "memplug.app.reconstruct",
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its ``name``, one line of ``help``, how it reads its arguments and what it runs."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    provider: str
+
+
+class Commands:
+    """The sub-commands, by unique name; what ``memplug_add_commands`` hooks receive."""
+
+    def __init__(self) -> None:
+        self.provider = "code"  # set by call_each while a plugin's hook runs
+        self._commands: dict[str, Command] = {}
+
+    def add(self, name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+            run: Callable[[argparse.Namespace], int | None]) -> None:
+        """Add sub-command ``name``; a name already taken is a :class:`PluginError` naming both providers."""
+        old = self._commands.get(name)
+        if old is not None:
+            raise PluginError(f"duplicate memplug sub-command {name!r}: provided by {old.provider} and by {self.provider}")
+        self._commands[name] = Command(name, help, add_arguments, run, self.provider)
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._commands.values())
+
+    def __getitem__(self, name: str) -> Command:
+        return self._commands[name]
+
+
+def load_commands() -> Commands:
+    """Every sub-command: the built-in command modules' and those of installed plugins."""
+    plugins = get_plugin_manager()
+    for module in BUILTIN_COMMANDS:
+        if not plugins.pm.has_plugin(module):
+            plugins.pm.register(import_module(module), name=module)
+            plugins.providers[module] = BUILTIN_PROVIDER
+    commands = Commands()
+    call_each(plugins.pm, "memplug_add_commands", commands, plugins.providers)
+    return commands
 
 
 def _plugins_args(parser: argparse.ArgumentParser) -> None:
@@ -36,32 +99,30 @@ def _plugins_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Command] = {
-    "plugins": ("list every plugin by kind, name and providing distribution", _plugins_args, _plugins_run),
-}
+@hookimpl
+def memplug_add_commands(registry: Commands) -> None:
+    registry.add("plugins", "list every plugin by kind, name and providing distribution", _plugins_args, _plugins_run)
 
 
-def _load_commands() -> None:
-    """Import the modules that add sub-commands (kept lazy: torch-heavy imports happen here)."""
-    from importlib import import_module
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none to show."""
 
-    for module in ("memplug.app.reconstruct", "memplug.app.train", "memplug.app.evaluate", "memplug.data.cli", "memplug.app.demo",
-                   "memplug.tasks.cli"):
-        try:
-            import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_commands()
+    commands = load_commands()
     parser = argparse.ArgumentParser(prog="memplug", description="memplug: memory plugins for transformers")
+    parser.add_argument("--version", action="version", version=f"memplug {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    for command in commands:
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help,
+                                             formatter_class=_HelpFormatter))
     args = parser.parse_args(argv)
-    return int(COMMANDS[args.command][2](args) or 0)
+    return int(commands[args.command].run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .cli import COMMANDS
+from ..core.hookspecs import hookimpl
 from .evaluate import memory_masked
 from ..core.model import MemoryModel, build_model
 from .report import write_report
@@ -190,5 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["demo"] = ("the main job: memory on a long-range task and on real code, in about 15 CPU minutes",
-                    _add_arguments, _run)
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("demo", "the main job: memory on a long-range task and on real code, in about 15 CPU minutes",
+                 _add_arguments, _run)

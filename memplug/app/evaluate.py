@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.hookspecs import hookimpl
 from ..util.atomic import atomic_write_bytes
 from .precision import PRECISIONS, Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
     from ..data.tokenizers import Tokenizer
 
-__all__ = ["evaluate", "load_trained", "memory_masked", "summarize", "to_markdown", "token_losses"]
+__all__ = ["evaluate", "memory_masked", "summarize", "to_markdown", "token_losses"]
 
 LN2 = math.log(2)
 
@@ -203,23 +204,6 @@ def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
 # --- checkpoints and the command line -------------------------------------------------------------
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Any]:
-    """A trained model, its tokenizer and its :class:`~memplug.app.config.Config` from a checkpoint
-    folder (verified; see :func:`memplug.app.checkpoint.read_checkpoint`)."""
-    from .checkpoint import CheckpointError, read_checkpoint
-    from .config import Config
-    from .train import build_model_and_tokenizer
-
-    ckpt = read_checkpoint(path)
-    if ckpt.config is None:
-        raise CheckpointError(f"checkpoint {ckpt.path} has no experiment config; it was not written by memplug train")
-    config = Config.from_dict(ckpt.config)
-    tok_file = ckpt.file("tokenizer.json")
-    model, tokenizer = build_model_and_tokenizer(config, None, tokenizer_json=tok_file.read_text() if tok_file else None)
-    ckpt.load_model(model)
-    return model.to(device), tokenizer, config
-
-
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder (runs/NAME/checkpoints/step_N) or a run folder (latest)")
     parser.add_argument("--data", required=True, help="dataset name (memplug data list)")
@@ -239,6 +223,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .build import load_trained
     from .checkpoint import CheckpointError, latest_checkpoint
     from .config import ConfigError, parse_pairs
     from ..data import SourceMissingError, prepare
@@ -289,11 +274,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register() -> None:
-    from .cli import COMMANDS
-
-    COMMANDS["eval"] = ("perplexity / bits per byte of a checkpoint, by position, with memory and masked",
-                        _add_arguments, _run)
-
-
-_register()
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("eval", "perplexity / bits per byte of a checkpoint, by position, with memory and masked",
+                 _add_arguments, _run)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..core.contracts import Encoder
+from ..core.hookspecs import hookimpl
 from ..core.manager import make_encoder, make_retriever
 
 __all__ = ["Reconstruction", "reconstruct", "synthetic_signal", "byte_signal"]
@@ -228,11 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register() -> None:
-    from .cli import COMMANDS
-
-    COMMANDS["reconstruct"] = ("plot signals with their reconstruction by each encoder and retriever",
-                               _add_arguments, _run)
-
-
-_register()
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("reconstruct", "plot signals with their reconstruction by each encoder and retriever",
+                 _add_arguments, _run)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.hookspecs import hookimpl
 from ..util.atomic import atomic_write_bytes
 from .checkpoint import (
     CheckpointError,
@@ -50,6 +51,7 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from .build import build_model_and_tokenizer
 from .config import Config, ConfigError, load_config
 from ..data import Prepared, TokenizedSplit, prepare
 from ..data.windows import WindowSampler, eval_starts, gather
@@ -63,9 +65,9 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .precision import autocast, resolve_precision
-from ..data.tokenizers import BPETokenizer, HFTokenizer, Tokenizer, make_tokenizer
+from ..data.tokenizers import BPETokenizer, Tokenizer
 
-__all__ = ["OutputError", "TrainResult", "build_model_and_tokenizer", "lr_at", "train"]
+__all__ = ["OutputError", "TrainResult", "lr_at", "train"]
 
 LOG_FIELDS = ("step", "split", "loss", "bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
 
@@ -98,41 +100,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def prepare_data(config: Config) -> Prepared:
     return prepare(config.data.dataset, validation=config.data.validation, test=config.data.test,
                    seed=config.data.split_seed, **config.data.options)
-
-
-def build_model_and_tokenizer(
-    config: Config, prepared: Prepared | None, tokenizer_json: str | None = None
-) -> tuple[nn.Module, Tokenizer]:
-    """The model of ``config.model`` and the tokenizer of ``config.data``.
-
-    The BPE comes from ``tokenizer_json`` (a checkpoint's copy) or is trained on ``prepared``;
-    the ``hf`` tokenizer is the backbone's own. The backbone's ``vocab_size`` defaults to the
-    tokenizer's. Errors of the model builder are reported as :class:`ConfigError` on ``model``.
-    """
-    from ..core.model import build_model
-
-    cfg = dict(config.model)
-    tokenizer: Tokenizer | None = None
-    if config.data.tokenizer == "bpe" and tokenizer_json is not None:
-        tokenizer = BPETokenizer.from_json(tokenizer_json)
-    elif config.data.tokenizer != "hf":
-        tokenizer = make_tokenizer(config.data.tokenizer, prepared=prepared, vocab_size=config.data.vocab_size)
-        given = cfg.setdefault("vocab_size", tokenizer.vocab_size)
-        if given != tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size: must equal the {config.data.tokenizer} tokenizer's "
-                              f"{tokenizer.vocab_size}, got {given!r}")
-    if tokenizer is not None:
-        cfg.setdefault("vocab_size", tokenizer.vocab_size)
-    try:
-        model = build_model(**cfg)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"model: {exc}") from None
-    if tokenizer is None:
-        hf = getattr(model.backbone, "tokenizer", None)
-        if hf is None:
-            raise ConfigError("data.tokenizer: 'hf' needs a backbone loaded from a path, which carries its tokenizer")
-        tokenizer = HFTokenizer(hf)
-    return model, tokenizer
 
 
 class _StopRequest:
@@ -483,10 +450,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register() -> None:
-    from .cli import COMMANDS
-
-    COMMANDS["train"] = ("train a model from a TOML experiment config", _add_arguments, _run)
-
-
-_register()
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("train", "train a model from a TOML experiment config", _add_arguments, _run)

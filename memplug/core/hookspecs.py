@@ -14,7 +14,7 @@ Hooks run when the plugin manager is built, never inside ``forward``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -53,3 +53,12 @@ def memplug_add_backbones(registry: Registry) -> None:
 @hookspec
 def memplug_add_datasets(registry: Registry) -> None:
     """Add dataset classes (see :mod:`memplug.data`)."""
+
+
+@hookspec
+def memplug_add_commands(registry: Any) -> None:
+    """Add ``memplug`` sub-commands: ``registry.add(name, help, add_arguments, run)``.
+
+    ``add_arguments(parser)`` fills the sub-command's ``argparse`` parser; ``run(args)`` does the
+    work and returns the exit status. Called only by the command line, never by library code.
+    """

@@ -1,27 +1,81 @@
-"""The plugin manager: built-ins, then third-party entry points, then ``check_pending()``.
+"""The plugin manager: built-ins registered in code, then third-party entry points.
 
-Built-in plugins are registered through the ``memplug`` entry-point group like any third-party
-package. ``MEMPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips third-party entry points (built-ins still
-load). A third-party plugin that fails to import is recorded in ``failures`` with its name and
-error, reported as a warning, and the others still load.
+Built-in plugins are the modules named in :data:`BUILTIN_PLUGINS`, imported and registered here
+(the tox pattern): a source checkout needs no reinstall when a built-in is added, and adding one
+is one file plus one line in that tuple. Third-party packages register through the ``memplug``
+entry-point group; ``MEMPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips them (built-ins still load). A
+third-party plugin that fails to import is recorded in ``failures`` with its name and error,
+reported as a warning, and the others still load.
+
+Each registration hook runs once per plugin, through a hook caller that holds that plugin alone,
+while the registry's ``provider`` names it: so every registered class remembers which package
+gave it, and a name clash names both.
+
+Under ``python -m memplug`` (and ``torchrun -m memplug``) the working directory is on
+``sys.path``, so a ``*.dist-info`` folder there is found by the entry-point machinery and its
+plugins are imported like installed ones: run such commands from a folder you trust, or set
+``MEMPLUG_DISABLE_PLUGIN_AUTOLOAD=1``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import import_module, metadata
 from typing import Any
 
 import pluggy
 
 from . import contracts, hookspecs
-from ..data.base import Dataset
 from .registry import Registry
 
 BUILTIN_DIST = "memplug"
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version(BUILTIN_DIST)
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+source"
+
+
+#: memplug's version (``memplug.__version__``), from its package metadata.
+VERSION = _installed_version()
+#: The provider every built-in entry names.
+BUILTIN_PROVIDER = f"{BUILTIN_DIST} {VERSION}"
 DISABLE_ENV = "MEMPLUG_DISABLE_PLUGIN_AUTOLOAD"
+#: ``MEMPLUG_TRACE=1`` prints every hook call and its result to stderr (pluggy's tracing).
+TRACE_ENV = "MEMPLUG_TRACE"
+
+#: The built-in plugins, registered in code in this order. A new built-in is one module here.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "memplug.plugins.encoders.legs",
+    "memplug.plugins.encoders.jacobi",
+    "memplug.plugins.encoders.legt",
+    "memplug.plugins.encoders.fout",
+    "memplug.plugins.retrievers.uniform",
+    "memplug.plugins.retrievers.warped",
+    "memplug.plugins.retrievers.learned",
+    "memplug.plugins.retrievers.jittered",
+    "memplug.plugins.memories.none",
+    "memplug.plugins.memories.elastic",
+    "memplug.plugins.memories.xl",
+    "memplug.plugins.memories.knn",
+    "memplug.plugins.memories.melodi",
+    "memplug.plugins.memories.infini",
+    "memplug.plugins.memories.full",
+    "memplug.plugins.attention.sdpa",
+    "memplug.plugins.attention.flex",
+    "memplug.plugins.attention.xformers",
+    "memplug.plugins.attention.flash",
+    "memplug.backbones.tiny",
+    "memplug.backbones.hf",
+    "memplug.data.literature",
+    "memplug.data.python_code",
+    "memplug.data.python_docs",
+)
 
 #: kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type | None]] = {
@@ -30,7 +84,7 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "memory": ("memplug_add_memories", contracts.Memory),
     "attention": ("memplug_add_attention_backends", contracts.AttentionBackend),
     "backbone": ("memplug_add_backbones", contracts.Backbone),
-    "dataset": ("memplug_add_datasets", Dataset),
+    "dataset": ("memplug_add_datasets", contracts.Dataset),
 }
 
 
@@ -41,6 +95,7 @@ class Plugins:
     pm: pluggy.PluginManager
     registries: dict[str, Registry]
     failures: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)  # plugin name -> "dist version"
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -58,48 +113,48 @@ def build_plugins(autoload: bool | None = None) -> Plugins:
         autoload = os.environ.get(DISABLE_ENV, "") in ("", "0", "false", "False")
     pm = pluggy.PluginManager("memplug")
     pm.add_hookspecs(hookspecs)
+    if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+        pm.trace.root.setwriter(lambda message: print(message, end="", file=sys.stderr))
+        pm.enable_tracing()
     failures: dict[str, str] = {}
     providers: dict[str, str] = {}
-    builtins_found = False
-    for ep in _entry_points():
-        builtin = ep.dist is not None and ep.dist.metadata["Name"] == BUILTIN_DIST
-        builtins_found = builtins_found or builtin
-        if not builtin and not autoload:
-            continue
+    for module in BUILTIN_PLUGINS:
+        pm.register(import_module(module), name=module)
+        providers[module] = BUILTIN_PROVIDER
+    for ep in _entry_points() if autoload else []:
+        if ep.dist is not None and ep.dist.metadata["Name"] == BUILTIN_DIST:
+            continue  # an older install's metadata: built-ins come from the tuple above
         if pm.has_plugin(ep.name):
             failures[ep.name] = f"entry point name {ep.name!r} is used twice ({_provider(ep)})"
             continue
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken third-party plugin must not break the rest
-            if builtin:
-                raise
             failures[ep.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"memplug plugin {ep.name!r} ({_provider(ep)}) failed to load: {exc}", stacklevel=2)
+            continue
+        if pm.is_registered(plugin):  # two entry points naming one module
             continue
         pm.register(plugin, name=ep.name)
         providers[ep.name] = _provider(ep)
     pm.check_pending()
-    if not builtins_found:
-        warnings.warn(
-            "memplug's built-in plugins register through its package metadata (the 'memplug' entry-point "
-            "group) and none was found: memplug is imported from a source tree that is not installed in "
-            "this interpreter (check which python runs). Install it with `pip install -e .`; until then "
-            "every registry holds only what is registered in code.",
-            stacklevel=2,
-        )
 
     registries = {kind: Registry(kind, base) for kind, (_, base) in KINDS.items()}
-    plugins = pm.get_plugins()
     for kind, (hook_name, _) in KINDS.items():
-        registry = registries[kind]
-        for plugin in plugins:
-            name = pm.get_name(plugin)
-            registry.provider = providers.get(name, name)
-            others = [p for p in plugins if p is not plugin]
-            pm.subset_hook_caller(hook_name, remove_plugins=others)(registry=registry)
-        registry.provider = "code"
-    return Plugins(pm, registries, failures)
+        call_each(pm, hook_name, registries[kind], providers)
+    return Plugins(pm, registries, failures, providers)
+
+
+def call_each(pm: pluggy.PluginManager, hook_name: str, registry: Any, providers: dict[str, str]) -> None:
+    """Call ``hook_name(registry=registry)`` on each plugin alone, with ``registry.provider`` set
+    to that plugin's provider while it runs (so each entry records who registered it)."""
+    plugins = pm.get_plugins()
+    for plugin in plugins:
+        name = pm.get_name(plugin)
+        registry.provider = providers.get(name, name)
+        others = [p for p in plugins if p is not plugin]
+        pm.subset_hook_caller(hook_name, remove_plugins=others)(registry=registry)
+    registry.provider = "code"
 
 
 _PLUGINS: Plugins | None = None

@@ -5,7 +5,7 @@ ones): ``literature`` (Shakespeare and Milton), ``code`` (the Python standard li
 ``pydocs`` (Python's documentation sources). ``memplug data prepare NAME`` on the command line.
 """
 
-from .base import Dataset, Document, SourceMissingError
+from ..core.contracts import Dataset, Document, SourceMissingError
 from .cache import cache_dir
 from .prepare import Prepared, Split, TokenizedSplit, get_dataset, prepare
 

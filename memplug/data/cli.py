@@ -7,10 +7,10 @@ import shlex
 import subprocess
 import sys
 
-from ..app.cli import COMMANDS
+from ..core.hookspecs import hookimpl
 from ..app.config import ConfigError, parse_pairs
 from ..core.manager import registry
-from .base import SourceMissingError
+from ..core.contracts import SourceMissingError
 from .literature import Literature, fetch_command
 from .prepare import get_dataset, prepare
 
@@ -58,4 +58,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["data"] = ("prepare and list corpora (document-level splits, cached)", _add_arguments, _run)
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("data", "prepare and list corpora (document-level splits, cached)", _add_arguments, _run)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.hookspecs import hookimpl
-from .base import Dataset, Document, SourceMissingError
+from ..core.contracts import Dataset, Document, SourceMissingError
 from .cache import cache_dir
 from .text import decode_text
 

@@ -22,19 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..util.atomic import atomic_directory, atomic_write_bytes
-from .base import Dataset
+from ..core.contracts import Dataset
+from ..core.manager import registry
 from .cache import cache_dir
 from .splits import SPLITS, assign_splits, split_hash
+from .tokenizers import TOKENIZERS, BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 
-if TYPE_CHECKING:
-    from .tokenizers import Tokenizer
-
-__all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "prepare"]
+__all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "make_tokenizer", "prepare", "train_bpe"]
 
 FORMAT = 1
 
@@ -46,8 +45,6 @@ def get_dataset(name: str | Dataset, **options: Any) -> Dataset:
         if options:
             raise ValueError(f"options {sorted(options)} given together with a ready Dataset object")
         return name
-    from ..core.manager import registry  # the manager imports this package's base class
-
     cls = registry("dataset").get(name)
     try:
         return cls(**options)
@@ -226,3 +223,37 @@ def prepare(
         manifest = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dropped": dropped, "splits": splits}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return Prepared(directory, manifest)
+
+
+def train_bpe(prepared: Prepared, vocab_size: int = 8192) -> BPETokenizer:
+    """The BPE of a prepared corpus, trained on its train split once and cached beside it."""
+    path = prepared.directory / "tokenizers" / f"bpe-{vocab_size}.json"
+    if path.exists():
+        return BPETokenizer.load(path)
+    tok = BPETokenizer.train(prepared.split("train").texts(), vocab_size)
+    tok.save(path)
+    return tok
+
+
+def make_tokenizer(name: str, *, prepared: Prepared | None = None, vocab_size: int = 8192,
+                   hf_tokenizer: Any = None, **hf_options: Any) -> Tokenizer:
+    """A tokenizer by name.
+
+    - ``"byte"``: :class:`ByteTokenizer`.
+    - ``"bpe"``: :func:`train_bpe` on ``prepared``'s train split (needs ``prepared``).
+    - ``"hf"``: the backbone's tokenizer: ``hf_tokenizer`` (a transformers tokenizer object), or
+      ``HFTokenizer.from_pretrained(**hf_options)`` with ``path`` and loader keywords.
+    """
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "bpe":
+        if prepared is None:
+            raise ValueError("the bpe tokenizer is trained on a corpus: pass prepared=memplug.data.prepare(NAME)")
+        return train_bpe(prepared, vocab_size)
+    if name == "hf":
+        if hf_tokenizer is not None:
+            return HFTokenizer(hf_tokenizer)
+        if "path" not in hf_options:
+            raise ValueError("the hf tokenizer needs hf_tokenizer=<transformers tokenizer> or path=<model folder>")
+        return HFTokenizer.from_pretrained(hf_options.pop("path"), **hf_options)
+    raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {name!r}")

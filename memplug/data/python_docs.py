@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.hookspecs import hookimpl
-from .base import Dataset, Document, SourceMissingError
+from ..core.contracts import Dataset, Document, SourceMissingError
 from .cache import tree_fingerprint
 from .text import decode_text
 

@@ -13,16 +13,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..util.atomic import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from . import Prepared
 
-__all__ = ["TOKENIZERS", "BPETokenizer", "ByteTokenizer", "HFTokenizer", "Tokenizer", "make_tokenizer", "train_bpe"]
+__all__ = ["TOKENIZERS", "BPETokenizer", "ByteTokenizer", "HFTokenizer", "Tokenizer"]
 
 TOKENIZERS = ("byte", "bpe", "hf")
 
@@ -191,37 +189,3 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self._tok.decode(np.asarray(ids).tolist())
-
-
-def train_bpe(prepared: Prepared, vocab_size: int = 8192) -> BPETokenizer:
-    """The BPE of a prepared corpus, trained on its train split once and cached beside it."""
-    path = prepared.directory / "tokenizers" / f"bpe-{vocab_size}.json"
-    if path.exists():
-        return BPETokenizer.load(path)
-    tok = BPETokenizer.train(prepared.split("train").texts(), vocab_size)
-    tok.save(path)
-    return tok
-
-
-def make_tokenizer(name: str, *, prepared: Prepared | None = None, vocab_size: int = 8192,
-                   hf_tokenizer: Any = None, **hf_options: Any) -> Tokenizer:
-    """A tokenizer by name.
-
-    - ``"byte"``: :class:`ByteTokenizer`.
-    - ``"bpe"``: :func:`train_bpe` on ``prepared``'s train split (needs ``prepared``).
-    - ``"hf"``: the backbone's tokenizer: ``hf_tokenizer`` (a transformers tokenizer object), or
-      ``HFTokenizer.from_pretrained(**hf_options)`` with ``path`` and loader keywords.
-    """
-    if name == "byte":
-        return ByteTokenizer()
-    if name == "bpe":
-        if prepared is None:
-            raise ValueError("the bpe tokenizer is trained on a corpus: pass prepared=memplug.data.prepare(NAME)")
-        return train_bpe(prepared, vocab_size)
-    if name == "hf":
-        if hf_tokenizer is not None:
-            return HFTokenizer(hf_tokenizer)
-        if "path" not in hf_options:
-            raise ValueError("the hf tokenizer needs hf_tokenizer=<transformers tokenizer> or path=<model folder>")
-        return HFTokenizer.from_pretrained(hf_options.pop("path"), **hf_options)
-    raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {name!r}")

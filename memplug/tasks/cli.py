@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ..app.cli import COMMANDS
+from ..core.hookspecs import hookimpl
 from . import TASKS, make_task
 from .run import score_on_task, train_on_task
 
@@ -72,5 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["task"] = ("train and score one memory on a synthetic long-range task (regime, passkey, recall)",
-                    _add_arguments, _run)
+@hookimpl
+def memplug_add_commands(registry) -> None:
+    registry.add("task", "train and score one memory on a synthetic long-range task (regime, passkey, recall)",
+                 _add_arguments, _run)
