@@ -24,7 +24,7 @@ This module imports ``transformers`` only inside the functions that load weights
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class HFBackbone(Backbone):
     ``model`` is a loaded ``*ForCausalLM`` module (held, not copied), ``"smollm2"`` (the packaged
     SmolLM2-135M, :func:`memplug.backbones.smollm2.load_smollm2`) or a path: a directory saved
     with ``save_pretrained`` or a ``.gguf`` file (see :func:`memplug.backbones.hf_files.load_pretrained`); ``dtype`` applies
-    when loading. So ``build_model("hf", model="smollm2", memory="elastic", block=1024)`` works,
+    when loading. So ``build_model("hf", backbone_options=dict(model="smollm2"), block=1024)`` works,
     though :func:`attach` is the way that also checks the window and clips memory positions.
     When loaded here, ``self.tokenizer`` is the model's tokenizer (``None`` when a module is
     passed, or when a model directory holds no tokenizer files).
@@ -178,18 +178,29 @@ ROPE_MODES = ("none", "sample")
 def attach(
     model: nn.Module | HFBackbone,
     memory: Any = "elastic",
-    block: int = 1024,
+    block: int | None = None,
     layers: Sequence[int] | None = None,
     rope: str = "none",
-    **cfg: Any,
+    *,
+    memory_options: Mapping[str, Any] | None = None,
+    span: str = "block",
+    attention: str = "auto",
+    gate: bool = False,
+    sink: int = 0,
 ) -> MemoryModel:
     """Turn a Hugging Face causal LM into a :class:`memplug.core.model.MemoryModel`.
 
     ``model``: a Llama-family or GPT-NeoX ``*ForCausalLM`` (or an :class:`HFBackbone`). It is
-    held, not copied: the MemoryModel's parameters are the HF model's (plus any a memory adds;
-    elastic adds none) and no weight changes. ``memory``, ``block``, ``layers`` and ``cfg``
-    (``span``, ``attention`` and memory options such as ``order`` and ``samples``) are those of
-    :class:`~memplug.core.model.MemoryModel`; ``memory=None`` gives block-local attention only.
+    held, not copied: the MemoryModel's parameters are the HF model's (plus any a memory adds:
+    elastic adds none, ``gate=True`` one weight per head per memory layer) and no weight changes.
+    The result is in the HF model's mode (``eval()`` after ``from_pretrained``).
+
+    ``memory``, ``block``, ``layers``, ``memory_options``, ``span``, ``attention``, ``gate`` and
+    ``sink`` are those of :class:`~memplug.core.model.MemoryModel`; ``memory=None`` gives the
+    local window only. ``block`` defaults to ``min(1024, max_position_embeddings // 4)``.
+    ``gate=True`` starts the memory closed, so the attached model gives the local-window model's
+    logits until training opens it; ``sink=1`` keeps the first token visible to every window
+    (most pretrained models park attention there).
 
     ``rope`` says how memory samples are positioned for the model's rotary embedding:
 
@@ -200,10 +211,11 @@ def attach(
       ``max_distance`` defaults to ``max_position_embeddings - block``.
 
     For any memory, the backbone also clips memory-key positions at
-    ``window - max_position_embeddings`` (``window`` = ``block``, or ``2 * block`` with
-    ``span="previous"``), so no query-key distance exceeds what the model was trained on. The local window itself must fit the trained
-    context: a larger one raises ``ValueError``; one wider than a Mistral-style sliding window
-    warns, since the original model never attended that far.
+    ``window - max_position_embeddings`` (``window`` = ``sink + block``, or ``sink + 2 * block``
+    with ``span="previous"``), so no query-key distance exceeds what the model was trained on.
+    The local window itself must fit the trained context: a larger one raises ``ValueError``
+    naming a block that fits; one wider than a Mistral-style sliding window warns, since the
+    original model never attended that far.
     """
     if rope not in ROPE_MODES:
         raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
@@ -211,25 +223,32 @@ def attach(
     backbone = HFBackbone(model.hf if isinstance(model, HFBackbone) else model)
     if isinstance(model, HFBackbone):
         backbone.tokenizer = model.tokenizer
-    window = block * (2 if cfg.get("span", "block") == "previous" else 1)
+    if block is None:
+        block = max(1, min(1024, backbone.max_positions // 4))
+    spans = 2 if span == "previous" else 1
+    window = sink + block * spans
     if window > backbone.max_positions:
+        fits = (backbone.max_positions - sink) // spans
         raise ValueError(
-            f"block={block} with span={cfg.get('span', 'block')!r} gives a local window of {window} positions, "
-            f"more than the {backbone.max_positions} this model was trained on; use a smaller block"
+            f"block={block} with span={span!r} and sink={sink} gives a local window of {window} positions, more "
+            f"than the {backbone.max_positions} this model was trained on; use block={min(1024, fits)} or less"
         )
     if backbone.sliding_window is not None and window > backbone.sliding_window:
         warnings.warn(
             f"local window of {window} tokens exceeds the model's sliding window of {backbone.sliding_window}",
             stacklevel=2,
         )
+    options = dict(memory_options or {})
     if rope == "sample":
         if memory != "elastic":
             raise ValueError(f"rope='sample' positions Elastic's samples; it needs memory='elastic', got {memory!r}")
-        cfg["positions"] = "sample"
+        options["positions"] = "sample"
         # Queries sit up to block - 1 after the block start, so this keeps every distance trained.
-        cfg.setdefault("max_distance", backbone.max_positions - block)
+        options.setdefault("max_distance", backbone.max_positions - block)
     backbone.min_position = float(window - backbone.max_positions)
-    return MemoryModel(backbone, memory=memory, block=block, layers=layers, **cfg)
+    attached = MemoryModel(backbone, memory, block, memory_options=options, layers=layers, span=span,
+                           attention=attention, gate=gate, sink=sink)
+    return attached.train(backbone.hf.training)
 
 
 def _sliding_window(config: Any) -> int | None:

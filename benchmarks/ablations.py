@@ -24,7 +24,6 @@ from common import Preset
 from tasks_suite import PRESETS as SUITE
 from tasks_suite import regime_rows
 
-from memplug.app.evaluate import memory_masked
 from memplug.tasks import RegimeTask
 
 # 17 arms: fewer steps (cpu) or seconds (gpu) each
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row |= {"steps": runs[name].steps, "s/step": runs[name].seconds / max(1, runs[name].steps),
                 "params": common.parameters(model)}
         if model.memories:
-            with memory_masked(model):
+            with model.memory_masked():
                 row["masked bits"] = regime_rows(name, common.collect(model, task, q), q, skip)["bits"]
             row["memory gain"] = row["masked bits"] - row["bits"]
         rows.append(row)

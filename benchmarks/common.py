@@ -122,7 +122,7 @@ def memory_spec(spec: str, p: Preset, scale: int | None = None) -> dict[str, Any
         scale = memory_configs.parse_scales(size)[0]
     name, _, encoder = spec.partition(":")
     scale = p.scale if scale is None else scale
-    options = memory_configs.model_options(name, scale, p.block, p.head_dim)
+    options = memory_configs.model_options(name, scale, p.block)
     if encoder:
         if name != "elastic":
             raise ValueError(f"only elastic takes an encoder suffix, got spec {spec!r}")
@@ -134,15 +134,23 @@ def memory_spec(spec: str, p: Preset, scale: int | None = None) -> dict[str, Any
     return options
 
 
+#: options of an arm that belong to the model's layers, not to its memory
+LAYER_OPTIONS = ("span", "attention", "gate", "sink")
+
+
 def build(vocab: int, spec: str, p: Preset, seed: int, device: torch.device, scale: int | None = None,
           **extra: Any) -> MemoryModel:
-    """The tiny backbone with memory ``spec`` in ``p.layers``; the backbone's initial weights
-    depend only on ``seed`` (they are drawn first, before any memory parameter)."""
+    """The tiny backbone with memory ``spec`` in ``p.layers``; ``extra`` holds more memory options
+    and the layer options of :data:`LAYER_OPTIONS`. The backbone's initial weights depend only on
+    ``seed`` (they are drawn first, before any memory parameter)."""
     options = {**memory_spec(spec, p, scale), **extra}
     memory = options.pop("memory", "elastic")
+    layer = {k: options.pop(k) for k in LAYER_OPTIONS if k in options}
     torch.manual_seed(seed)
     model = build_model("tiny", memory=memory, block=p.block, layers=list(p.layers) if memory else None,
-                        vocab_size=vocab, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads, **options)
+                        backbone_options=dict(vocab_size=vocab, d_model=p.d_model, n_layers=p.n_layers,
+                                              n_heads=p.n_heads),
+                        memory_options=options, **layer)
     return model.to(device)
 
 

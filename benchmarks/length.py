@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from common import Preset
 
 from memplug.data import prepare
-from memplug.app.evaluate import memory_masked
 from memplug.core.model import MemoryModel
 from memplug.tasks.corpus import CorpusTask
 from memplug.data.tokenizers import ByteTokenizer
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = common.train(model, train_task, p, args.seed, label="elastic on code")
     with_memory = stream(model, ids, chunk)
     print(f"  streamed {tokens} tokens with memory in {with_memory['seconds'].sum():.0f} s", flush=True)
-    with memory_masked(model):
+    with model.memory_masked():
         masked = stream(model, ids, chunk)
     full = common.build(256, "full", p, args.seed, args.device)
     full.load_state_dict(model.state_dict(), strict=False)  # same backbone weights; full adds none

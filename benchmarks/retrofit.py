@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from memplug.backbones.hf import attach
 from memplug.backbones.smollm2 import load_smollm2
 from memplug.data.literature import Literature
-from memplug.core.model import ModelState
+from memplug.core.state import ModelState
 from memplug.app.precision import resolve_precision
 
 HF_FULL = """

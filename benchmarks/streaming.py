@@ -32,7 +32,7 @@ import torch
 
 import common
 import memplug
-from memory_configs import model_options, parse_scales
+from memory_configs import build_options, parse_scales
 
 UNITS = {"k": 1024, "m": 1024**2}
 
@@ -58,11 +58,12 @@ def stream(args: argparse.Namespace) -> dict:
     """One stream in this process: per-block times and RSS at the start, middle and end."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    options = model_options(args.memory, args.scale, args.block, args.d_model // args.heads)
-    if args.encoder_cache_mb and options.get("memory") == "elastic":
-        options["encoder_options"] = {"cache_bytes": args.encoder_cache_mb * 2**20}
+    options = build_options(args.memory, args.scale, args.block)
+    if args.encoder_cache_mb and options["memory"] == "elastic":
+        options["memory_options"]["encoder_options"] = {"cache_bytes": args.encoder_cache_mb * 2**20}
     model = memplug.build_model(
-        "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, **options
+        "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads),
+        **options,
     ).eval()
     blocks = args.tokens // args.block
     marks = {"start": args.window, "middle": blocks // 2 + args.window // 2, "end": blocks}

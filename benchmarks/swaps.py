@@ -30,7 +30,6 @@ import torch
 from tasks_suite import PRESETS, regime_rows
 
 from memplug.data import prepare
-from memplug.app.evaluate import memory_masked
 from memplug.tasks import RegimeTask
 from memplug.tasks.corpus import CorpusTask
 from memplug.data.tokenizers import ByteTokenizer
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 scores[label] = regime_rows(label, common.collect(model, scored, p), p, skip)["bits"]
         if trained == "jittered":  # its own sampler in eval mode is uniform; score the trained object too
             scores["jittered (eval = uniform)"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]
-        with memory_masked(model):
+        with model.memory_masked():
             scores["memory masked"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]
         with fit_learned(model, common.teaching(args, task), p, args.learn_share, args.seed, samples):
             scores["learned (fitted, weights frozen)"] = regime_rows("", common.collect(model, scored, p), p, skip)["bits"]

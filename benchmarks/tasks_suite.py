@@ -29,7 +29,6 @@ import common
 import torch
 from common import Preset
 
-from memplug.app.evaluate import memory_masked
 from memplug.tasks import Mixture, PasskeyTask, RecallTask, RegimeTask
 from memplug.tasks.base import Task
 
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row |= {"steps": run.steps, "params": meta[spec]["parameters"]}
         rows.append(row)
         if spec.startswith("elastic"):
-            with memory_masked(model):
+            with model.memory_masked():
                 masked = common.collect(model, task, p)
             masked[f"oracle:block:{p.block}"] = values[f"oracle:block:{p.block}"]
             label = f"{spec}, memory masked at test"

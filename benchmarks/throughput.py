@@ -26,16 +26,15 @@ import torch
 
 import common
 import memplug
-from memory_configs import model_options, parse_scales
+from memory_configs import build_options, parse_scales
 from memplug.app.precision import PRECISIONS, resolve_precision
 
 
 def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryModel:
     torch.manual_seed(0)
-    head_dim = args.d_model // args.heads
     return memplug.build_model(
-        "tiny", block=args.block, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-        **model_options(name, scale, args.block, head_dim),
+        "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads),
+        **build_options(name, scale, args.block),
     ).to(args.device)
 
 

@@ -21,7 +21,8 @@ from .core.manager import (
     make_retriever,
     register,
 )
-from .core.model import MemoryModel, ModelOutput, ModelState, build_model
+from .core.model import MemoryModel, build_model
+from .core.state import ModelOutput, ModelState
 from .core.registry import PluginError, UnknownComponentError
 
 __all__ = [

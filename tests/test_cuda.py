@@ -18,7 +18,7 @@ import memplug
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-SMALL = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, block=32)
+SMALL = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
 CASES = {
     "none": dict(memory=None),
     "xl": dict(memory="xl"),
@@ -26,20 +26,24 @@ CASES = {
     "melodi": dict(memory="melodi"),
     "infini": dict(memory="infini"),
     "full": dict(memory="full"),
-    "elastic-legs": dict(memory="elastic", order=16, samples=8),
-    "elastic-jacobi": dict(memory="elastic", order=16, samples=8, encoder="jacobi", encoder_options={"beta": 1.0}),
-    "elastic-legt": dict(memory="elastic", order=16, samples=8, encoder="legt", encoder_options={"window": 128.0}),
-    "elastic-fout": dict(memory="elastic", order=16, samples=8, encoder="fout", encoder_options={"window": 128.0}),
-    "elastic-warped": dict(memory="elastic", order=16, samples=8, retriever="warped"),
-    "elastic-learned": dict(memory="elastic", order=16, samples=8, retriever="learned"),
-    "elastic-previous-sample": dict(memory="elastic", order=16, samples=8, span="previous", positions="sample"),
+    "elastic-legs": dict(memory="elastic", memory_options=dict(order=16, samples=8)),
+    "elastic-jacobi": dict(memory="elastic", memory_options=dict(order=16, samples=8, encoder="jacobi",
+                                                                 encoder_options={"beta": 1.0})),
+    "elastic-legt": dict(memory="elastic", memory_options=dict(order=16, samples=8, encoder="legt",
+                                                               encoder_options={"window": 128.0})),
+    "elastic-fout": dict(memory="elastic", memory_options=dict(order=16, samples=8, encoder="fout",
+                                                               encoder_options={"window": 128.0})),
+    "elastic-warped": dict(memory="elastic", memory_options=dict(order=16, samples=8, retriever="warped")),
+    "elastic-learned": dict(memory="elastic", memory_options=dict(order=16, samples=8, retriever="learned")),
+    "elastic-previous-sample": dict(memory="elastic", span="previous",
+                                    memory_options=dict(order=16, samples=8, positions="sample")),
 }
 CUDA = torch.device("cuda")
 
 
 def pair(case: str) -> tuple[memplug.MemoryModel, memplug.MemoryModel]:
     torch.manual_seed(0)
-    cpu = memplug.build_model("tiny", **SMALL, **CASES[case])
+    cpu = memplug.build_model("tiny", block=32, backbone_options=SMALL, **CASES[case])
     return cpu, copy.deepcopy(cpu).to(CUDA)
 
 

@@ -100,8 +100,9 @@ def test_option_errors():
 
 def test_no_parameters_added():
     torch.manual_seed(0)
-    bare = memplug.build_model("tiny", memory=None, block=32, **SMALL)
-    elastic = memplug.build_model("tiny", memory="elastic", block=32, order=8, samples=4, **SMALL)
+    bare = memplug.build_model("tiny", memory=None, block=32, backbone_options=SMALL)
+    elastic = memplug.build_model("tiny", memory="elastic", block=32, backbone_options=SMALL,
+                                  memory_options=dict(order=8, samples=4))
     assert sum(p.numel() for p in elastic.parameters()) == sum(p.numel() for p in bare.parameters())
     assert sum(p.numel() for m in elastic.memories for p in m.parameters()) == 0
     assert len(elastic.memories) == 2
@@ -109,7 +110,8 @@ def test_no_parameters_added():
 
 def test_float32_state_under_bf16_autocast():
     torch.manual_seed(0)
-    model = memplug.build_model("tiny", memory="elastic", block=32, order=8, samples=4, **SMALL)
+    model = memplug.build_model("tiny", memory="elastic", block=32, backbone_options=SMALL,
+                                memory_options=dict(order=8, samples=4))
     ids = torch.randint(0, 256, (2, 100))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids)
@@ -124,7 +126,8 @@ def test_float32_state_under_bf16_autocast():
 
 def test_swap_retriever_changes_logits_not_weights():
     torch.manual_seed(0)
-    model = memplug.build_model("tiny", memory="elastic", block=32, order=16, samples=8, **SMALL).eval()
+    model = memplug.build_model("tiny", memory="elastic", block=32, backbone_options=SMALL,
+                                memory_options=dict(order=16, samples=8)).eval()
     ids = torch.randint(0, 256, (1, 160))
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -144,8 +147,8 @@ def test_swap_retriever_changes_logits_not_weights():
     assert model.memories[0].retriever is not model.memories[1].retriever  # one copy per layer
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
-    with pytest.raises(ValueError, match="set_retriever"):
-        memplug.build_model("tiny", memory=None, **SMALL).swap_retriever("uniform")
+    with pytest.raises(ValueError, match="reads through a retriever"):
+        memplug.build_model("tiny", memory=None, backbone_options=SMALL).swap_retriever("uniform")
 
 
 @pytest.mark.parametrize("retriever", ["uniform", "warped", "learned"])
@@ -167,8 +170,8 @@ def test_cached_read_bases_equal_the_retrievers_own_read(retriever, monkeypatch)
 def test_encoder_caches_filled_in_inference_mode_serve_training(encoder):
     options = {"window": 64.0} if encoder == "legt" else {}
     torch.manual_seed(0)
-    model = memplug.build_model("tiny", memory="elastic", block=16, order=8, samples=4, encoder=encoder,
-                                encoder_options=options, **SMALL)
+    model = memplug.build_model("tiny", memory="elastic", block=16, backbone_options=SMALL,
+                                memory_options=dict(order=8, samples=4, encoder=encoder, encoder_options=options))
     ids = torch.randint(0, 256, (1, 64))
     with torch.inference_mode():
         model(ids)

@@ -15,7 +15,6 @@ from memplug.app.cli import main
 from memplug.app.evaluate import (
     block_bytes,
     evaluate,
-    memory_masked,
     summarize,
     to_markdown,
     token_losses,
@@ -34,7 +33,8 @@ def _cache(tmp_path, monkeypatch):
 
 def _model(memory="xl", **options):
     torch.manual_seed(0)
-    return build_model("tiny", memory=memory, block=8, d_model=32, n_layers=2, n_heads=2, **options)
+    return build_model("tiny", memory=memory, block=8, backbone_options=dict(d_model=32, n_layers=2, n_heads=2),
+                       memory_options=options)
 
 
 def _windows(n=3, t=40):
@@ -80,7 +80,7 @@ def test_masked_memory_is_the_block_local_model_with_the_same_weights():
     local = _model(memory=None)
     local.load_state_dict(model.state_dict(), strict=False)
     windows = _windows()
-    with memory_masked(model):
+    with model.memory_masked():
         masked = token_losses(model, windows)
     assert all(layer.memory is not None for layer in model.attn)  # put back
     torch.testing.assert_close(masked, token_losses(local, windows))

@@ -133,7 +133,7 @@ def test_attach_elastic_adds_no_parameters_and_changes_no_weight(name):
     hf = tiny_hf(name)
     count = sum(p.numel() for p in hf.parameters())
     before = {k: v.clone() for k, v in hf.state_dict().items()}
-    model = attach(hf, memory="elastic", block=16, order=8, samples=8)
+    model = attach(hf, memory="elastic", block=16, memory_options=dict(order=8, samples=8))
     assert model.backbone.hf is hf  # held, not copied
     assert sum(p.numel() for p in model.parameters()) == count
     assert {id(p) for p in model.parameters()} == {id(p) for p in hf.parameters()}
@@ -151,13 +151,14 @@ ELASTIC = {
     "llama-none": ("llama-gqa", dict(rope="none")),
     "llama-sample-previous": ("llama-gqa", dict(rope="sample", span="previous")),
     "neox-none": ("gpt_neox", dict(rope="none")),
+    "llama-gate-sink": ("llama-gqa", dict(rope="sample", gate=True, sink=1)),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(ELASTIC))
 def elastic_model(request):
     name, cfg = ELASTIC[request.param]
-    return attach(tiny_hf(name), memory="elastic", block=16, layers=[1], order=8, samples=8, **cfg)
+    return attach(tiny_hf(name), memory="elastic", block=16, layers=[1], memory_options=dict(order=8, samples=8), **cfg)
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +191,39 @@ def test_causality(elastic_model):
             assert not torch.allclose(logits[:, j], base[:, j])
 
 
+@pytest.mark.parametrize("sink", [0, 1])
+def test_gated_memory_attaches_without_harm(sink):
+    """attach(..., gate=True) gives the local-window model's logits until training opens the gate,
+    with or without a sink; the result is in the HF model's mode."""
+    hf = tiny_hf("llama-gqa").eval()
+    ids = ids_for(2, 100, seed=8)
+    with torch.no_grad():
+        local = attach(hf, memory=None, block=16, sink=sink)(ids).logits
+        gated_model = attach(hf, memory="elastic", block=16, rope="sample", gate=True, sink=sink,
+                             memory_options=dict(order=8, samples=8))
+        gated = gated_model(ids).logits
+        ungated = attach(hf, memory="elastic", block=16, rope="sample", sink=sink,
+                         memory_options=dict(order=8, samples=8))(ids).logits
+    torch.testing.assert_close(gated, local, atol=1e-5, rtol=0)
+    assert not torch.allclose(ungated[:, 32:], local[:, 32:], atol=1e-3)
+    assert not gated_model.training
+    assert attach(hf.train(), memory=None, block=16).training
+
+
+def test_window_error_suggests_a_block():
+    with pytest.raises(ValueError, match=r"use block=\d+ or less"):
+        attach(tiny_hf("llama-gqa"), memory=None, block=4096)
+    assert attach(tiny_hf("llama-gqa"), memory=None).block == 128  # max_position_embeddings 512 // 4
+
+
 def test_memory_is_read_and_rope_modes_differ():
     hf = tiny_hf("llama-gqa")
     ids = ids_for(1, 64, seed=7)
     with torch.no_grad():
         local = attach(hf, memory=None, block=16)(ids).logits
-        none = attach(hf, memory="elastic", block=16, order=8, samples=8, rope="none")(ids).logits
-        sample = attach(hf, memory="elastic", block=16, order=8, samples=8, rope="sample")(ids).logits
+        none = attach(hf, memory="elastic", block=16, memory_options=dict(order=8, samples=8), rope="none")(ids).logits
+        sample = attach(hf, memory="elastic", block=16, memory_options=dict(order=8, samples=8),
+                        rope="sample")(ids).logits
     # The first block has an empty memory; later blocks read it, and the two rotations differ.
     torch.testing.assert_close(none[:, :16], local[:, :16], atol=1e-5, rtol=0)
     assert (none[:, 16:] - local[:, 16:]).abs().max() > 1e-2
@@ -212,7 +239,7 @@ def test_memory_key_positions_are_clipped_into_the_trained_range():
     far = bb.rotate(x, torch.tensor([-5000.0, -384.0, 10.0]))
     torch.testing.assert_close(far, bb.rotate(x, torch.tensor([-384.0, -384.0, 10.0])), atol=0, rtol=0)
     # Attaching again (even to the same backbone) wraps the same HF module with its own clip.
-    other = attach(bb, memory="elastic", block=32, order=8, samples=8, rope="sample")
+    other = attach(bb, memory="elastic", block=32, memory_options=dict(order=8, samples=8), rope="sample")
     assert other.backbone.hf is hf and other.backbone is not bb
     assert (bb.min_position, other.backbone.min_position) == (128 - 512, 32 - 512)
     assert all(m.max_distance == 512 - 32 for m in other.memories)
@@ -245,7 +272,7 @@ def test_backbone_loads_a_saved_model_directory(tmp_path):
         torch.testing.assert_close(attach(backbone, memory=None, block=64)(ids).logits, hf(ids).logits,
                                    atol=1e-4, rtol=0)
     assert memplug.make_backbone("hf", model=hf).hf is hf
-    built = memplug.build_model("hf", model=str(tmp_path), memory=None, block=64)
+    built = memplug.build_model("hf", memory=None, block=64, backbone_options=dict(model=str(tmp_path)))
     torch.testing.assert_close(built(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
     with pytest.raises(FileNotFoundError, match="model directory or a .gguf"):
         HFBackbone(f"{tmp_path}/missing")
@@ -288,7 +315,8 @@ def test_smollm2_elastic_over_10k_tokens():
 
     hf, tokenizer = load_smollm2(dtype=torch.bfloat16)
     assert type(hf).__name__ == "LlamaForCausalLM" and tokenizer is not None
-    model = attach(hf, memory="elastic", block=1024, layers=[0, 10, 20], order=32, samples=32, rope="sample")
+    model = attach(hf, memory="elastic", block=1024, layers=[0, 10, 20], memory_options=dict(order=32, samples=32),
+                   rope="sample")
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
     text = "To be, or not to be, that is the question. " * 900
     ids = torch.tensor([tokenizer(text).input_ids[:10_240]])

@@ -29,7 +29,8 @@ from memplug.plugins.memories.xl import XLMemory
 from memplug.core.budget import SCALES, memory_options, unit
 from memplug.core.contracts import Memory
 from memplug.core.layer import MemoryAttention
-from memplug.core.model import MemoryModel, ModelState
+from memplug.core.model import MemoryModel
+from memplug.core.state import ModelState
 from memplug.ops.linear_memory import feature_map, linear_retrieve, linear_update
 
 L = 8  # block length
@@ -104,7 +105,7 @@ class StepForm(Memory):
         super().__init__()
         self.inner = inner
 
-    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
         pass  # the inner memory is set up already (its parameters are shared)
 
     def init_state(self, batch, dtype, device):
@@ -492,18 +493,20 @@ def test_melodi_long_term_fifo():
 def test_memory_budget():
     assert unit(256) == 64 and unit(2) == 1
     for scale in SCALES:
-        assert memory_options("knn", scale, 256, 64) == {"capacity": 64 * scale}
-        assert memory_options("elastic", scale, 256, 64) == {"order": 64 * scale, "samples": 64 * scale}
-        assert memory_options("melodi", scale, 256, 64) == {"long_slots": 64 * scale}
+        assert memory_options("knn", scale, 256) == {"capacity": 64 * scale}
+        assert memory_options("elastic", scale, 256) == {"order": 64 * scale, "samples": 64 * scale}
+        assert memory_options("melodi", scale, 256) == {"long_slots": 64 * scale}
         for fixed in ("none", "xl", "full", "infini"):
-            assert memory_options(fixed, scale, 256, 64) == {}
-    knn = KNNMemory(**memory_options("knn", 4, 256, 64))
+            assert memory_options(fixed, scale, 256) == {}
+    knn = KNNMemory(**memory_options("knn", 4, 256))
     knn.setup(H, HKV, 64)
     assert knn.footprint()["vectors"] == 2 * 4 * unit(256)
     with pytest.raises(ValueError, match="scale"):
-        memory_options("knn", 0, 256, 64)
-    with pytest.raises(ValueError, match="name"):
-        memory_options("lstm", 1, 256, 64)
+        memory_options("knn", 0, 256)
+    with pytest.raises(KeyError, match="unknown memory 'lstm'; available: .*elastic"):
+        memory_options("lstm", 1, 256)
+    with pytest.raises(ValueError, match="scale must be a positive int, got True"):
+        memory_options("knn", True, 256)
     with pytest.raises(ValueError, match="block"):
         unit(0)
 
@@ -550,12 +553,8 @@ def test_built_by_name_at_a_budget(name):
         "tiny",
         memory=name,
         block=L,
-        vocab_size=VOCAB,
-        d_model=H * D,
-        n_layers=1,
-        n_heads=H,
-        n_kv_heads=HKV,
-        **memory_options(name, 2, L, D),
+        backbone_options=dict(vocab_size=VOCAB, d_model=H * D, n_layers=1, n_heads=H, n_kv_heads=HKV),
+        memory_options=memory_options(name, 2, L),
     )
     assert model(tokens(2 * L + 3)).logits.shape == (B, 2 * L + 3, VOCAB)
     fp = model.memories[0].footprint()

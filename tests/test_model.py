@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import memplug
 from memplug.backbones.tiny import TinyBackbone
-from memplug.core.model import MemoryModel, ModelState
+from memplug.core.model import MemoryModel
+from memplug.core.state import ModelState
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,15 +22,17 @@ SMALL = dict(d_model=16, n_layers=2, n_heads=2, n_kv_heads=1)
 MEMORIES = {
     "none": dict(memory=None),
     "none-previous": dict(memory=None, span="previous"),
-    "elastic": dict(memory="elastic", order=16, samples=8),
-    "elastic-previous-sample": dict(memory="elastic", order=16, samples=8, span="previous", positions="sample"),
+    "elastic": dict(memory="elastic", memory_options=dict(order=16, samples=8)),
+    "elastic-previous-sample": dict(memory="elastic", memory_options=dict(order=16, samples=8, positions="sample"),
+                                    span="previous"),
+    "elastic-gate-sink": dict(memory="elastic", memory_options=dict(order=16, samples=8), gate=True, sink=1),
 }
 
 
 def small_model(kind, block=64, seed=0, **overrides):
     torch.manual_seed(seed)
     cfg = {**MEMORIES[kind], **overrides}
-    return memplug.build_model("tiny", block=block, **SMALL, **cfg).eval()
+    return memplug.build_model("tiny", block=block, backbone_options=SMALL, **cfg).eval()
 
 
 def stream(model, ids, cuts):
@@ -158,14 +161,18 @@ def test_no_memory_block_covering_sequence_equals_plain_backbone():
 
 
 def test_build_model_routes_options():
-    model = memplug.build_model("tiny", memory="elastic", block=32, d_model=32, n_layers=3, n_heads=2,
-                                layers=[-1], span="previous", order=8, samples=4)
+    model = memplug.build_model("tiny", memory="elastic", block=32,
+                                backbone_options=dict(d_model=32, n_layers=3, n_heads=2),
+                                memory_options=dict(order=8, samples=4), layers=[-1], span="previous")
     assert model.backbone.config.d_model == 32 and model.block == 32
     assert [layer.memory is not None for layer in model.attn] == [False, False, True]
     assert model.attn[2].span == "previous" and model.attn[2].memory.encoder.order == 8
-    melodi = memplug.build_model("tiny", memory="melodi", block=32, **SMALL)
-    assert all(m.block == 32 for m in melodi.memories)  # the model's block reaches memories that take one
-    with pytest.raises(ValueError, match="outside"):
-        memplug.build_model("tiny", memory=None, n_layers=2, layers=[2])
-    with pytest.raises(ValueError, match="memory options"):
-        MemoryModel(TinyBackbone(**SMALL), memory=None, order=3)
+    assert model.attn[2].memory.retriever.samples == 4
+    melodi = memplug.build_model("tiny", memory="melodi", block=32, backbone_options=SMALL)
+    assert all(m.block == 32 for m in melodi.memories)  # the model's block reaches every memory
+    with pytest.raises(ValueError, match="not a layer index"):
+        memplug.build_model("tiny", memory=None, backbone_options=dict(n_layers=2), layers=[2])
+    with pytest.raises(ValueError, match="memory_options"):
+        MemoryModel(TinyBackbone(**SMALL), memory=None, memory_options=dict(order=3))
+    with pytest.raises(TypeError, match="backbone_options=.*memory_options="):
+        memplug.build_model("tiny", d_model=32)

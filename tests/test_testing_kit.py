@@ -219,8 +219,8 @@ class UntrainedGate(WriteOnly):
 
     name = "test-untrained"
 
-    def setup(self, heads, kv_heads, head_dim):
-        super().setup(heads, kv_heads, head_dim)
+    def setup(self, heads, kv_heads, head_dim, block=None):
+        super().setup(heads, kv_heads, head_dim, block)
         self.gate = torch.nn.Parameter(torch.zeros(heads))
 
 

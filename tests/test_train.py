@@ -100,8 +100,8 @@ def test_resume_refuses_a_different_model_or_no_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint under"):
         train(config, resume=True)
     train(config)
-    with pytest.raises(CheckpointError, match=r"\[model\] differs from the config \(model.d_model\)"):
-        train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1", "model.d_model=16"), resume=True)
+    with pytest.raises(CheckpointError, match=r"\[model\] differs from the config \(model.backbone.d_model\)"):
+        train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1", "model.backbone.d_model=16"), resume=True)
     with pytest.raises(CheckpointError, match=r"train.batch_size was 4, the config says 2"):
         train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1", "train.batch_size=2"), resume=True)
 
@@ -124,9 +124,11 @@ def test_bf16_autocast_trains(tmp_path):
 
 def test_bad_model_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="model: .*d_modle"):
-        train(tiny_config(tmp_path, "model.d_modle=3"))
-    with pytest.raises(ConfigError, match="model.vocab_size: must equal the byte tokenizer's 256"):
-        train(tiny_config(tmp_path, "model.vocab_size=100"))
+        train(tiny_config(tmp_path, "model.backbone.d_modle=3"))
+    with pytest.raises(ConfigError, match="model: .*ordr"):
+        train(tiny_config(tmp_path, "model.memory.ordr=3", memory="elastic"))
+    with pytest.raises(ConfigError, match="model.backbone.vocab_size: must equal the byte tokenizer's 256"):
+        train(tiny_config(tmp_path, "model.backbone.vocab_size=100"))
     with pytest.raises(ConfigError, match="train.micro_batch: must divide the 4 sequences"):
         train(tiny_config(tmp_path, "train.micro_batch=3"))
 
@@ -225,9 +227,9 @@ def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
     folder = tmp_path / "llama"
     transformers.LlamaForCausalLM(llama).save_pretrained(folder)
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith(("model.d_model", "model.n_"))]
-    config = load_config(None, [*overrides, *backbone_overrides(f"hf:{folder}"), "train.steps=2", "train.warmup=1"])
-    assert config.model["backbone"] == "hf" and config.data.tokenizer == "hf"
+    config = load_config(None, [*tiny_overrides(tmp_path), *backbone_overrides(f"hf:{folder}"), "train.steps=2",
+                                "train.warmup=1"])
+    assert config.model.backbone == {"name": "hf", "model": str(folder)} and config.data.tokenizer == "hf"
     result = train(config)
     assert result.losses[2] < math.log(300) + 1
     _, tokenizer, _ = load_trained(result.checkpoint)
@@ -239,4 +241,4 @@ def test_backbone_flag_names_what_is_allowed():
 
     with pytest.raises(ConfigError, match="hf: needs a model"):
         backbone_overrides("hf:")
-    assert backbone_overrides("tiny") == ['model.backbone="tiny"']
+    assert backbone_overrides("tiny") == ['model.backbone.name="tiny"']

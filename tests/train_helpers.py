@@ -23,8 +23,8 @@ def tiny_overrides(tmp: Path, memory: str = "xl") -> list[str]:
     """A two-layer model with a memory on 128-token windows of the tiny corpus, 6 steps."""
     return [
         "name=t", f"out='{tmp / 'runs' / '{name}'}'",
-        "model.backbone=tiny", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.block=16",
-        f"model.memory={memory}",
+        "model.backbone.name=tiny", "model.backbone.d_model=32", "model.backbone.n_layers=2",
+        "model.backbone.n_heads=2", "model.block=16", f"model.memory.name={memory}",
         "data.dataset=code", f"data.options.root='{tmp / 'src'}'", "data.seq_len=128",
         "data.validation=0.2", "data.test=0.2",
         "train.steps=6", "train.batch_size=4", "train.warmup=2", "train.precision=fp32",

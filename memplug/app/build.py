@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.model import build_model
 from ..data.prepare import Prepared, make_tokenizer
 from ..data.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
 from .checkpoint import CheckpointError, read_checkpoint
@@ -30,29 +31,27 @@ def build_model_and_tokenizer(
     the ``hf`` tokenizer is the backbone's own. The backbone's ``vocab_size`` defaults to the
     tokenizer's. Errors of the model builder are reported as :class:`ConfigError` on ``model``.
     """
-    from ..core.model import build_model
-
-    cfg = dict(config.model)
+    mc = config.model
+    backbone_options = mc.options("backbone")
     tokenizer: Tokenizer | None = None
     if config.data.tokenizer == "bpe" and tokenizer_json is not None:
         tokenizer = BPETokenizer.from_json(tokenizer_json)
     elif config.data.tokenizer != "hf":
         tokenizer = make_tokenizer(config.data.tokenizer, prepared=prepared, vocab_size=config.data.vocab_size)
-        given = cfg.setdefault("vocab_size", tokenizer.vocab_size)
+        given = backbone_options.setdefault("vocab_size", tokenizer.vocab_size)
         if given != tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size: must equal the {config.data.tokenizer} tokenizer's "
+            raise ConfigError(f"model.backbone.vocab_size: must equal the {config.data.tokenizer} tokenizer's "
                               f"{tokenizer.vocab_size}, got {given!r}")
-    if tokenizer is not None:
-        cfg.setdefault("vocab_size", tokenizer.vocab_size)
     try:
-        model = build_model(**cfg)
+        model = build_model(mc.backbone["name"], mc.memory["name"], mc.block, backbone_options=backbone_options,
+                            memory_options=mc.options("memory"), layers=mc.layers, span=mc.span,
+                            attention=mc.attention, gate=mc.gate, sink=mc.sink)
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"model: {exc}") from None
     if tokenizer is None:
-        hf = getattr(model.backbone, "tokenizer", None)
-        if hf is None:
+        if model.backbone.tokenizer is None:
             raise ConfigError("data.tokenizer: 'hf' needs a backbone loaded from a path, which carries its tokenizer")
-        tokenizer = HFTokenizer(hf)
+        tokenizer = HFTokenizer(model.backbone.tokenizer)
     return model, tokenizer
 
 

@@ -6,14 +6,19 @@ Every error names the key and what is allowed::
     train.lr: must be a number > 0, got 'fast' (str)
     train.lrr: unknown key; allowed keys in [train]: batch_size, bptt, ...
 
-The ``[model]`` table is free-form: it is passed to :func:`memplug.build_model` (backbone options,
-memory name and options, ``block``, ``layers``, ...), which names a bad key when the model is built.
+The ``[model]`` table holds the layers' options (``block``, ``layers``, ``span``, ``gate``,
+``sink``, ...) and two tables passed to their components as they are: ``[model.backbone]``
+(``name`` and the backbone's options) and ``[model.memory]`` (``name`` and the memory's options);
+the component names a bad option when the model is built. An old flat ``[model]`` table is
+migrated with a message.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +29,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: tomli is the same parser under its PyPI name
     import tomli as tomllib
 
+logger = logging.getLogger("memplug")
+
 __all__ = [
     "Config",
+    "ModelConfig",
     "ConfigError",
     "DataConfig",
     "LogConfig",
@@ -92,14 +100,84 @@ class LogConfig:
     progress: bool = field(default=True, metadata=_meta("show a progress bar"))
 
 
+#: The keys of [model] that are the layers' options; everything else in an old flat table is
+#: the backbone's or the memory's.
+LAYER_KEYS = ("block", "layers", "span", "attention", "gate", "sink")
+
+
+@dataclass
+class ModelConfig:
+    """The model: a backbone, a memory, and how the memory layers run them."""
+
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "tiny"}, metadata=_meta(
+        "[model.backbone]: name (a registered backbone: tiny, hf) and its options (d_model, preset, model, ...)"))
+    memory: dict[str, Any] = field(default_factory=lambda: {"name": "elastic"}, metadata=_meta(
+        "[model.memory]: name (a registered memory, or none) and its options (order, samples, encoder, ...)"))
+    block: int = field(default=256, metadata=_meta("block length: tokens per local attention window", 1))
+    layers: list[int] | None = field(default=None, metadata=_meta("indices of the layers with memory (default: all)"))
+    span: Literal["block", "previous"] = field(default="block", metadata=_meta("local keys: the block, or the "
+                                                                                "previous block and the block"))
+    attention: str = field(default="auto", metadata=_meta("attention backend: auto, sdpa, flex, ..."))
+    gate: bool = field(default=False, metadata=_meta("let the memory in through a zero-initialised gate per head"))
+    sink: int = field(default=0, metadata=_meta("first tokens of the stream kept visible in every window", 0))
+
+    def __post_init__(self) -> None:
+        for key in ("backbone", "memory"):
+            table = getattr(self, key)
+            if not isinstance(table.get("name"), str) or not table["name"]:
+                raise ConfigError(f"model.{key}.name: must be a registered {key} name, got {table.get('name')!r}")
+
+    def options(self, key: str) -> dict[str, Any]:
+        """The options of the backbone or the memory (their table without ``name``)."""
+        return {k: v for k, v in getattr(self, key).items() if k != "name"}
+
+
+def normalize_model_table(raw: Any) -> tuple[Any, str | None]:
+    """``raw`` [model] in the current layout, and a message when it was migrated.
+
+    ``backbone = "tiny"`` and ``memory = "xl"`` are short for ``{name = ...}``. An old flat
+    table, whose backbone and memory options sit beside them, is split: keys the backbone takes
+    (:meth:`memplug.Backbone.option_names`) go to [model.backbone], the layers' keys stay, the
+    rest go to [model.memory]."""
+    if not isinstance(raw, dict):
+        return raw, None
+    raw = dict(raw)
+    for key, default in (("backbone", "tiny"), ("memory", "elastic")):
+        if isinstance(raw.get(key), str):
+            raw[key] = {"name": raw[key]}
+        elif isinstance(raw.get(key), dict) and "name" not in raw[key]:  # options given, the name left default
+            raw[key] = {"name": default, **raw[key]}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    flat = sorted(set(raw) - known)
+    if not flat:
+        return raw, None
+    from ..core.manager import registry
+
+    backbone = dict(raw.get("backbone", {"name": "tiny"}))
+    memory = dict(raw.get("memory", {"name": "elastic"}))
+    try:
+        takes = registry("backbone").get(backbone.get("name", "tiny")).option_names()
+    except KeyError as exc:
+        raise ConfigError(f"model.backbone.name: {exc}") from None
+    for key in flat:
+        (backbone if key in takes else memory)[key] = raw.pop(key)
+    raw["backbone"], raw["memory"] = backbone, memory
+    message = (f"[model] holds {', '.join(flat)} beside the layer options, the old flat layout; read as "
+               f"[model.backbone] {_inline(backbone)} and [model.memory] {_inline(memory)}: write it that way")
+    return raw, message
+
+
+def _inline(table: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k} = {v!r}" for k, v in table.items()) + "}"
+
+
 @dataclass
 class Config:
     """One experiment."""
 
     name: str = field(default="run", metadata=_meta("experiment name"))
     out: str = field(default="runs/{name}", metadata=_meta("output directory ({name} is replaced)"))
-    model: dict[str, Any] = field(default_factory=lambda: {"backbone": "tiny"},
-                                  metadata=_meta("keyword arguments of memplug.build_model"))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=_meta("[model] table"))
     data: DataConfig = field(default_factory=DataConfig, metadata=_meta("[data] table"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=_meta("[train] table"))
     log: LogConfig = field(default_factory=LogConfig, metadata=_meta("[log] table"))
@@ -111,10 +189,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["train"]["betas"] = list(self.train.betas)
+        if out["model"]["layers"] is None:
+            del out["model"]["layers"]  # TOML has no null: absent means every layer
         return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
+        if isinstance(raw, dict) and "model" in raw:
+            model, message = normalize_model_table(raw["model"])
+            if message:
+                logger.warning("config: %s", message)
+            raw = {**raw, "model": model}
         return _build(cls, raw, "")
 
     def __post_init__(self) -> None:
@@ -126,12 +211,14 @@ class Config:
             raise ConfigError(f"train.warmup must be <= train.steps={self.train.steps}, got {self.train.warmup}")
         if self.train.device != "auto" and not self.train.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
-        if not isinstance(self.model.get("backbone", "tiny"), str):
-            raise ConfigError(f"model.backbone must be a registered backbone name, got {self.model['backbone']!r}")
 
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    if _optional(tp) is not None:
+        return _describe(_optional(tp))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
@@ -141,11 +228,25 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+def _optional(tp: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
 def _value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     """``value`` checked against type ``tp`` and the bounds in ``meta``; ConfigError names ``key``."""
+    if _optional(tp) is not None:
+        return None if value is None else _value(key, value, _optional(tp), meta)
     origin = typing.get_origin(tp)
     ok = True
-    if origin is Literal:
+    if origin is list:
+        ok = isinstance(value, list)
+        if ok:
+            value = [_value(f"{key}[{i}]", v, typing.get_args(tp)[0], _meta("")) for i, v in enumerate(value)]
+    elif origin is Literal:
         ok = value in typing.get_args(tp)
     elif origin is tuple:
         args = typing.get_args(tp)
@@ -240,6 +341,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if isinstance(raw.get("model"), dict):
+        raw["model"], message = normalize_model_table(raw["model"])
+        if message:
+            logger.warning("%s: %s", path, message)
     raw = apply_overrides(raw, overrides or [])
     try:
         return Config.from_dict(raw)

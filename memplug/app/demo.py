@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from ..core.hookspecs import hookimpl
-from .evaluate import memory_masked
 from ..core.model import MemoryModel, build_model
 from .report import write_report
 from ..tasks import RegimeTask, ScoredOnly
@@ -43,8 +42,9 @@ def _model(cfg: dict[str, Any], vocab: int, memory: str | None, seed: int) -> Me
     torch.manual_seed(seed)  # the same initial weights for every arm
     options = dict(order=cfg["order"], samples=cfg["samples"]) if memory == "elastic" else {}
     return build_model("tiny", memory=memory, block=cfg["block"], layers=[-1] if memory else None,
-                       vocab_size=vocab, d_model=cfg["d_model"], n_layers=cfg["n_layers"],
-                       n_heads=cfg["n_heads"], **options)
+                       backbone_options=dict(vocab_size=vocab, d_model=cfg["d_model"], n_layers=cfg["n_layers"],
+                                             n_heads=cfg["n_heads"]),
+                       memory_options=options)
 
 
 def regime_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[str, Any]], dict[str, TaskRun]]:
@@ -60,7 +60,7 @@ def regime_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[st
         result = score_on_task(model, task, oracles=("full", f"block:{cfg['block']}"), **score)
         rows.append({"part": "regime", "model": name, "bits": result["bits"], "steps": runs[name].steps})
         if memory == "elastic":
-            with memory_masked(model):
+            with model.memory_masked():
                 masked = score_on_task(model, task, **score)
             rows.append({"part": "regime", "model": "elastic, memory masked at test", "bits": masked["bits"]})
             with model.swap_retriever("warped", samples=cfg["samples"], **WARP):
@@ -87,7 +87,7 @@ def code_part(seconds: float, seed: int, progress: bool) -> tuple[list[dict[str,
     score = dict(length=cfg["length"], batch=cfg["batch"], batches=8, skip=cfg["block"])
     rows = [{"part": "code", "model": "elastic", "bits": score_on_task(model, held_out, **score)["bits"],
              "steps": run.steps}]
-    with memory_masked(model):
+    with model.memory_masked():
         rows.append({"part": "code", "model": "elastic, memory masked at test",
                      "bits": score_on_task(model, held_out, **score)["bits"]})
     with model.swap_retriever("warped", samples=cfg["samples"], **WARP):

@@ -6,8 +6,8 @@ one document, a fresh memory per window) and reports
 - the loss (nats per token), perplexity and bits per byte over all predicted tokens;
 - the same for the **first block** (nothing in memory yet: local attention only) and for the
   **later blocks** (where a memory can help), and bits per byte for every block index;
-- with ``compare_masked=True``, the same model with its memory masked (every memory layer
-  switched off, weights untouched: the block-local model) and the **long-context gain**, masked
+- with ``compare_masked=True``, the same model with its memory masked
+  (:meth:`~memplug.core.model.MemoryModel.memory_masked`: weights untouched, the block-local model) and the **long-context gain**, masked
   minus with memory, in bits per byte (positive: the memory helps);
 - optionally with another retriever swapped in for the run (``retriever=``), no retraining.
 
@@ -20,8 +20,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,33 +36,9 @@ from .precision import PRECISIONS, Precision, autocast, resolve_precision
 if TYPE_CHECKING:
     from ..data.tokenizers import Tokenizer
 
-__all__ = ["evaluate", "memory_masked", "summarize", "to_markdown", "token_losses"]
+__all__ = ["evaluate", "summarize", "to_markdown", "token_losses"]
 
 LN2 = math.log(2)
-
-
-def _attention_layers(model: nn.Module) -> list[nn.Module]:
-    return [layer for layer in getattr(model, "attn", []) if hasattr(layer, "memory")]
-
-
-def has_memory(model: nn.Module) -> bool:
-    return any(layer.memory is not None for layer in _attention_layers(model))
-
-
-@contextmanager
-def memory_masked(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every memory layer of the :class:`~memplug.core.model.MemoryModel` attends
-    only locally (its memory is detached, then put back). Weights are untouched, so this is the
-    block-local model with the same parameters."""
-    layers = _attention_layers(model)
-    saved = [layer.memory for layer in layers]
-    try:
-        for layer in layers:
-            layer.memory = None
-        yield model
-    finally:
-        for layer, memory in zip(layers, saved):
-            layer.memory = memory
 
 
 @torch.no_grad()
@@ -164,8 +139,8 @@ def evaluate(
             "retriever": None if retriever is None else {"name": str(retriever), **(retriever_options or {})},
             "memory": summarize(token_losses(model, windows, batch_size=batch_size, precision=precision), nbytes, block),
         }
-    if compare_masked and has_memory(model):
-        with memory_masked(model):
+    if compare_masked and model.memories:
+        with model.memory_masked():
             result["masked"] = summarize(token_losses(model, windows, batch_size=batch_size, precision=precision),
                                          nbytes, block)
         result["gain"] = {

@@ -212,14 +212,24 @@ def _resume_from(config: Config, resume: bool | str | Path) -> Path | None:
     return Path(resume)
 
 
+def _flat(table: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``."""
+    if not isinstance(table, dict):
+        return {prefix: table}
+    return {k: v for key, value in table.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
+
+
 def _check_compatible(config: Config, saved: dict[str, Any], path: Path) -> None:
     now = config.to_dict()
+    try:
+        saved = Config.from_dict(saved).to_dict()  # the current layout, also for an older checkpoint
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume from {path}: its config is not valid today ({exc})") from None
     for section in ("model", "data"):
-        if saved.get(section) != now[section]:
-            keys = sorted(k for k in set(saved.get(section, {})) | set(now[section])
-                          if saved.get(section, {}).get(k) != now[section].get(k))
-            raise CheckpointError(f"cannot resume from {path}: [{section}] differs from the config "
-                                  f"({', '.join(f'{section}.{k}' for k in keys)})")
+        before, after = _flat(saved[section], section), _flat(now[section], section)
+        keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        if keys:
+            raise CheckpointError(f"cannot resume from {path}: [{section}] differs from the config ({', '.join(keys)})")
     for key in ("batch_size", "seed"):
         if saved["train"][key] != now["train"][key]:
             raise CheckpointError(f"cannot resume from {path}: train.{key} was {saved['train'][key]}, "
@@ -408,7 +418,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None, help="experiment TOML (configs/*.toml); default: built-in")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=1e-3 --set model.memory=none")
+                        help="override a config value, e.g. --set train.lr=1e-3 --set model.memory.name=none")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue from the latest checkpoint of the run (or the one given)")
     parser.add_argument("--backbone", metavar="SPEC",
@@ -423,8 +433,8 @@ def backbone_overrides(spec: str) -> list[str]:
         model = spec[3:]
         if not model:
             raise ConfigError("--backbone: hf: needs a model (hf:smollm2, hf:<folder> or hf:<file.gguf>)")
-        return ['model.backbone="hf"', f"model.model={json.dumps(model)}", 'data.tokenizer="hf"']
-    return [f"model.backbone={json.dumps(spec)}"]
+        return [f"model.backbone={{name = \"hf\", model = {json.dumps(model)}}}", 'data.tokenizer="hf"']
+    return [f"model.backbone.name={json.dumps(spec)}"]
 
 
 def _run(args: argparse.Namespace) -> int:

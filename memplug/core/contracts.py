@@ -24,12 +24,15 @@ The core (this package) never imports the plugins; plugins import the core.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from ..ops.attention import reference_attention
 
 __all__ = [
     "Dataset",
@@ -193,12 +196,41 @@ class Memory(Component, abc.ABC):
     chunk_invariant: ClassVar[bool] = True
     chunk_invariant_reason: ClassVar[str] = ""
 
-    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
-        """Called once by the layer before use, with the attention geometry.
+    #: True for a memory that never gives the queries anything (the ``none`` baseline): the
+    #: layer's zero-initialised gate has nothing to open there, so ``gate=True`` is refused.
+    empty: ClassVar[bool] = False
 
-        Memories with parameters create them here (shapes depend on the geometry).
+    @property
+    def retriever(self) -> Retriever | None:
+        """The retriever of a memory that reads through one (Elastic, which registers it as the
+        submodule ``retriever``), else ``None``. Such a memory also implements
+        :meth:`set_retriever`, so ``MemoryModel.swap_retriever`` can change it."""
+        found = self._modules.get("retriever")
+        return found if isinstance(found, Retriever) else None
+
+    #: The block length L the layer runs this memory with, set by :meth:`setup`.
+    block: int | None = None
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
+        """Called once by the layer before use, with the attention geometry and the block length.
+
+        Memories with parameters create them here (shapes depend on the geometry, and for
+        memories that mix a block's tokens, on ``block``).
         """
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        if block is not None:
+            self.block = block
+
+    def set_retriever(self, retriever: Retriever) -> None:
+        """Read through ``retriever`` from now on (the state is unchanged). Memories without a
+        retriever refuse."""
+        raise TypeError(f"memory {self.name!r} reads through no retriever, so it has none to swap")
+
+    @classmethod
+    def budget(cls, slots: int) -> dict[str, Any]:
+        """Constructor options that size this memory to ``slots`` key/value-vector slots per
+        key/value head (see :mod:`memplug.core.budget`); ``{}`` for a memory without a size knob."""
+        return {}
 
     @abc.abstractmethod
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
@@ -310,6 +342,15 @@ class AttentionBackend(Component, abc.ABC):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         """Attention output (N, H, Lq, D)."""
 
+    def forward_lse(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+    ) -> tuple[Tensor, Tensor]:
+        """Attention output (N, H, Lq, D) and its log-sum-exp (N, H, Lq), for merging with a
+        memory's partial attention. The default is the explicit definition
+        (:func:`memplug.ops.attention.reference_attention`); a backend with a fused kernel that
+        returns the log-sum-exp overrides it."""
+        return reference_attention(q, k, v, mask, scale)
+
 
 class Backbone(Component, abc.ABC):
     """A decoder-only transformer exposed layer by layer.
@@ -327,6 +368,25 @@ class Backbone(Component, abc.ABC):
     kv_heads: int
     head_dim: int
     vocab_size: int
+
+    #: The softmax scale of the attention the backbone was trained with; ``None`` means
+    #: ``1 / sqrt(head_dim)``.
+    attention_scale: float | None = None
+
+    #: The backbone's own tokenizer when it comes with one (a pretrained model loaded from its
+    #: files), else ``None``; ``data.tokenizer = "hf"`` trains with it.
+    tokenizer: Any = None
+
+    #: The dataclass holding the backbone's options, when it has one.
+    config_class: ClassVar[type | None] = None
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The keyword options the backbone takes: the fields of :attr:`config_class` and the
+        keywords of its constructor. (Used to sort an old flat ``[model]`` config table.)"""
+        names = {f.name for f in fields(cls.config_class)} if cls.config_class is not None else set()
+        params = inspect.signature(cls.__init__).parameters.values()
+        return names | {p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     @abc.abstractmethod
     def embed(self, input_ids: Tensor) -> Tensor:

@@ -18,6 +18,25 @@ the previous block sits at 0..L-1 and the block at L..2L-1. Memory keys come raw
 gives ``key_positions`` (relative to the block start, <= 0) has them rotated at
 ``W0 + key_positions`` with ``W0`` the window position of the block start; ``None`` leaves them
 unrotated.
+
+How a :class:`~memplug.core.contracts.MemoryRead` is merged, by the fields it fills:
+
+- ``keys``/``values`` (with optional ``bias`` and ``key_positions``): the slots join the local
+  keys in one softmax (Elastic, XL, full attention, kNN's joint mode);
+- ``output`` + ``lse``: a partial attention over the memory, merged with the local attention by
+  log-sum-exp, which equals one softmax over both key sets;
+- ``output`` + ``gate``: the memory's output and the local one mixed by ``sigmoid(gate)``
+  (Memorizing Transformer, Infini-attention); keys and a gated output can come together (Melodi).
+
+Two options of the layer, for attaching memory to a pretrained model:
+
+- ``sink=S`` (StreamingLLM's attention sink): the stream's first S tokens stay visible to every
+  later block, as keys at window positions 0..S-1 before the local window (which then starts at
+  S). A pretrained model that puts attention mass on its first token keeps doing so.
+- ``gate=True``: a learned weight per head, initialised to 0, lets the memory in:
+  ``out = local + gate * (with_memory - local)`` (:func:`memplug.ops.attention.open_by_gate`),
+  where ``local`` attends to the sink and the local window only. At initialisation the layer is
+  the local-window layer exactly, so attaching never makes a model worse before training.
 """
 
 from __future__ import annotations
@@ -32,7 +51,8 @@ from torch import Tensor, nn
 
 from .contracts import AttentionBackend, Memory, MemoryRead
 from .manager import make_attention, registry
-from ..ops.attention import merge_gated, merge_lse, reference_attention, repeat_kv, trapezoid_mask
+from ..ops.attention import merge_gated, merge_lse, open_by_gate, repeat_kv, trapezoid_mask
+from ..util.checks import non_negative_int, positive_int
 
 __all__ = ["MemoryAttention", "select_attention", "SPANS"]
 
@@ -67,7 +87,9 @@ class MemoryAttention(nn.Module):
     ``block``: block length L. ``span``: ``"block"`` (local keys are the block) or
     ``"previous"`` (the previous block and the block). ``attention``: ``"auto"``, a backend
     name or an :class:`~memplug.core.contracts.AttentionBackend`. ``scale``: softmax scale
-    (default ``1/sqrt(head_dim)``).
+    (default ``1/sqrt(head_dim)``). ``gate``: let the memory in through a zero-initialised
+    per-head gate. ``sink``: how many of the stream's first tokens stay visible (at most
+    ``block``). See the module docstring for both.
     """
 
     def __init__(
@@ -77,23 +99,37 @@ class MemoryAttention(nn.Module):
         span: str = "block",
         attention: str | AttentionBackend = "auto",
         scale: float | None = None,
+        gate: bool = False,
+        sink: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be a positive int, got {block!r}")
+        positive_int("block", block)
         if span not in SPANS:
             raise ValueError(f"span must be one of {SPANS}, got {span!r}")
-        self.memory, self.block, self.span, self.scale = memory, block, span, scale
+        if non_negative_int("sink", sink) > block:
+            raise ValueError(f"sink must be at most block={block} (the sink tokens sit in the first block), got {sink}")
+        if not isinstance(gate, bool):
+            raise ValueError(f"gate must be True or False, got {gate!r}")
+        if gate and (memory is None or memory.empty):
+            raise ValueError(f"gate=True lets a memory in, but this layer's memory ({memory and memory.name!r}) "
+                             "gives the queries nothing; use a memory such as 'elastic' or gate=False")
+        self.memory, self.block, self.span, self.scale, self.sink = memory, block, span, scale, sink
+        self.use_gate = gate
+        self.masked = False  # set by MemoryModel.memory_masked(): the memory is neither read nor written
+        self.gate: nn.Parameter | None = None  # (H,), created in setup (it needs the heads)
         self.attention = attention if attention == "auto" else make_attention(attention)
         # Instantiated here, not per call, so a compiled forward traces the choice without a break.
         self._candidates = attention_candidates() if attention == "auto" else ()
         self._geometry: tuple[int, int, int] | None = None
 
     def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
-        """Tell the memory the attention geometry (memories with parameters create them here)."""
+        """Tell the memory the attention geometry and block length (memories with parameters
+        create them here), and create the gate."""
         self._geometry = (heads, kv_heads, head_dim)
         if self.memory is not None:
-            self.memory.setup(heads, kv_heads, head_dim)
+            self.memory.setup(heads, kv_heads, head_dim, self.block)
+        if self.use_gate and self.gate is None:
+            self.gate = nn.Parameter(torch.zeros(heads))
 
     def backend(self, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
         """The backend for a call on ``device`` in ``dtype``."""
@@ -109,8 +145,9 @@ class MemoryAttention(nn.Module):
         ``q`` (B, H, T, D), ``k`` and ``v`` (B, Hkv, T, D), raw (not rotated). ``cache`` is this
         layer's part of the model state (empty at the start of a stream): the raw keys/values of
         the partial block (``"k"``, ``"v"``), of the previous complete block (``"prev_k"``,
-        ``"prev_v"``, span ``"previous"``) and the memory state (``"mem.*"``). ``rotate(x, pos)``
-        applies the backbone's positional rotation. Returns (B, H, T, D) and the new cache.
+        ``"prev_v"``, span ``"previous"``), of the sink tokens (``"sink_k"``, ``"sink_v"``) and
+        the memory state (``"mem.*"``). ``rotate(x, pos)`` applies the backbone's positional
+        rotation. Returns (B, H, T, D) and the new cache.
         """
         B, H, T, D = q.shape
         Hkv, L = k.shape[1], self.block
@@ -138,13 +175,14 @@ class MemoryAttention(nn.Module):
         vb = rearrange(v, "b h (n l) d -> b h n l d", l=L)
 
         read, mem_state = MemoryRead(), {}
-        if self.memory is not None:
+        if self.memory is not None and not self.masked:
             state = {name[len(MEMORY_PREFIX):]: t for name, t in cache.items() if name.startswith(MEMORY_PREFIX)}
             if not state:
                 state = self.memory.init_state(B, k.dtype, k.device)
             read, mem_state = self.memory.forward_blocks(state, qb, kb, vb, b0, complete)
 
-        out = self._attend(qb, kb, vb, read, cache, rotate)  # (B, H, nb, L, D)
+        sink = self._sink(cache, k, v, b0, n)  # (sink_k, sink_v) (B, Hkv, S, D) each, or None
+        out = self._attend(qb, kb, vb, read, cache, rotate, sink, b0)  # (B, H, nb, L, D)
         out = rearrange(out, "b h n l d -> b h (n l) d")[:, :, r : r + T]  # (B, H, T, D)
 
         # Slices are cloned so the cache never keeps this call's whole tensors alive.
@@ -156,15 +194,35 @@ class MemoryAttention(nn.Module):
                 new_cache["prev_k"], new_cache["prev_v"] = kb[:, :, complete - 1].clone(), vb[:, :, complete - 1].clone()
             elif "prev_k" in cache:
                 new_cache["prev_k"], new_cache["prev_v"] = cache["prev_k"], cache["prev_v"]
+        if sink is not None:
+            new_cache["sink_k"], new_cache["sink_v"] = sink if "sink_k" in cache else (sink[0].clone(), sink[1].clone())
         return out, new_cache
 
+    def _sink(self, cache: dict[str, Tensor], k: Tensor, v: Tensor, b0: int, n: int) -> tuple[Tensor, Tensor] | None:
+        """The raw keys and values of the stream's first ``sink`` tokens, once they exist: from
+        the cache, or from this call when it holds them (``k``, ``v`` start at block ``b0``)."""
+        if not self.sink:
+            return None
+        if "sink_k" in cache:
+            return cache["sink_k"].to(k.dtype), cache["sink_v"].to(v.dtype)
+        if b0 > 0:
+            raise ValueError(f"this layer keeps a sink of {self.sink} tokens, but the state continues a stream "
+                             "that has none (it was made without sink)")
+        if n < self.sink:  # the stream is still inside its first block: nothing needs the sink yet
+            return None
+        return k[:, :, : self.sink], v[:, :, : self.sink]
+
     def _attend(
-        self, qb: Tensor, kb: Tensor, vb: Tensor, read: MemoryRead, cache: dict[str, Tensor], rotate: Rotate | None
+        self, qb: Tensor, kb: Tensor, vb: Tensor, read: MemoryRead, cache: dict[str, Tensor], rotate: Rotate | None,
+        sink: tuple[Tensor, Tensor] | None = None, b0: int = 0,
     ) -> Tensor:
-        """One batched attention call over all blocks: (B, H, nb, L, D) queries -> (B, H, nb, L, D)."""
+        """One batched attention call over all blocks: (B, H, nb, L, D) queries -> (B, H, nb, L, D).
+
+        Keys, in order: ``[memory slots | sink | previous block | block]``."""
         B, H, nb, L, D = qb.shape
         rotate = rotate if rotate is not None else (lambda x, pos: x)
-        w0 = L if self.span == "previous" else 0  # window position of the block start
+        S = self.sink
+        w0 = S + (L if self.span == "previous" else 0)  # window position of the block start
         pos = torch.arange(w0, w0 + L, device=qb.device)  # (L,)
         q = rotate(qb, pos)  # (B, H, nb, L, D)
         keys, values = [rotate(kb, pos)], [vb]  # local keys, then what goes before them
@@ -181,6 +239,13 @@ class MemoryAttention(nn.Module):
                 key_valid = torch.ones(nb, 2 * L, dtype=torch.bool, device=qb.device)
                 key_valid[0, :L] = False  # (nb, 2L): the stream's first block has no previous block
         local = sum(x.shape[-2] for x in keys)
+        fixed = 0  # columns before the local keys that every query sees: memory slots, then sink
+        if sink is not None:
+            sink_pos = torch.arange(S, device=qb.device)  # (S,)
+            sink_k = rotate(sink[0], sink_pos)[:, :, None].expand(-1, -1, nb, -1, -1)  # (B, Hkv, nb, S, D)
+            keys.insert(0, sink_k)
+            values.insert(0, sink[1][:, :, None].expand(-1, -1, nb, -1, -1))
+            fixed = S
         slots = 0
         if read.keys is not None:
             mem_k = read.keys.to(kb.dtype)  # (B, Hkv, nb, P, D)
@@ -189,39 +254,48 @@ class MemoryAttention(nn.Module):
             keys.insert(0, mem_k)
             values.insert(0, read.values.to(vb.dtype))
             slots = mem_k.shape[-2]
-        k = torch.cat(keys, dim=-2)  # (B, Hkv, nb, P + local, D)
+        k = torch.cat(keys, dim=-2)  # (B, Hkv, nb, P + S + local, D)
         v = torch.cat(values, dim=-2)
 
-        mask = trapezoid_mask(L, local, slots, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, S)
-        mask = mask.reshape(1, 1, -1, L, slots + local)  # (1, 1, nb|1, L, S)
+        mask = trapezoid_mask(L, local, slots + fixed, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, K)
+        mask = mask.reshape(1, 1, -1, L, slots + fixed + local)  # (1, 1, nb|1, L, K)
+        if sink is not None and b0 == 0:  # the stream's first block holds the sink tokens itself
+            hide = torch.zeros(1, 1, nb, 1, slots + fixed + local, dtype=q.dtype, device=q.device)
+            hide[:, :, 0, :, slots : slots + S] = float("-inf")
+            mask = mask + hide  # (1, 1, nb, L, K)
         if read.bias is not None and slots:
-            bias = F.pad(read.bias.to(q.dtype), (0, local))  # (B|1, Hkv|1, nb|1, 1, S): zero on local keys
+            bias = F.pad(read.bias.to(q.dtype), (0, fixed + local))  # (B|1, Hkv|1, nb|1, 1, K): zero beyond the slots
             if bias.shape[1] > 1:
                 bias = repeat_kv(bias.transpose(1, 2), H).transpose(1, 2)  # per query head
-            mask = mask + bias  # (B|1, H|1, nb|1, L, S)
-        mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, S)
+            mask = mask + bias  # (B|1, H|1, nb|1, L, K)
+        mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, K)
 
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
         qf = rearrange(q, "b h n l d -> (b n) h l d")  # (B*nb, H, L, D)
-        kf = rearrange(k, "b h n s d -> (b n) h s d")  # (B*nb, Hkv, S, D)
+        kf = rearrange(k, "b h n s d -> (b n) h s d")  # (B*nb, Hkv, K, D)
         vf = rearrange(v, "b h n s d -> (b n) h s d")
-        if read.output is not None and read.gate is None:
+        backend = self.backend(q.device, q.dtype)
+
+        def blocks(x: Tensor) -> Tensor:
+            return rearrange(x, "(b n) h l d -> b h n l d", b=B)  # (B, H, nb, L, D)
+
+        if read.output is not None and read.gate is None:  # partial attention: log-sum-exp merge
             if read.lse is None:
                 raise ValueError("a MemoryRead with `output` needs `lse` (log-sum-exp merge) or `gate` (gated mix)")
-            backend = self.backend(q.device, q.dtype)
-            if hasattr(backend, "forward_lse"):
-                out, lse = backend.forward_lse(qf, kf, vf, mask, scale)
-            else:  # the log-sum-exp comes from the explicit definition
-                out, lse = reference_attention(qf, kf, vf, mask, scale)
-            lse = rearrange(lse, "(b n) h l -> b h n l", b=B)  # (B, H, nb, L)
-            out = rearrange(out, "(b n) h l d -> b h n l d", b=B)
-            out, _ = merge_lse(out, lse, read.output.to(out.dtype), read.lse.to(lse.dtype))
-            return out
-        out = self.backend(q.device, q.dtype)(qf, kf, vf, mask, scale)  # (B*nb, H, L, D)
-        out = rearrange(out, "(b n) h l d -> b h n l d", b=B)
-        if read.output is not None:
-            out = merge_gated(read.output.to(out.dtype), out, read.gate)
-        return out
+            out, lse = backend.forward_lse(qf, kf, vf, mask, scale)
+            base = blocks(out)
+            joint, _ = merge_lse(base, rearrange(lse, "(b n) h l -> b h n l", b=B),
+                                 read.output.to(out.dtype), read.lse.to(lse.dtype))
+        else:
+            joint = blocks(backend(qf, kf, vf, mask, scale))
+            # without the memory: the same call minus the slot columns (only needed for the gate)
+            base = blocks(backend(qf, kf[:, :, slots:], vf[:, :, slots:], mask[..., slots:], scale)) \
+                if self.gate is not None and slots else joint
+            if read.output is not None:
+                joint = merge_gated(read.output.to(joint.dtype), joint, read.gate)
+        if self.gate is None:
+            return joint
+        return open_by_gate(base, joint, self.gate)
 
     @staticmethod
     def _flatten_mask(mask: Tensor, batch: int, nb: int) -> Tensor:

@@ -1,89 +1,38 @@
-"""MemoryModel: a backbone with a memory in (some of) its attention layers (DESIGN §3).
+"""MemoryModel: a backbone with a memory in (some of) its attention layers.
 
 ``model(input_ids, state)`` runs block-parallel: per layer, the backbone gives raw q/k/v for all
 new tokens, :class:`memplug.core.layer.MemoryAttention` asks the memory for every block's read at
-once and runs one batched attention call. The returned :class:`ModelState` holds everything
-needed to continue (per-layer memory states, the partial block, the absolute position), so a
-sequence fed in chunks of any lengths gives the logits of one call, and a state saved mid-stream
-continues identically after loading.
+once and runs one batched attention call. The returned :class:`~memplug.core.state.ModelState`
+holds everything needed to continue, so any chunking of a sequence gives the logits of one call.
 
-    model = memplug.build_model("tiny", memory="elastic", block=256, order=64, samples=64)
+    model = memplug.build_model("tiny", memory="elastic", block=256,
+                                backbone_options=dict(d_model=128, n_layers=2, n_heads=4),
+                                memory_options=dict(order=64, samples=64))
     out = model(ids)                          # out.logits (B, T, V), out.state
     out = model(more_ids, state=out.state)    # streaming
     with model.swap_retriever("warped", samples=64, warp="exponential", rate=4.0):
         ...                                   # test-time sampling change, weights untouched
+    with model.memory_masked():
+        ...                                   # the block-local model with the same weights
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from ..util.atomic import atomic_write_bytes
 from .contracts import AttentionBackend, Backbone, Memory, Retriever
 from .layer import SPANS, MemoryAttention
-from .manager import make_backbone, make_memory, make_retriever, registry
+from .manager import make_backbone, make_memory, make_retriever
+from .state import ModelOutput, ModelState
 
-__all__ = ["MemoryModel", "ModelState", "ModelOutput", "RetrieverSwap", "build_model"]
-
-STATE_FORMAT = "memplug.ModelState/1"
-
-
-@dataclass
-class ModelState:
-    """What a stream needs to continue: the absolute position and each layer's cache.
-
-    ``layers[i]`` is layer ``i``'s flat dict of tensors (partial block, previous block, memory
-    state under ``"mem."`` keys); empty at the start of a stream.
-    """
-
-    position: int
-    layers: list[dict[str, Tensor]]
-
-    def detach(self) -> ModelState:
-        """The same state cut from the autograd graph (truncated backpropagation through time)."""
-        return ModelState(self.position, [{k: t.detach() for k, t in layer.items()} for layer in self.layers])
-
-    def save(self, path: str | Path) -> None:
-        """Write to a safetensors file, atomically (a temporary file moved into place)."""
-        # clone: a layer's caches may be views of one block (e.g. xl's keys and the previous
-        # block), and safetensors refuses tensors that share storage
-        tensors = {f"layers.{i}.{k}": t.detach().clone(memory_format=torch.contiguous_format)
-                   for i, layer in enumerate(self.layers) for k, t in layer.items()}
-        meta = {"format": STATE_FORMAT, "position": str(self.position), "num_layers": str(len(self.layers))}
-        atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> ModelState:
-        """Read a state written by :meth:`save`, onto ``device``."""
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != STATE_FORMAT:
-                raise ValueError(f"{path} is not a memplug model state (format={meta.get('format')!r}, "
-                                 f"expected {STATE_FORMAT!r})")
-            layers: list[dict[str, Tensor]] = [{} for _ in range(int(meta["num_layers"]))]
-            for name in f.keys():
-                _, i, key = name.split(".", 2)
-                layers[int(i)][key] = f.get_tensor(name)
-        return cls(int(meta["position"]), layers)
-
-
-@dataclass
-class ModelOutput:
-    logits: Tensor  # (B, T, vocab)
-    loss: Tensor | None
-    state: ModelState
+__all__ = ["MemoryModel", "MemorySpec", "RetrieverSwap", "build_model"]
 
 
 class RetrieverSwap:
@@ -113,11 +62,17 @@ MemorySpec = str | Memory | Callable[[int], Memory] | None
 class MemoryModel(nn.Module):
     """A backbone whose attention layers run through :class:`MemoryAttention`.
 
-    ``memory``: a registered name (built per layer with ``make_memory(name, **memory_options)``,
-    plus ``block`` when the memory's constructor takes one),
-    a :class:`Memory` (deep-copied per layer), a callable ``layer_index -> Memory``, or ``None``
-    (block-local attention only). ``layers``: indices of the layers that get a memory (``None``:
-    all). ``block``, ``span`` and ``attention`` are passed to every :class:`MemoryAttention`.
+    Args:
+        backbone: the :class:`~memplug.core.contracts.Backbone` (held, not copied).
+        memory: a registered name (built per layer with ``make_memory(name, **memory_options)``),
+            a :class:`~memplug.core.contracts.Memory` (deep-copied per layer), a callable
+            ``layer_index -> Memory``, or ``None`` (block-local attention only).
+        block: block length L; every memory learns it through ``Memory.setup``.
+        memory_options: options of a memory given by name.
+        layers: indices of the layers that get a memory (``None``: all; negative ones count
+            from the end).
+        span, attention, gate, sink: passed to every :class:`MemoryAttention` (``gate`` only to
+            the layers with a memory).
     """
 
     def __init__(
@@ -125,40 +80,41 @@ class MemoryModel(nn.Module):
         backbone: Backbone,
         memory: MemorySpec = "elastic",
         block: int = 256,
+        *,
+        memory_options: Mapping[str, Any] | None = None,
         layers: Sequence[int] | None = None,
         span: str = "block",
         attention: str | AttentionBackend = "auto",
-        **memory_options: Any,
+        gate: bool = False,
+        sink: int = 0,
     ) -> None:
         super().__init__()
         if span not in SPANS:
             raise ValueError(f"span must be one of {SPANS}, got {span!r}")
         if memory_options and not isinstance(memory, str):
-            raise ValueError(f"memory options {sorted(memory_options)} need memory given by name, got {memory!r}")
+            raise ValueError(f"memory_options {sorted(memory_options)} need memory given by name, got {memory!r}")
         self.backbone, self.block = backbone, block
         n = backbone.num_layers
         with_memory = set(range(n)) if layers is None else {self._layer_index(i, n) for i in layers}
         self.attn = nn.ModuleList()
         for i in range(n):
-            mem = self._memory_for(memory, i, memory_options, block) if i in with_memory else None
-            layer = MemoryAttention(mem, block, span, attention, scale=getattr(backbone, "attention_scale", None))
+            mem = self._memory_for(memory, i, dict(memory_options or {})) if i in with_memory else None
+            layer = MemoryAttention(mem, block, span, attention, scale=backbone.attention_scale,
+                                    gate=gate and mem is not None, sink=sink)
             layer.setup(backbone.heads, backbone.kv_heads, backbone.head_dim)
             self.attn.append(layer)
 
     @staticmethod
     def _layer_index(i: int, n: int) -> int:
-        if not -n <= i < n:
-            raise ValueError(f"layers contains {i}, outside the backbone's {n} layers")
+        if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
+            raise ValueError(f"layers contains {i!r}, not a layer index of the backbone's {n} layers")
         return i % n
 
     @staticmethod
-    def _memory_for(memory: MemorySpec, index: int, options: dict[str, Any], block: int) -> Memory | None:
+    def _memory_for(memory: MemorySpec, index: int, options: dict[str, Any]) -> Memory | None:
         if memory is None:
             return None
         if isinstance(memory, str):
-            # Memories whose constructor takes the block length (melodi, xl) get the model's.
-            if "block" in inspect.signature(registry("memory").get(memory)).parameters:
-                options = {"block": block, **options}
             return make_memory(memory, **options)
         if isinstance(memory, Memory):
             return copy.deepcopy(memory)
@@ -204,9 +160,9 @@ class MemoryModel(nn.Module):
         (deep-copied per layer). Returns a handle whose ``restore()`` (or the end of a ``with``
         block) puts the previous retrievers back.
         """
-        swappable = [m for m in self.memories if hasattr(m, "set_retriever")]
+        swappable = [m for m in self.memories if m.retriever is not None]
         if not swappable:
-            raise ValueError("no layer of this model has a memory with a retriever (set_retriever) to swap")
+            raise ValueError("no layer of this model has a memory that reads through a retriever (Elastic) to swap")
         previous = []
         for memory in swappable:
             new = make_retriever(retriever, **cfg)
@@ -215,6 +171,20 @@ class MemoryModel(nn.Module):
             previous.append((memory, memory.retriever))
             memory.set_retriever(new)
         return RetrieverSwap(previous)
+
+    @contextmanager
+    def memory_masked(self) -> Iterator[MemoryModel]:
+        """Within the block, every memory layer attends only locally (to its sink and local
+        window), reading and writing no memory; weights are untouched, so this is the block-local
+        model with the same parameters. A stream begun inside continues without memory state."""
+        saved = [layer.masked for layer in self.attn]
+        try:
+            for layer in self.attn:
+                layer.masked = True
+            yield self
+        finally:
+            for layer, masked in zip(self.attn, saved):
+                layer.masked = masked
 
     @torch.no_grad()
     def generate(
@@ -243,36 +213,35 @@ class MemoryModel(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
-def _backbone_keys(backbone: str | Backbone) -> set[str]:
-    """Option names a registered backbone class takes: its config dataclass fields and
-    its ``__init__`` keyword parameters."""
-    cls = registry("backbone").get(backbone) if isinstance(backbone, str) else type(backbone)
-    keys = set()
-    config = getattr(cls, "config_class", None)
-    if config is not None and dataclasses.is_dataclass(config):
-        keys |= {f.name for f in dataclasses.fields(config)}
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
-            keys.add(p.name)
-    return keys
-
-
-MODEL_KEYS = ("layers", "span", "attention")
-
-
 def build_model(
-    backbone: str | Backbone = "tiny", memory: MemorySpec = "elastic", block: int = 256, **cfg: Any
+    backbone: str | Backbone = "tiny",
+    memory: MemorySpec = "elastic",
+    block: int = 256,
+    *,
+    backbone_options: Mapping[str, Any] | None = None,
+    memory_options: Mapping[str, Any] | None = None,
+    layers: Sequence[int] | None = None,
+    span: str = "block",
+    attention: str | AttentionBackend = "auto",
+    gate: bool = False,
+    sink: int = 0,
+    **unexpected: Any,
 ) -> MemoryModel:
-    """A :class:`MemoryModel` from names: ``build_model("tiny", memory="elastic", block=64, d_model=128,
-    order=64, samples=32)``.
+    """A :class:`MemoryModel` from names, with each component's options passed to it explicitly::
 
-    ``cfg`` keys that the backbone takes (its config fields and constructor keywords) build the
-    backbone when it is given by name; ``layers``, ``span`` and ``attention`` go to the model;
-    the rest are memory options.
+        build_model("tiny", memory="elastic", block=64,
+                    backbone_options=dict(d_model=128, n_layers=2, n_heads=4),
+                    memory_options=dict(order=64, samples=32), layers=[-1], gate=True)
+
+    ``backbone_options`` build a backbone given by name (``make_backbone(backbone, **options)``);
+    ``memory_options`` a memory given by name. The rest are :class:`MemoryModel`'s.
     """
-    model_cfg = {k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}
+    if unexpected:
+        raise TypeError(f"build_model got {', '.join(sorted(unexpected))}: options of the backbone go in "
+                        "backbone_options={...}, options of the memory in memory_options={...}")
     if isinstance(backbone, str):
-        keys = _backbone_keys(backbone)
-        backbone_cfg = {k: cfg.pop(k) for k in list(cfg) if k in keys}
-        backbone = make_backbone(backbone, **backbone_cfg)
-    return MemoryModel(backbone, memory=memory, block=block, **model_cfg, **cfg)
+        backbone = make_backbone(backbone, **dict(backbone_options or {}))
+    elif backbone_options:
+        raise ValueError(f"backbone_options {sorted(backbone_options)} need a backbone given by name")
+    return MemoryModel(backbone, memory, block, memory_options=memory_options, layers=layers, span=span,
+                       attention=attention, gate=gate, sink=sink)

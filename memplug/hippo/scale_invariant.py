@@ -106,7 +106,7 @@ class ScaleInvariantMeasure(Encoder):
     """
 
     def __init__(
-        self, order: int, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
+        self, order: int = 64, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
     ) -> None:
         super().__init__()
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:

@@ -23,6 +23,7 @@ __all__ = [
     "trapezoid_mask",
     "merge_lse",
     "merge_gated",
+    "open_by_gate",
     "repeat_kv",
 ]
 
@@ -121,3 +122,16 @@ def merge_gated(memory_out: Tensor, local_out: Tensor, gate: Tensor) -> Tensor:
     g = torch.sigmoid(gate).to(local_out.dtype)
     g = g.reshape(g.shape[0], *([1] * (local_out.dim() - 2)))  # (H, 1, ..., 1)
     return g * memory_out + (1 - g) * local_out
+
+
+def open_by_gate(local_out: Tensor, joint_out: Tensor, gate: Tensor) -> Tensor:
+    """``local_out + gate * (joint_out - local_out)``: a memory let in by a per-head gate.
+
+    ``local_out`` is the attention without the memory, ``joint_out`` with it, both (B, H, ..., D);
+    ``gate`` (H,), one weight per head. A gate of 0 gives the model without memory exactly and
+    1 the model with it. The gate is not clamped: at 0 its gradient ``<dL/dout, joint - local>``
+    is whole (a clamp would pass none at its bound), and a gate pushed below 0 can come back.
+    """
+    g = gate.to(local_out.dtype)
+    g = g.reshape(g.shape[0], *([1] * (local_out.dim() - 2)))  # (H, 1, ..., 1)
+    return local_out + g * (joint_out - local_out)

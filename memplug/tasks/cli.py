@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         memory = None if args.memory == "none" else args.memory
         model = build_model("tiny", memory=memory, block=args.block, layers=[-1] if memory else None,
-                            vocab_size=task.vocab_size, d_model=args.d_model, n_layers=args.layers, n_heads=4)
+                            backbone_options=dict(vocab_size=task.vocab_size, d_model=args.d_model,
+                                                  n_layers=args.layers, n_heads=4))
         seconds = args.seconds if args.seconds is not None or args.steps is not None else 60.0
         run = train_on_task(model, task, length=args.length, batch=args.batch, steps=args.steps, seconds=seconds,
                             seed=args.seed, description=f"{args.task}: {args.memory}")

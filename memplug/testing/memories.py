@@ -153,7 +153,8 @@ def check_memory(
         tolerance: relative tolerance of the equalities (default 1e-9 in float64, 1e-4 otherwise).
         settings: hypothesis settings; by default the active profile, without a deadline.
     """
-    from memplug.core.model import MemoryModel, ModelState
+    from memplug.core.model import MemoryModel
+    from memplug.core.state import ModelState
 
     tol = tolerance if tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4)
     base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone

@@ -36,7 +36,7 @@ class Jacobi(ScaleInvariantMeasure):
 
     name = "jacobi"
 
-    def __init__(self, order: int, beta: float = 0.0, **kwargs) -> None:
+    def __init__(self, order: int = 64, beta: float = 0.0, **kwargs) -> None:
         super().__init__(order, beta=beta, **kwargs)
 
 

@@ -62,7 +62,7 @@ class LegS(ScaleInvariantMeasure):
 
     name = "legs"
 
-    def __init__(self, order: int, discretization: str = "exact", substeps: int = 1, **kwargs) -> None:
+    def __init__(self, order: int = 64, discretization: str = "exact", substeps: int = 1, **kwargs) -> None:
         super().__init__(order, beta=0.0, **kwargs)
         if discretization != "exact" and discretization not in ODE_RULES:
             raise ValueError(f"discretization must be 'exact' or one of {ODE_RULES}, got {discretization!r}")

@@ -49,10 +49,11 @@ LOG_P = "-lnP"
 BASIS_CACHE_BYTES = 16 * 2**20
 
 
-def _component(kind: str, make, spec: Any, options: dict[str, Any], defaults: dict[str, Any]):
-    """Build an encoder/retriever from a name (with defaults) or pass a ready object through."""
+def _component(kind: str, make, spec: Any, options: dict[str, Any]):
+    """Build an encoder/retriever from a name (its own defaults fill what ``options`` leave out)
+    or pass a ready object through."""
     if isinstance(spec, str):
-        return make(spec, **{**defaults, **options})
+        return make(spec, **options)
     if options:
         raise ValueError(f"{kind} options {sorted(options)} given together with a ready {kind} object")
     return make(spec)
@@ -64,8 +65,8 @@ class ElasticMemory(Memory):
     Args:
         encoder: a registered encoder name or an :class:`Encoder` (default ``"legs"``).
         retriever: a registered retriever name or a :class:`Retriever` (default ``"uniform"``).
-        order: N for an encoder given by name (default 64).
-        samples: P for a retriever given by name (default 64).
+        order: N for an encoder given by name (default: the encoder's, 64 for the built-ins).
+        samples: P for a retriever given by name (default: the retriever's, 64 for the built-ins).
         encoder_options, retriever_options: more options for components given by name.
         positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
         max_distance: with ``positions="sample"``, clip the distance to the block start.
@@ -89,8 +90,8 @@ class ElasticMemory(Memory):
         super().__init__()
         enc_opts = dict(encoder_options or {}) | ({} if order is None else {"order": order})
         ret_opts = dict(retriever_options or {}) | ({} if samples is None else {"samples": samples})
-        self.encoder = _component("encoder", make_encoder, encoder, enc_opts, {"order": 64})
-        self.retriever = _component("retriever", make_retriever, retriever, ret_opts, {"samples": 64})
+        self.encoder = _component("encoder", make_encoder, encoder, enc_opts)
+        self.retriever = _component("retriever", make_retriever, retriever, ret_opts)
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if max_distance is not None and not max_distance > 0:
@@ -103,6 +104,11 @@ class ElasticMemory(Memory):
 
     def extra_repr(self) -> str:
         return f"positions={self.positions!r}, logit_offset={self.logit_offset!r}"
+
+    @classmethod
+    def budget(cls, slots: int) -> dict[str, Any]:
+        """N = P = ``slots``: N coefficients of keys and of values per head, read back as P samples."""
+        return {"order": slots, "samples": slots}
 
     def set_retriever(self, retriever: Retriever) -> None:
         """Swap the sampling at test time (``MemoryModel.swap_retriever``); the state is unchanged."""

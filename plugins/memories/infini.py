@@ -44,8 +44,8 @@ class InfiniMemory(Memory):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.delta, self.eps = delta, eps
 
-    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
-        super().setup(heads, kv_heads, head_dim)
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
+        super().setup(heads, kv_heads, head_dim, block)
         self.gate = nn.Parameter(torch.zeros(heads))
 
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:

@@ -39,7 +39,7 @@ difference is a near-tie at the k-th score flipping under float rounding (never 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +95,12 @@ class KNNMemory(Memory):
         self.capacity, self.topk, self.combine, self.normalize = capacity, topk, combine, normalize
         self.use_faiss = search == "faiss" or (search == "auto" and capacity >= faiss_min and _faiss_available())
 
-    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
-        super().setup(heads, kv_heads, head_dim)
+    @classmethod
+    def budget(cls, slots: int) -> dict[str, Any]:
+        return {"capacity": slots}
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
+        super().setup(heads, kv_heads, head_dim, block)
         if self.normalize:
             self.log_scale = nn.Parameter(torch.full((heads,), 0.5 * math.log(head_dim)))
         if self.combine == "gate":

@@ -33,9 +33,10 @@ values, not the residual stream):
 
 Placement: ``long_term=True`` gives a layer both memories, ``False`` the short-term memory
 only. :func:`melodi_layers` builds the paper's stack (long-term at the middle layer) for
-``MemoryModel(memory=melodi_layers(n, block=...))``.
+``MemoryModel(memory=melodi_layers(n))``.
 
-Sizes: ``block`` is required (the mixing matrices span the window's tokens); defaults follow
+Sizes: ``block`` is the model's (the MemoryModel passes it through :meth:`MelodiMemory.setup`;
+the mixing matrices span the block's tokens); defaults follow
 meliad's base config scaled to the block (window 512: short 64, increment 32), i.e. ``short =
 block / 8``, ``increment = block / 16``, and ``long_slots`` = 1x memory
 (:func:`memplug.core.budget.unit`). Parameters: ``(S + I) (L + S) + S + I`` mixing weights, ``4 D``
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,7 @@ from memplug.core.budget import unit
 from memplug.core.contracts import Memory, MemoryRead
 from memplug.ops.attention import repeat_kv
 from memplug.ops.memory_banks import fifo_append, fifo_valid, fifo_windows
+from memplug.util.checks import positive_int
 
 
 class MelodiMemory(Memory):
@@ -74,26 +77,41 @@ class MelodiMemory(Memory):
 
     def __init__(
         self,
-        block: int,
+        block: int | None = None,
         short_slots: int | None = None,
         long_slots: int | None = None,
         increment: int | None = None,
         long_term: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be a positive int (the window length), got {block!r}")
-        self.block = block
-        self.short_slots = max(1, block // 8) if short_slots is None else short_slots
-        self.increment = max(1, block // 16) if increment is None else increment
-        self.long_slots = unit(block) if long_slots is None else long_slots
-        for name in ("short_slots", "increment", "long_slots"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        self.long_term = long_term
+        for name, value in (("block", block), ("short_slots", short_slots), ("long_slots", long_slots),
+                            ("increment", increment)):
+            if value is not None:
+                positive_int(name, value)
+        self.block, self.long_term = block, long_term
+        self._given = (short_slots, long_slots, increment)
+        if block is not None:
+            self._size(block)
 
-    def setup(self, heads: int, kv_heads: int, head_dim: int) -> None:
-        super().setup(heads, kv_heads, head_dim)
+    @classmethod
+    def budget(cls, slots: int) -> dict[str, Any]:
+        return {"long_slots": slots}
+
+    def _size(self, block: int) -> None:
+        """Sizes not given default to meliad's base config scaled to the block."""
+        short, long, increment = self._given
+        self.short_slots = max(1, block // 8) if short is None else short
+        self.long_slots = unit(block) if long is None else long
+        self.increment = max(1, block // 16) if increment is None else increment
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
+        if block is not None and self.block is not None and block != self.block:
+            raise ValueError(f"melodi memory built for block={self.block} is set up with block={block}")
+        super().setup(heads, kv_heads, head_dim, block)
+        if self.block is None:
+            raise ValueError("melodi needs the block length (its mixing matrices span the block): "
+                             "pass block=... or let the MemoryModel set it up")
+        self._size(self.block)
         fan_in = self.block + self.short_slots
         std = 1.0 / math.sqrt(fan_in)  # meliad: variance scaling, fan-in, truncated normal
         # RMS scales: [window, short] x [keys, values]
@@ -270,7 +288,7 @@ def melodi_layers(num_layers: int, long_layer: int | None = None, **options) -> 
 
     ``long_layer`` defaults to the middle layer (``num_layers // 2``; meliad's base config puts
     it at layer 6 of 12). Returns a ``layer index -> MelodiMemory`` factory for
-    ``MemoryModel(memory=...)``; ``options`` go to :class:`MelodiMemory` (``block`` required).
+    ``MemoryModel(memory=...)``; ``options`` go to :class:`MelodiMemory`.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers!r}")

@@ -20,6 +20,7 @@ class NoMemory(Memory):
     """
 
     name = "none"
+    empty = True
 
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         return {}

@@ -18,6 +18,7 @@ from torch import Tensor
 
 import memplug
 from memplug.core.contracts import Memory, MemoryRead
+from memplug.util.checks import positive_int
 
 
 class XLMemory(Memory):
@@ -26,17 +27,21 @@ class XLMemory(Memory):
     State: ``keys``, ``values`` (B, Hkv, L, D) (L = 0 before the first block is written).
     Parameters: none. Chunk invariant: the cache changes only when a block completes.
 
-    ``block`` (optional) is the block length, used to check the data and by
-    :meth:`footprint`; without it the cache takes the length of the blocks it sees.
+    ``block`` is the block length, used to check the data and by :meth:`footprint`: given here,
+    or set by the layer through :meth:`setup`; without either the cache takes the length of the
+    blocks it sees.
     """
 
     name = "xl"
 
     def __init__(self, block: int | None = None) -> None:
         super().__init__()
-        if block is not None and block < 1:
-            raise ValueError(f"block must be a positive int or None, got {block!r}")
-        self.block = block
+        self.block = None if block is None else positive_int("block", block)
+
+    def setup(self, heads: int, kv_heads: int, head_dim: int, block: int | None = None) -> None:
+        if block is not None and self.block is not None and block != self.block:
+            raise ValueError(f"xl memory built for block={self.block} is set up with block={block}")
+        super().setup(heads, kv_heads, head_dim, block)
 
     def init_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
