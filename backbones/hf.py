@@ -116,6 +116,7 @@ class HFBackbone(Backbone):
         self.hf = model
         self.wiring = wiring
         self.family = wiring.family
+        self.attention_projections = wiring.attention_projections
         self.num_layers = config.num_hidden_layers
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads

@@ -24,6 +24,7 @@ class LlamaWiring:
 
     family = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3")
+    attention_projections = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def decoder(self, hf: nn.Module) -> nn.Module:
         """The base model holding ``embed_tokens``, ``layers``, ``norm`` and ``rotary_emb``."""

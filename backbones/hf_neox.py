@@ -28,6 +28,7 @@ class NeoXWiring:
 
     family = "gpt_neox"
     model_types = ("gpt_neox",)
+    attention_projections = ("query_key_value", "dense")
 
     def decoder(self, hf: nn.Module) -> nn.Module:
         """The base model holding ``embed_in``, ``layers``, ``final_layer_norm``, ``rotary_emb``."""

@@ -134,6 +134,7 @@ class TinyBackbone(Backbone):
 
     name = "tiny"
     config_class = TinyConfig
+    attention_projections = ("wq", "wk", "wv", "wo")
 
     def __init__(self, config: TinyConfig | None = None, preset: str | None = None, **overrides) -> None:
         super().__init__()

@@ -380,6 +380,10 @@ class Backbone(Component, abc.ABC):
     #: The dataclass holding the backbone's options, when it has one.
     config_class: ClassVar[type | None] = None
 
+    #: Names of the attention's query, key, value and output projection modules (``nn.Linear``),
+    #: which ``trainable="lora"`` adapts; empty when the backbone names none.
+    attention_projections: tuple[str, ...] = ()
+
     @classmethod
     def option_names(cls) -> set[str]:
         """The keyword options the backbone takes: the fields of :attr:`config_class` and the
