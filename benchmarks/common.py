@@ -16,7 +16,6 @@ Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path`
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import time
@@ -29,10 +28,9 @@ import memory_configs
 import torch
 import torch.nn.functional as F
 
-from memplug.util.atomic import atomic_write_bytes
 from memplug.core.model import MemoryModel, build_model
 from memplug.app.precision import PRECISIONS, Precision, resolve_precision
-from memplug.app.report import write_report
+from memplug.app.report import figure_markdown, write_report
 from memplug.tasks import ScoredOnly
 from memplug.tasks.base import Task
 from memplug.tasks.run import TaskRun, train_on_task
@@ -244,36 +242,12 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 3) -
     return "\n".join(lines)
 
 
-def plot(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = (8, 4.5)) -> None:
-    """A PNG at ``path`` drawn by ``draw(plt)`` (matplotlib, headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.figure(figsize=size)
-    draw(plt)
-    plt.tight_layout()
-    png = io.BytesIO()
-    plt.savefig(png, format="png", dpi=100)
-    plt.close("all")
-    atomic_write_bytes(path, png.getvalue())
-
-
-def figure(directory: str | Path, name: str, draw: Callable[[Any], None]) -> str:
-    """Draw ``directory/NAME.png`` and return the Markdown that shows it under a report's table."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    plot(directory / f"{name}.png", draw)
-    return f"\n\n![{name}]({name}.png)\n"
-
-
 def report(directory: str | Path, name: str, markdown: str, data: dict[str, Any], draw: Callable[[Any], None] | None,
            *, title: str, seconds: float, precision: Precision | None = None) -> Path:
     """``NAME.md`` / ``NAME.json`` (:func:`memplug.app.report.write_report`: machine, date, command,
     wall-clock, precision) with ``NAME.png``, drawn by ``draw(plt)``, shown under the Markdown."""
     if draw is not None:
-        markdown += figure(directory, name, draw)
+        markdown += figure_markdown(directory, name, draw)
     path = write_report(directory, name, markdown, data, title=title, seconds=seconds, precision=precision)
     print(f"wrote {path}", flush=True)
     return path

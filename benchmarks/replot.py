@@ -32,7 +32,7 @@ def replot(path: Path) -> Path:
     if not hasattr(module, "figure"):
         raise SystemExit(f"{path}: benchmarks/{found.group(1)}.py draws its figure during the run, not from the JSON "
                          "(no figure(data)); rerun its command to redraw it")
-    link = common.figure(path.parent, path.stem, module.figure(facts["data"]))
+    link = common.figure_markdown(path.parent, path.stem, module.figure(facts["data"]))
     markdown = path.with_suffix(".md")
     text = markdown.read_text()
     if link.strip() not in text:

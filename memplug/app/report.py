@@ -2,11 +2,13 @@
 
 ``write_report(directory, name, markdown, data)`` writes ``NAME.md`` (a header naming the
 machine, the date, the command line and the wall-clock, then the body) and ``NAME.json`` (the
-same facts and the raw data), each atomically.
+same facts and the raw data), each atomically; :func:`figure_markdown` draws ``NAME.png`` and
+gives the Markdown that shows it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -14,6 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,3 +99,28 @@ def write_report(
     atomic_write_bytes(directory / f"{name}.md", ("\n".join(header) + "\n\n" + markdown.rstrip() + "\n").encode())
     atomic_write_bytes(directory / f"{name}.json", (json.dumps({**facts, "data": data}, indent=1, default=str) + "\n").encode())
     return directory / f"{name}.md"
+
+
+def plot(path: str | Path, draw: Callable[[Any], None], size: tuple[float, float] = (8, 4.5)) -> None:
+    """A PNG at ``path`` drawn by ``draw(plt)`` (matplotlib, headless), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.figure(figsize=size)
+    draw(plt)
+    plt.tight_layout()
+    png = io.BytesIO()
+    plt.savefig(png, format="png", dpi=100)
+    plt.close("all")
+    atomic_write_bytes(Path(path), png.getvalue())
+
+
+def figure_markdown(directory: str | Path, name: str, draw: Callable[[Any], None],
+                    size: tuple[float, float] = (8, 4.5)) -> str:
+    """Draw ``directory/NAME.png`` and return the Markdown that shows it under a report's table."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plot(directory / f"{name}.png", draw, size)
+    return f"\n\n![{name}]({name}.png)\n"
