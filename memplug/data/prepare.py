@@ -200,6 +200,9 @@ def prepare(
             continue
         seen.add(digest)
         docs.append((doc, raw, digest))
+    if not docs:
+        raise ValueError(f"dataset {ds.name!r} has no usable document ({dropped['empty']} empty, "
+                         f"{dropped['duplicates']} duplicates) in {fields['source']}")
     names = [d.name for d, _, _ in docs]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset {ds.name!r} yields duplicate document names")
