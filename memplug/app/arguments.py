@@ -1,5 +1,6 @@
-"""argparse types for the command line: each checks a value and says what is allowed in one line
-(argparse then prints ``memplug CMD: error: argument --x: ...`` and exits with status 2)."""
+"""Command-line input: argparse types that check a value and say what is allowed in one line
+(argparse then prints ``memplug CMD: error: argument --x: ...`` and exits with status 2), and
+:func:`one_line` for the errors a command prints itself."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from collections.abc import Callable
 
 from ..util.checks import non_negative_int, positive_int
 
-__all__ = ["fraction", "non_negative_int_arg", "positive_float", "positive_int_arg"]
+__all__ = ["fraction", "non_negative_int_arg", "one_line", "positive_float", "positive_int_arg"]
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error message on one line (a multi-line message's lines joined by single spaces)."""
+    return " ".join(str(error).split())
 
 
 def _int_arg(check: Callable[[str, int], int]) -> Callable[[str], int]:

@@ -42,6 +42,7 @@ def build_model_and_tokenizer(
             raise CheckpointError(f"the checkpoint's tokenizer.json is not a BPE tokenizer ({exc})") from None
     elif config.data.tokenizer != "hf":
         tokenizer = make_tokenizer(config.data.tokenizer, prepared=prepared, vocab_size=config.data.vocab_size)
+    if tokenizer is not None:
         given = backbone_options.setdefault("vocab_size", tokenizer.vocab_size)
         if given != tokenizer.vocab_size:
             raise ConfigError(f"model.backbone.vocab_size: must equal the {config.data.tokenizer} tokenizer's "

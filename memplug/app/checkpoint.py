@@ -133,6 +133,15 @@ def _save_weights(model: nn.Module, path: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
+def _load_failure(exc: Exception) -> str:
+    """The reason in a ``torch.load(weights_only=True)`` failure, on one line (torch's message is a
+    page of advice around the one sentence that says what was found)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return " ".join(reason.split())
+
+
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
@@ -208,8 +217,8 @@ class Checkpoint:
             load_model(unwrap(model), str(self.path / "model.safetensors"), strict=strict)
         except SafetensorError as exc:
             raise CheckpointError(f"checkpoint {self.path}: model.safetensors is not a safetensors file ({exc})") from None
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {self.path} does not fit this model: {exc}") from None
+        except RuntimeError as exc:  # torch's message lists every mismatch, one per line
+            raise CheckpointError(f"checkpoint {self.path} does not fit this model: {' '.join(str(exc).split())}") from None
 
     def _load_plain(self, name: str, what: str) -> Any:
         """``torch.load`` of file ``name`` with ``weights_only=True``: tensors and plain values only."""
@@ -219,9 +228,8 @@ class Checkpoint:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to read them is a refusal
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {self.path}: refused to load {name}: it holds something other than "
-                                  f"tensors and plain values ({first})") from None
+                                  f"tensors and plain values ({_load_failure(exc)})") from None
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         state = self._load_plain("optimizer.pt", "optimizer state")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..core.hookspecs import hookimpl
 from ..util.atomic import atomic_write_bytes
-from .arguments import positive_int_arg
+from .arguments import one_line, positive_int_arg
 from .precision import PRECISIONS, Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         retriever_options = parse_pairs(args.set, "--set")
         dataset_options = parse_pairs(args.option, "--option", typed=False)
     except ConfigError as exc:
-        print(f"memplug eval: error: {exc}", file=sys.stderr)
+        print(f"memplug eval: error: {one_line(exc)}", file=sys.stderr)
         return 2
     if retriever_options and args.retriever is None:
         print("memplug eval: error: --set gives retriever options; name the retriever with --retriever",
@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
                           compare_masked=not args.no_masked, retriever=args.retriever,
                           retriever_options=retriever_options)
     except (CheckpointError, ConfigError, SourceMissingError, ValueError, KeyError) as exc:
-        print(f"memplug eval: error: {exc}", file=sys.stderr)
+        print(f"memplug eval: error: {one_line(exc)}", file=sys.stderr)
         return 2
     result |= {"checkpoint": str(path), "dataset": args.data, "split": args.split,
                "split_hash": prepared.split(args.split).hash}

@@ -37,7 +37,7 @@ from ..core.contracts import Encoder
 from ..core.hookspecs import hookimpl
 from ..core.manager import make_encoder, make_retriever
 from ..util.checks import positive_int
-from .arguments import non_negative_int_arg, positive_float, positive_int_arg
+from .arguments import non_negative_int_arg, one_line, positive_float, positive_int_arg
 
 __all__ = ["Reconstruction", "reconstruct", "synthetic_signal", "byte_signal"]
 
@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed, block=args.block, out=args.out,
         )
     except (ValueError, TypeError, KeyError) as exc:
-        print(f"memplug reconstruct: error: {exc}", file=sys.stderr)
+        print(f"memplug reconstruct: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"memplug reconstruct: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ from ..core import manager
 from ..data import Prepared, TokenizedSplit, get_dataset, prepare
 from ..data.tokenizers import BPETokenizer, Tokenizer
 from ..data.windows import WindowSampler, eval_starts, gather
+from .arguments import one_line
 from .build import build_model_and_tokenizer
 from .checkpoint import (
     STEP_DIR,
@@ -548,7 +549,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except (*INPUT_ERRORS, OutputError, DivergedError) as exc:
-        print(f"memplug train: error: {exc}", file=sys.stderr)
+        print(f"memplug train: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, INPUT_ERRORS) else 1
     except KeyboardInterrupt:
         print("memplug train: interrupted; the last complete checkpoint is kept", file=sys.stderr)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from ..core.hookspecs import hookimpl
-from ..app.arguments import fraction, non_negative_int_arg
+from ..app.arguments import fraction, non_negative_int_arg, one_line
 from ..app.config import ConfigError, parse_pairs
 from ..core.manager import registry
 from ..core.contracts import SourceMissingError
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         options = parse_pairs(args.option, "--option", typed=False)
         dataset = get_dataset(args.name, **options)
     except (ConfigError, KeyError, ValueError) as exc:
-        print(f"memplug data prepare: error: {exc}", file=sys.stderr)
+        print(f"memplug data prepare: error: {one_line(exc)}", file=sys.stderr)
         return 2
     if args.fetch and isinstance(dataset, Literature):
         try:
@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         prepared = prepare(dataset, validation=args.validation, test=args.test, seed=args.seed,
                            force=args.force, progress=lambda m: print(m, file=sys.stderr))
     except (SourceMissingError, ValueError) as exc:
-        print(f"memplug data prepare: error: {exc}", file=sys.stderr)
+        print(f"memplug data prepare: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(prepared.summary())
     return 0
