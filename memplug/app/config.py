@@ -362,13 +362,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+            data = path.read_bytes()
+            raw = tomllib.loads(data.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+            line = data[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}); TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if isinstance(raw.get("model"), dict):
