@@ -111,19 +111,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def check_components(config: Config) -> Dataset:
-    """The dataset of ``config.data`` (its options checked), after checking that the backbone and
-    memory of ``config.model`` are registered: what can be refused before anything is written."""
+    """The dataset of ``config.data`` (its options checked), after checking that the backbone,
+    memory and attention backend of ``config.model`` are registered: what can be refused before
+    anything is written."""
     try:
         dataset = get_dataset(config.data.dataset, **config.data.options)
     except KeyError as exc:
         raise ConfigError(f"data.dataset: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"data.options: {exc}") from None
-    for kind in ("backbone", "memory"):
+    names = {"model.backbone.name": ("backbone", config.model.backbone["name"]),
+             "model.memory.name": ("memory", config.model.memory["name"])}
+    if config.model.attention != "auto":
+        names["model.attention"] = ("attention", config.model.attention)
+    for key, (kind, name) in names.items():
         try:
-            manager.registry(kind).get(getattr(config.model, kind)["name"])
+            manager.registry(kind).get(name)
         except KeyError as exc:
-            raise ConfigError(f"model.{kind}.name: {exc}") from None
+            raise ConfigError(f"{key}: {exc}") from None
     return dataset
 
 
