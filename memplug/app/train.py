@@ -318,7 +318,7 @@ class _Trainer:
 
         Raises :class:`DivergedError`, before the optimizer applies anything, when the loss or the
         gradient norm is not finite (every process sees the same values)."""
-        tc, seq = self.config.train, self.config.data.seq_len
+        tc = self.config.train
         lr = lr_at(step, tc.steps, tc.lr, tc.warmup, tc.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
