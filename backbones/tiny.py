@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import memplug
 from memplug.core.contracts import Backbone
+from memplug.util.checks import positive_int
 
 
 @dataclass
@@ -40,6 +41,10 @@ class TinyConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads"):
+            positive_int(name, getattr(self, name))
+        if self.n_kv_heads is not None:
+            positive_int("n_kv_heads", self.n_kv_heads)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:

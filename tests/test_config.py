@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from memplug.app.config import (
     load_config,
     parse_value,
 )
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 
@@ -50,7 +56,7 @@ def test_overrides_parse_toml_values():
         (["train.lrr=1"], r"train\.lrr: unknown key; allowed keys in \[train\]: batch_size, betas, bptt"),
         (["bogus=1"], r"bogus: unknown key; allowed keys in the top level: data, log, model, name, out, train"),
         (["train.lr=fast"], r"train\.lr: must be a number, got 'fast' \(str\)"),
-        (["train.lr=0"], r"train\.lr: must be a number > 0, got 0\.0"),
+        (["train.lr=0"], r"train\.lr: must be a number > 0 and <= \S+, got 0\.0"),
         (["train.steps=0"], r"train\.steps: must be an integer >= 1, got 0"),
         (["train.steps=1.5"], r"train\.steps: must be an integer, got 1\.5"),
         (["train.compile=1"], r"train\.compile: must be true or false, got 1"),
@@ -69,6 +75,19 @@ def test_overrides_parse_toml_values():
         (["train.warmup=500"], r"train\.warmup must be <= train\.steps=200"),
         (["data.validation=0.5", "data.test=0.5"], r"data\.validation \+ data\.test must be < 1"),
         (["train.device=tpu"], r"train\.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["train.device=cuda1"], r"train\.device must be auto, cpu, cuda or cuda:N, got 'cuda1'"),
+        (["train.device=cpu:0"], r"train\.device must be auto, cpu, cuda or cuda:N, got 'cpu:0'"),
+        (["train.betas=[1.5, 0.9]"], r"train\.betas\[0\]: must be a number >= 0 and < 1, got 1\.5"),
+        (["train.betas=[0.9, 1.0]"], r"train\.betas\[1\]: must be a number >= 0 and < 1, got 1\.0"),
+        (["train.betas=[-0.1, 0.9]"], r"train\.betas\[0\]: must be a number >= 0 and < 1, got -0\.1"),
+        (["train.lr=nan"], r"train\.lr: must be a number, got nan"),
+        (["train.lr=inf"], r"train\.lr: must be a number, got inf"),
+        (["train.lr=1e39"], r"train\.lr: must be a number > 0 and <= 3\.40\d+e\+38, got 1e\+39"),
+        (["train.min_lr_ratio=2"], r"train\.min_lr_ratio: must be a number >= 0 and <= 1, got 2\.0"),
+        (["train.seed=-1"], r"train\.seed: must be an integer >= 0, got -1"),
+        (["data.split_seed=-3"], r"data\.split_seed: must be an integer >= 0, got -3"),
+        (["data.validation=1.5"], r"data\.validation: must be a number >= 0 and < 1, got 1\.5"),
+        (["model.backbone.d_model='32'", "model.block='8'"], r"model\.block: must be an integer, got '8' \(str\)"),
         (["model.backbone=3"], r"model\.backbone: must be a table, got 3"),
         (["lr"], r"--set takes KEY=VALUE"),
         (["train..lr=1"], r"--set takes KEY=VALUE"),
@@ -90,6 +109,35 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_a_file_that_is_not_utf8_or_not_a_file_is_named(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"name = 'x'\nout = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(line 2, byte 21\); TOML files are UTF-8"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot be read: Is a directory"):
+        load_config(tmp_path)
+
+
+def test_show_config_lists_every_key_with_its_default_and_help_as_toml(tmp_path, capsys):
+    from memplug.app.cli import main
+
+    assert main(["train", "--show-config"]) == 0
+    text = capsys.readouterr().out
+    assert tomllib.loads(text) == Config().to_dict()  # reads back as the defaults
+    for table in (Config(), Config().model, Config().data, Config().train, Config().log):
+        for f in dataclasses.fields(table):
+            if not dataclasses.is_dataclass(getattr(table, f.name)):  # a table is listed with its docstring
+                assert f.metadata["help"] in text, f.name
+    assert "steps = 200  # optimizer steps; >= 1\n" in text
+    assert "# layers = [...]  # indices of the layers with memory (default: all)\n" in text
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlr = 0.01\n")
+    assert main(["train", str(config), "--set", "model.memory.order=32", "--show-config"]) == 0
+    text = capsys.readouterr().out
+    assert "lr = 0.01  # peak learning rate; > 0 and <= 3.4028234663852886e+38 (default: 0.002)\n" in text
+    assert tomllib.loads(text) == load_config(config, ["model.memory.order=32"]).to_dict()
 
 
 def test_apply_overrides_copies():

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -72,7 +77,7 @@ def test_missing_sources_name_the_fetch_command(tmp_path):
 
 
 def test_builtin_datasets_are_registered():
-    assert {"literature", "code", "pydocs"} <= set(memplug.available("dataset"))
+    assert {"literature", "code", "pydocs", "text"} <= set(memplug.available("dataset"))
 
 
 def test_dataset_base_is_the_registry_base():
@@ -280,3 +285,119 @@ def test_eval_starts_round_robin_and_disjoint():
     starts = eval_starts(data, 8)
     assert starts.tolist() == [0, 25, 8, 33, 16, 41, 49]
     assert eval_starts(data, 8, max_windows=3).tolist() == [0, 25, 8]
+
+
+# --- the text dataset (your own files) --------------------------------------------------------------
+
+
+def _own_folder(root: Path) -> Path:
+    (root / "notes" / "deep").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha " * 50)
+    (root / "notes" / "b.md").write_text("# beta\r\n" * 50)
+    (root / "notes" / "deep" / "c.txt").write_text("gamma " * 50)
+    (root / "skip.py").write_text("print('not matched by the default glob')")
+    (root / ".git").mkdir()
+    (root / ".git" / "hidden.txt").write_text("hidden folders are skipped")
+    for i, data in enumerate([b"\xff\xfe\x00\x01binary", b"caf\xe9 latin-1", b"nul\x00inside utf-8"]):
+        (root / f"bad{i}.txt").write_bytes(data)
+    return root
+
+
+def test_text_reads_a_folder_recursively_and_reports_files_that_are_not_text(tmp_path, caplog):
+    from memplug.data.text_files import TextFiles
+
+    root = _own_folder(tmp_path / "own")
+    with caplog.at_level("WARNING", logger="memplug"):
+        docs = list(TextFiles(root=root).documents())
+    assert [(d.name, d.group) for d in docs] == [("a.txt", "a.txt"), ("notes/b.md", "notes/b.md"),
+                                                 ("notes/deep/c.txt", "notes/deep/c.txt")]
+    assert docs[1].text.startswith("# beta\n# beta\n")  # CRLF normalised
+    assert caplog.messages == ["text: skipped 3 files that are not UTF-8 text: bad0.txt, bad1.txt, bad2.txt"]
+    assert [d.name for d in TextFiles(root=root, glob="*.py, *.md").documents()] == ["notes/b.md", "skip.py"]
+    assert [d.name for d in TextFiles(root=root / "a.txt").documents()] == ["a.txt"]  # one file
+
+
+def test_text_report_names_the_first_few_of_many(tmp_path, caplog):
+    from memplug.data.text_files import TextFiles
+
+    (tmp_path / "ok.txt").write_text("fine")
+    for i in range(8):
+        (tmp_path / f"b{i}.txt").write_bytes(b"\xff")
+    with caplog.at_level("WARNING", logger="memplug"):
+        assert len(list(TextFiles(root=tmp_path).documents())) == 1
+    assert caplog.messages == ["text: skipped 8 files that are not UTF-8 text: b0.txt, b1.txt, b2.txt, b3.txt, "
+                               "b4.txt and 3 more"]
+
+
+def test_text_reads_jsonl_records_grouped_by_a_field(tmp_path, caplog):
+    from memplug.data.text_files import TextFiles
+
+    lines = [{"body": "one", "book": "x"}, {"body": "two", "book": "x"}, {"body": "three", "book": 7},
+             {"text": "no body"}, "not an object", {"body": 4, "book": "y"}]
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b"\n".join(json.dumps(r).encode() for r in lines) + b"\n{broken\n\xff\xfe\n\n")
+    with caplog.at_level("WARNING", logger="memplug"):
+        docs = list(TextFiles(root=path, field="body", group="book").documents())
+    assert [(d.name, d.group, d.text) for d in docs] == [
+        ("corpus.jsonl:1", "book=x", "one"), ("corpus.jsonl:2", "book=x", "two"), ("corpus.jsonl:3", "book=7", "three")]
+    assert caplog.messages == ["text: skipped 5 lines of corpus.jsonl that are not a JSON object with a string 'body' "
+                               "and a 'book': line 4, line 5, line 6, line 7, line 8"]
+    assert [d.group for d in TextFiles(root=path, field="body").documents()] == [
+        "corpus.jsonl:1", "corpus.jsonl:2", "corpus.jsonl:3"]  # no group key: one group per record
+
+
+def test_text_without_a_usable_document_stops_with_one_line(tmp_path):
+    from memplug.data.text_files import TextFiles
+
+    with pytest.raises(ValueError, match="dataset 'text' needs the option root"):
+        TextFiles()
+    with pytest.raises(SourceMissingError, match="does not exist"):
+        TextFiles(root=tmp_path / "nowhere").source()
+    (tmp_path / "x.bin").write_bytes(b"\xff")
+    with pytest.raises(SourceMissingError, match=r"no file under \S+ matches \*\.txt,\*\.md \(option glob\)"):
+        TextFiles(root=tmp_path).source()
+    (tmp_path / "x.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match=r"text: no usable document in \S+ \(every one was skipped"):
+        list(TextFiles(root=tmp_path).documents())
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(ValueError, match=r"dataset 'text' has no usable document \(1 empty, 0 duplicates\)"):
+        prepare("text", root=str(tmp_path))
+
+
+def test_text_through_the_command_line(tmp_path, capsys):
+    from memplug.app.cli import main
+
+    root = _own_folder(tmp_path / "own")
+    for i in range(20):
+        (root / f"more{i}.md").write_text(f"document {i} " * 40)
+    args = ["data", "prepare", "text", "--option", f"root={root}", "--validation", "0.2", "--test", "0.2"]
+    done = subprocess.run([sys.executable, "-m", "memplug", *args], capture_output=True, text=True,
+                          env={**os.environ, "MEMPLUG_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert "text: skipped 3 files that are not UTF-8 text: bad0.txt, bad1.txt, bad2.txt\n" in done.stderr
+    assert done.stdout.startswith("text: ") and "13 documents" in done.stdout
+    assert main(["data", "prepare", "text"]) == 2
+    assert capsys.readouterr().err == ("memplug data prepare: error: dataset 'text' needs the option root: a folder, a "
+                                       "text file or a .jsonl file (--option root=PATH, or root in [data.options])\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "unknown dataset 'nope'; available: code"),
+        (["code", "--option", "bogus=1"], "dataset 'code': bad options ['bogus']"),
+        (["code", "--option", "bogus"], "--option takes KEY=VALUE, got 'bogus'"),
+        (["code", "--validation", "1.5"], "argument --validation: must be a fraction in [0, 1), got '1.5'"),
+        (["code", "--seed", "-1"], "argument --seed: value must be an int >= 0, got -1"),
+        (["code", "--validation", "0.6", "--test", "0.5"], "validation + test must be < 1"),
+    ],
+)
+def test_data_prepare_errors_are_one_line(tmp_path, capsys, args, message):
+    from memplug.app.cli import main
+
+    with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext() as exited:
+        assert main(["data", "prepare", *args]) == 2
+    if exited is not None:
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

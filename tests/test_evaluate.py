@@ -128,3 +128,36 @@ def test_eval_command_writes_json_and_markdown_and_refuses_corruption(tmp_path, 
     assert "truncated or corrupted" in capsys.readouterr().err
     assert main(["eval", str(result.checkpoint), "--data", "code", "--set", "samples=3"]) == 2
     assert "name the retriever with --retriever" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--windows", "-3"], "argument --windows: value must be a positive int, got -3"),
+        (["--windows", "0"], "argument --windows: value must be a positive int, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: value must be a positive int, got 0"),
+        (["--seq-len", "0"], "argument --seq-len: value must be a positive int, got 0"),
+        (["--seq-len", "x"], "argument --seq-len: must be an integer, got 'x'"),
+    ],
+)
+def test_eval_refuses_bad_numbers_in_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", str(tmp_path), "--data", "code", *args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err == f"memplug eval: error: {message} (see memplug eval --help)\n"
+
+
+def test_eval_takes_the_sequence_length_and_window_count_it_is_given(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=1", "train.warmup=1")
+    train(config)
+    src = str(tmp_path / "src")
+    assert main(["eval", str(config.out_dir), "--data", "code", "--option", f"root={src}", "--seq-len", "32",
+                 "--windows", "3", "--no-masked"]) == 0
+    data = json.loads((config.out_dir / "eval" / "step_0000001-code-validation.json").read_text())
+    assert data["seq_len"] == 32 and data["windows"] == 3
+    capsys.readouterr()
+    for args, message in ((["--seq-len", "100000"], "seq_len=100000 needs documents of at least 100001 tokens"),
+                          (["--device", "cuda:7"], "device 'cuda:7'"), (["--option", "bogus=1"], "bad options")):
+        assert main(["eval", str(config.out_dir), "--data", "code", "--option", f"root={src}", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

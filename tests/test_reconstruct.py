@@ -61,3 +61,33 @@ def test_byte_signal(tmp_path):
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
         byte_signal(tmp_path / "empty", length=10)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--block", "0"], "argument --block: value must be a positive int, got 0"),
+        (["--order", "-1"], "argument --order: value must be a positive int, got -1"),
+        (["--window", "0"], "argument --window: must be a number > 0, got '0'"),
+        (["--channel", "16"], "channel must be in [0, 16), got 16"),
+        (["--length", "1"], "length must be an int >= 2 (tokens), got 1"),
+        (["--file", "/nonexistent/source.py"], "file '/nonexistent/source.py' is not a file"),
+        (["--encoders", "legs,nope"], "unknown encoder 'nope'; available: fout"),
+        (["--retrievers", "nope"], "unknown retriever 'nope'; available:"),
+        (["--encoders", ","], "encoders must name at least one encoder"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "r.png"
+    try:
+        code = cli.main(["reconstruct", "--length", "64", "--order", "8", "--samples", "4", "--out", str(out), *args])
+    except SystemExit as exited:  # argparse refused the value
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_function_refuses_a_zero_block():
+    with pytest.raises(ValueError, match="block must be a positive int, got 0"):
+        reconstruct(out=None, **{**SMALL, "block": 0})

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
+import io
 import itertools
+import json
 import math
 import os
+import pathlib
+import re
+import shutil
+import stat
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+import safetensors.torch
 import torch
-from train_helpers import make_corpus, set_args, tiny_config, tiny_overrides
+from train_helpers import make_corpus, set_args, start_training, tiny_config, tiny_overrides, wait_for
 
-from memplug.app import checkpoint as ckpt_module
 from memplug.app.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -26,7 +32,8 @@ from memplug.app.checkpoint import (
 from memplug.app.cli import main
 from memplug.app.config import ConfigError
 from memplug.app.build import load_trained
-from memplug.app.train import OutputError, lr_at, train
+from memplug.app.train import DivergedError, OutputError, RunFolderError, lr_at, train
+from memplug.app.train_log import TrainLog
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +149,7 @@ def test_read_only_or_invalid_output_is_reported(tmp_path, monkeypatch, capsys):
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("memplug.app.train.atomic_write_bytes", read_only)
+    monkeypatch.setattr("memplug.app.run_folder.atomic_write_bytes", read_only)
     with pytest.raises(OutputError, match="is not writable: Read-only file system"):
         train(tiny_config(tmp_path))
     assert main(["train", *set_args(tiny_overrides(tmp_path))]) == 1
@@ -157,51 +164,60 @@ def test_read_only_directory_for_real(tmp_path):
         train(tiny_config(tmp_path, f"out='{tmp_path / 'ro' / 'run'}'"))
 
 
-def test_full_disk_is_reported_and_the_last_checkpoint_survives(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, "log.save_every=2", "train.steps=4", "train.warmup=1")
-    config.out_dir.mkdir(parents=True)
-    os.symlink("/dev/full", config.out_dir / "log.csv")  # every write there fails with ENOSPC, for real
+def test_full_disk_while_writing_the_log_is_reported(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink("/dev/full", out / "log.csv")  # every write there fails with ENOSPC, for real
     with pytest.raises(OutputError, match="cannot write the training log .*No space left on device"):
-        train(config)
-    os.unlink(config.out_dir / "log.csv")
-
-    saves = []
-    real = ckpt_module._torch_bytes
-
-    def fill_up(obj):
-        saves.append(1)
-        if len(saves) > 2:  # the first checkpoint (optimizer + rng) fits, the second does not
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(obj)
-
-    monkeypatch.setattr(ckpt_module, "_torch_bytes", fill_up)
-    with pytest.raises(OutputError, match="step_0000004: No space left on device; the last complete checkpoint is .*step_0000002"):
-        train(config)
-    assert read_checkpoint(latest_checkpoint(config.out_dir / "checkpoints")).step == 2
+        TrainLog(out, None, tensorboard=False)
 
 
-def test_kill_during_training_leaves_a_loadable_checkpoint(tmp_path):
+FULL_DISK_AT_STEP_4 = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from train_helpers import tiny_config
+from memplug.app.train import OutputError, train
+
+def fill_up(step, loss):
+    if step == 3:  # checkpoint 2 is written; from now on no file may grow past 4 kB (a tiny model's weights are ~100 kB)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+try:
+    train(tiny_config(Path(sys.argv[1]), "log.save_every=2", "train.steps=4", "train.warmup=1"), on_step=fill_up)
+except OutputError as exc:
+    print(exc)
+"""
+
+
+def test_full_disk_while_writing_the_weights_names_the_last_complete_checkpoint(tmp_path):
     make_corpus(tmp_path / "src")
-    sets = set_args(tiny_overrides(tmp_path))
-    sets += ["--set", "train.steps=500", "--set", "log.save_every=1"]
-    env = {**os.environ, "MEMPLUG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "memplug", "train", *sets], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_AT_STEP_4, str(tmp_path), os.path.dirname(__file__)],
+                          capture_output=True, text=True, env={**os.environ, "MEMPLUG_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"cannot write checkpoint \S+step_0000004: File too large; the last complete checkpoint is "
+                        r"\S+step_0000002\n", done.stdout), done.stdout
     root = tmp_path / "runs" / "t" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step_0000002"]  # nothing half-written left
+    assert read_checkpoint(root / "step_0000002").step == 2
+
+
+def test_kill_while_writing_a_checkpoint_leaves_the_last_one_loadable(tmp_path):
+    make_corpus(tmp_path / "src")
+    proc = start_training(tmp_path, "train.steps=6", "log.save_every=1", pause_in_save=3,
+                          env={"MEMPLUG_CACHE": str(tmp_path / "cache")})
     try:
-        deadline = time.time() + 120
-        while len(list_checkpoints(root)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.1)  # into later steps and saves
+        wait_for(proc, "saving 3")  # checkpoint 3 is written but not yet in place
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    last = latest_checkpoint(root)
-    assert last is not None, proc.stderr.read().decode()
-    step = read_checkpoint(last).step
-    config = tiny_config(tmp_path, f"train.steps={step + 1}")
-    result = train(config, resume=True)  # the run picks up where the kill left it
-    assert result.start_step == step and sorted(result.losses) == [step + 1]
+        proc.kill()
+        proc.communicate()
+    root = tmp_path / "runs" / "t" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_0000001", "step_0000002"]
+    assert [p.name.split("-")[0] for p in root.glob(".*")] == [".step_0000003.tmp"]
+    result = train(tiny_config(tmp_path), resume=True)  # the run picks up where the kill left it
+    assert result.start_step == 2 and sorted(result.losses) == [3, 4, 5, 6]
+    assert not list(root.glob(".*"))  # the half-written folder was removed at start-up
 
 
 @pytest.mark.slow
@@ -242,3 +258,195 @@ def test_backbone_flag_names_what_is_allowed():
     with pytest.raises(ConfigError, match="hf: needs a model"):
         backbone_overrides("hf:")
     assert backbone_overrides("tiny") == ['model.backbone.name="tiny"']
+
+
+# --- nothing lost: the run folder ----------------------------------------------------------------------
+
+
+def _tree(root) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (what "nothing changed" compares)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=4", "log.save_every=2")
+    train(config)
+    before = _tree(config.out_dir)
+    with pytest.raises(RunFolderError, match=r"runs/t already holds a run \(checkpoints, log.csv\): continue it "
+                                             r"with --resume, discard it with --overwrite"):
+        train(tiny_config(tmp_path, "train.steps=2", "train.warmup=1", "model.backbone.d_model=16"))
+    capsys.readouterr()
+    assert main(["train", *set_args(tiny_overrides(tmp_path)), "--set", "train.steps=2", "--set", "train.warmup=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err
+    assert _tree(config.out_dir) == before
+
+
+def test_overwrite_discards_the_old_run(tmp_path):
+    train(tiny_config(tmp_path, "train.steps=6", "log.save_every=2"))
+    (tmp_path / "runs" / "t" / "notes.txt").write_text("mine")  # not a run file: kept
+    new = train(tiny_config(tmp_path, "train.steps=2", "train.warmup=1", "model.backbone.d_model=16"), overwrite=True)
+    root = tmp_path / "runs" / "t" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_0000002"] and new.checkpoint == root / "step_0000002"
+    assert [r["step"] for r in _log(tiny_config(tmp_path)) if r["split"] == "train"] == ["1", "2"]
+    assert (tmp_path / "runs" / "t" / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="--resume continues the run in the folder and --overwrite discards it"):
+        train(tiny_config(tmp_path), resume=True, overwrite=True)
+
+
+def test_a_second_training_in_the_same_folder_stops_and_leaves_the_first_untouched(tmp_path, capsys):
+    make_corpus(tmp_path / "src")
+    first = start_training(tmp_path, "train.steps=3", "log.save_every=1", pause_after_step=1,
+                           env={"MEMPLUG_CACHE": str(tmp_path / "cache")})
+    try:
+        wait_for(first, "step 1")  # the first training holds the folder and waits
+        for flag in ("--resume", "--overwrite"):
+            assert main(["train", *set_args(tiny_overrides(tmp_path)), flag]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is in use by another training" in err, err
+        first.stdin.write("\n")
+        first.stdin.flush()
+        wait_for(first, "done 3")
+    finally:
+        first.kill()
+        first.communicate()
+    root = tmp_path / "runs" / "t" / "checkpoints"
+    assert [read_checkpoint(p).step for p in list_checkpoints(root)] == [2, 3]
+    assert [r["step"] for r in _log(tiny_config(tmp_path)) if r["split"] == "train"] == ["1", "2", "3"]
+
+
+def test_a_refused_start_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(ConfigError, match="model: n_heads must be a positive int, got 0"):
+        train(tiny_config(tmp_path, "model.backbone.n_heads=0"))  # refused once the folder is claimed
+    assert not (tmp_path / "runs").exists()
+
+
+def test_created_files_and_folders_follow_the_umask(tmp_path):
+    make_corpus(tmp_path / "src")
+    old = os.umask(0o022)
+    try:
+        train(tiny_config(tmp_path, "train.steps=1", "train.warmup=1"))
+    finally:
+        os.umask(old)
+    run = tmp_path / "runs" / "t"
+    modes = {str(p.relative_to(run)): stat.S_IMODE(p.stat().st_mode) for p in [run, *run.rglob("*")]}
+    assert {k for k, m in modes.items() if m != (0o755 if (run / k).is_dir() else 0o644)} == set(), modes
+
+
+# --- resuming ------------------------------------------------------------------------------------------
+
+
+def test_resume_skips_unreadable_rows_of_a_damaged_log(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=4", "log.save_every=2")
+    train(config)
+    with open(config.out_dir / "log.csv", "ab") as log:
+        log.write(b"3,train,nan-ish\n\xff\xfe\x00garbage\n7,train,1.0,,,,,\n4,bogus,1,,,,,,\n5,train,1.0,,0.1,1.0,")
+    capsys.readouterr()
+    result = train(tiny_config(tmp_path, "train.steps=6", "log.save_every=2"), resume=True)
+    assert sorted(result.losses) == [5, 6]
+    assert "skipped 5 unreadable lines of the old log" in capsys.readouterr().err
+    assert [r["step"] for r in _log(config) if r["split"] == "train"] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_a_corrupt_latest_checkpoint_names_the_older_complete_one(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=4", "log.save_every=2")
+    train(config)
+    root = config.out_dir / "checkpoints"
+    weights = root / "step_0000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"step_0000004 is truncated or corrupted: .*; the newest complete "
+                                              r"checkpoint before it is \S+step_0000002: resume from it with "
+                                              r"--resume \S+step_0000002$"):
+        train(config, resume=True)
+    capsys.readouterr()
+    assert main(["train", *set_args(tiny_overrides(tmp_path)), "--set", "log.save_every=2", "--resume"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # resuming from the older one while the damaged later one is there mixes two histories: refused
+    with pytest.raises(CheckpointError, match=r"holds later checkpoints \(step_0000004\); delete them"):
+        train(config, resume=root / "step_0000002")
+    shutil.rmtree(root / "step_0000004")
+    assert train(tiny_config(tmp_path, "train.steps=4", "log.save_every=2"), resume=root / "step_0000002").step == 4
+
+
+class Payload:
+    """Unpickling it creates ``marker``: what a planted checkpoint file would do with more harmful code."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_planted_payload_in_every_file_without_running_it(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.steps=2", "train.warmup=1", "data.tokenizer=bpe", "data.vocab_size=300")
+    checkpoint = train(config).checkpoint
+    pristine = _tree(checkpoint)
+    marker = tmp_path / "payload-ran"
+    buffer = io.BytesIO()
+    torch.save({"state": Payload(marker)}, buffer)
+    payload = buffer.getvalue()
+    assert sorted(pristine) == ["meta.json", "model.safetensors", "optimizer.pt", "rng.pt", "tokenizer.json"]
+    for name in pristine:
+        for file, data in pristine.items():
+            (checkpoint / file).write_bytes(data)
+        (checkpoint / name).write_bytes(payload)
+        if name != "meta.json":  # whoever can write the folder can fix the hashes too
+            meta = json.loads(pristine["meta.json"])
+            meta["files"][name] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+            (checkpoint / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError):
+            train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "data.tokenizer=bpe",
+                              "data.vocab_size=300"), resume=True)
+        assert not marker.exists(), name
+        capsys.readouterr()
+        assert main(["train", *set_args(tiny_overrides(tmp_path)), "--set", "data.tokenizer=bpe", "--set",
+                     "data.vocab_size=300", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "memplug train: error: " in err and not marker.exists(), (name, err)
+    for file, data in pristine.items():
+        (checkpoint / file).write_bytes(data)
+    resumed = train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "data.tokenizer=bpe", "data.vocab_size=300"),
+                    resume=True)  # the untouched checkpoint, BPE and all, resumes
+    assert sorted(resumed.losses) == [3]
+
+
+# --- a diverging run -------------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_and_saves_nothing_of_it(tmp_path, capsys):
+    config = tiny_config(tmp_path, "train.lr=1e30", "train.warmup=1", "log.save_every=1")
+    with pytest.raises(DivergedError, match=r"training diverged: the loss is \S+ and the gradient norm nan at step "
+                                            r"2 .*; stopped without applying or saving it; the last checkpoint is "
+                                            r"\S+step_0000001$"):
+        train(config)
+    root = config.out_dir / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_0000001"]
+    weights = safetensors.torch.load_file(root / "step_0000001" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    capsys.readouterr()
+    assert main(["train", *set_args(tiny_overrides(tmp_path)), "--set", "train.lr=1e30", "--set", "train.warmup=1",
+                 "--overwrite"]) == 1
+    precision, error = capsys.readouterr().err.splitlines()
+    assert precision.startswith("memplug train: precision") and error.startswith("memplug train: error: training diverged")
+
+
+def test_weights_that_stopped_being_finite_are_never_saved(tmp_path, monkeypatch):
+    class Overflowing(torch.optim.AdamW):
+        """AdamW whose second update overflows float32 (as a learning rate near its limit can)."""
+
+        updates = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            type(self).updates += 1
+            if type(self).updates == 2:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].fill_(float("inf"))
+
+    monkeypatch.setattr(torch.optim, "AdamW", Overflowing)
+    config = tiny_config(tmp_path, "train.warmup=1", "log.save_every=1")
+    with pytest.raises(DivergedError, match="the weights after step 2 are not finite.*the last checkpoint is "
+                                            r"\S+step_0000001$"):
+        train(config)
+    assert [p.name for p in list_checkpoints(config.out_dir / "checkpoints")] == ["step_0000001"]

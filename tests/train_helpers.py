@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 from memplug.app.config import Config, load_config
@@ -41,3 +44,54 @@ def tiny_config(tmp: Path, *extra: str, memory: str = "xl") -> Config:
     if not (tmp / "src").exists():
         make_corpus(tmp / "src")
     return load_config(None, tiny_overrides(tmp, memory) + list(extra))
+
+
+# --- a training in a child process, driven by events ---------------------------------------------------
+
+
+def start_training(tmp: Path, *overrides: str, pause_after_step: int = 0, pause_in_save: int = 0,
+                   env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``train(tiny_config(tmp, *overrides))`` in a child process that prints ``step N`` after each
+    step and ``saving N`` when it starts writing checkpoint N (flushed), and waits for a line on
+    its stdin after step ``pause_after_step`` or inside the write of checkpoint ``pause_in_save``.
+    A test reads these lines and answers them: it waits on events, never on time."""
+    args = [sys.executable, __file__, str(tmp), str(pause_after_step), str(pause_in_save), *overrides]
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def wait_for(proc: subprocess.Popen, line: str) -> None:
+    """Read the child's stdout until ``line``; fail with its stderr when it ends first."""
+    for got in proc.stdout:
+        if got.strip() == line:
+            return
+    raise AssertionError(f"the child ended (status {proc.wait()}) before printing {line!r}:\n{proc.stderr.read()}")
+
+
+def _child(tmp: str, pause_after_step: str, pause_in_save: str, *overrides: str) -> None:
+    from memplug.app.train import train
+    from memplug.util import atomic
+
+    real_fsync_tree = atomic.fsync_tree
+
+    def fsync_tree(folder: Path) -> None:  # atomic_directory calls it once every file of the folder is written
+        if folder.name.startswith(".step_"):  # .step_0000003.tmp-1a2b3c4d
+            step = int(folder.name[len(".step_"):].split(".")[0])
+            print(f"saving {step}", flush=True)
+            if step == int(pause_in_save):
+                sys.stdin.readline()
+        real_fsync_tree(folder)
+
+    atomic.fsync_tree = fsync_tree
+
+    def on_step(step: int, loss: float) -> None:
+        print(f"step {step}", flush=True)
+        if step == int(pause_after_step):
+            sys.stdin.readline()
+
+    result = train(tiny_config(Path(tmp), *overrides), on_step=on_step)
+    print(f"done {result.step}", flush=True)
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:])

@@ -27,7 +27,8 @@ def build_model_and_tokenizer(
 ) -> tuple[nn.Module, Tokenizer]:
     """The model of ``config.model`` and the tokenizer of ``config.data``.
 
-    The BPE comes from ``tokenizer_json`` (a checkpoint's copy) or is trained on ``prepared``;
+    The BPE comes from ``tokenizer_json`` (a checkpoint's copy; :class:`CheckpointError` when it is
+    not one) or is trained on ``prepared``;
     the ``hf`` tokenizer is the backbone's own. The backbone's ``vocab_size`` defaults to the
     tokenizer's. Errors of the model builder are reported as :class:`ConfigError` on ``model``.
     """
@@ -35,9 +36,13 @@ def build_model_and_tokenizer(
     backbone_options = mc.options("backbone")
     tokenizer: Tokenizer | None = None
     if config.data.tokenizer == "bpe" and tokenizer_json is not None:
-        tokenizer = BPETokenizer.from_json(tokenizer_json)
+        try:
+            tokenizer = BPETokenizer.from_json(tokenizer_json)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise CheckpointError(f"the checkpoint's tokenizer.json is not a BPE tokenizer ({exc})") from None
     elif config.data.tokenizer != "hf":
         tokenizer = make_tokenizer(config.data.tokenizer, prepared=prepared, vocab_size=config.data.vocab_size)
+    if tokenizer is not None:
         given = backbone_options.setdefault("vocab_size", tokenizer.vocab_size)
         if given != tokenizer.vocab_size:
             raise ConfigError(f"model.backbone.vocab_size: must equal the {config.data.tokenizer} tokenizer's "
@@ -62,7 +67,6 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if ckpt.config is None:
         raise CheckpointError(f"checkpoint {ckpt.path} has no experiment config; it was not written by memplug train")
     config = Config.from_dict(ckpt.config)
-    tok_file = ckpt.file("tokenizer.json")
-    model, tokenizer = build_model_and_tokenizer(config, None, tokenizer_json=tok_file.read_text() if tok_file else None)
+    model, tokenizer = build_model_and_tokenizer(config, None, tokenizer_json=ckpt.text("tokenizer.json"))
     ckpt.load_model(model)
     return model.to(device), tokenizer, config

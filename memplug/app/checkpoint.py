@@ -4,7 +4,7 @@ Layout of ``<run>/checkpoints/step_0000100/``::
 
     model.safetensors   weights (safetensors; tied weights stored once)
     optimizer.pt        optimizer state (torch.save), when given
-    rng.pt              Python, NumPy, torch (and CUDA) generator states
+    rng.pt              Python, NumPy, torch (and CUDA) generator states, as tensors and lists
     meta.json           step, the experiment config, caller metadata, and the size and
                         SHA-256 of every file above; written last
 
@@ -12,6 +12,10 @@ The folder is built under a hidden temporary name and renamed into place (see
 :mod:`memplug.util.atomic`), so a kill at any moment leaves the previous checkpoints intact and no
 half-written one visible. Reading re-hashes every file: a corrupted or truncated checkpoint is
 refused with :class:`CheckpointError` instead of loading garbage.
+
+Nothing in a checkpoint can run code: ``optimizer.pt`` and ``rng.pt`` hold only tensors and plain
+values and are read with ``torch.load(weights_only=True)``, which refuses any other pickled
+object (the SHA-256 in meta.json cannot vouch for them: it sits in the same folder).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -29,10 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ..util.atomic import atomic_directory
+from ..util.atomic import atomic_directory, follow_umask, recover_interrupted
 
 __all__ = [
     "Checkpoint",
@@ -40,11 +46,13 @@ __all__ = [
     "capture_rng",
     "latest_checkpoint",
     "list_checkpoints",
+    "newest_complete",
     "prune_checkpoints",
     "read_checkpoint",
-    "remove_temporaries",
+    "recover_checkpoints",
     "restore_rng",
     "save_checkpoint",
+    "step_of",
     "unwrap",
 ]
 
@@ -68,16 +76,30 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every random generator's state (restored exactly by :func:`restore_rng`)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator's state (restored exactly by :func:`restore_rng`), as tensors,
+    lists and numbers only, so that it loads with ``torch.load(weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    numpy = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, "has_gauss", "gauss"}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"bit_generator": numpy["bit_generator"], "key": numpy["state"]["key"].tolist(),
+                  "pos": int(numpy["state"]["pos"]), "has_gauss": int(numpy["has_gauss"]),
+                  "gauss": float(numpy["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Set every random generator to a state from :func:`capture_rng`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state({"bit_generator": numpy["bit_generator"],
+                         "state": {"key": np.array(numpy["key"], dtype=np.uint32), "pos": numpy["pos"]},
+                         "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -95,6 +117,29 @@ def _torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    """``save_model``, with the file's permissions following the umask (safetensors writes 0600)
+    and its I/O failures (a full disk) raised as the ``OSError`` they are: safetensors reports
+    them as ``SafetensorError('... I/O error: ... (os error 28)')``."""
+    try:
+        save_model(unwrap(model), str(path))
+        follow_umask(path)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise OSError(f"{path.name}: {exc}") from None
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """The reason in a ``torch.load(weights_only=True)`` failure, on one line (torch's message is a
+    page of advice around the one sentence that says what was found)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return " ".join(reason.split())
 
 
 def save_checkpoint(
@@ -116,7 +161,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        save_model(unwrap(model), str(tmp / "model.safetensors"))
+        _save_weights(model, tmp / "model.safetensors")
         blobs = dict(files or {})
         if optimizer is not None:
             blobs["optimizer.pt"] = _torch_bytes(optimizer.state_dict())
@@ -156,24 +201,45 @@ class Checkpoint:
     def file(self, name: str) -> Path | None:
         return self.path / name if name in self.meta["files"] else None
 
+    def text(self, name: str) -> str | None:
+        """The UTF-8 text of file ``name`` (None when the checkpoint has none)."""
+        path = self.file(name)
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"checkpoint {self.path}: {name} is not UTF-8 text") from None
+
     def load_model(self, model: nn.Module, strict: bool = True) -> None:
         """Load the weights into ``model`` (built from :attr:`config`); shapes must match."""
         try:
             load_model(unwrap(model), str(self.path / "model.safetensors"), strict=strict)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {self.path} does not fit this model: {exc}") from None
+        except SafetensorError as exc:
+            raise CheckpointError(f"checkpoint {self.path}: model.safetensors is not a safetensors file ({exc})") from None
+        except RuntimeError as exc:  # torch's message lists every mismatch, one per line
+            raise CheckpointError(f"checkpoint {self.path} does not fit this model: {' '.join(str(exc).split())}") from None
+
+    def _load_plain(self, name: str, what: str) -> Any:
+        """``torch.load`` of file ``name`` with ``weights_only=True``: tensors and plain values only."""
+        path = self.file(name)
+        if path is None:
+            raise CheckpointError(f"checkpoint {self.path} has no {what}")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to read them is a refusal
+            raise CheckpointError(f"checkpoint {self.path}: refused to load {name}: it holds something other than "
+                                  f"tensors and plain values ({_load_failure(exc)})") from None
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        path = self.file("optimizer.pt")
-        if path is None:
-            raise CheckpointError(f"checkpoint {self.path} has no optimizer state")
-        optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        state = self._load_plain("optimizer.pt", "optimizer state")
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {self.path}: optimizer.pt does not fit this model ({exc})") from None
 
     def rng(self) -> dict[str, Any]:
-        path = self.file("rng.pt")
-        if path is None:
-            raise CheckpointError(f"checkpoint {self.path} has no random-generator state")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return self._load_plain("rng.pt", "random-generator state")
 
 
 def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
@@ -211,13 +277,36 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "meta.json").exists()]
-    return [p for _, p in sorted(found)]
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "meta.json").exists()]
+    return sorted(found, key=step_of)
+
+
+def step_of(path: Path) -> int:
+    """The step a checkpoint folder's name (``step_0000100``) gives."""
+    match = STEP_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"not a checkpoint folder name (step_N): {path.name!r}")
+    return int(match.group(1))
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def newest_complete(root: str | Path, before: Path | None = None) -> Path | None:
+    """The newest checkpoint under ``root`` that :func:`read_checkpoint` accepts (older than
+    ``before`` when given), or None."""
+    found = list_checkpoints(root)
+    if before is not None:
+        found = [p for p in found if step_of(p) < step_of(before)]
+    for path in reversed(found):
+        try:
+            read_checkpoint(path)
+            return path
+        except CheckpointError:
+            continue
+    return None
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
@@ -226,13 +315,11 @@ def prune_checkpoints(root: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_temporaries(root: str | Path) -> list[Path]:
-    """Delete the hidden half-written folders a killed writer left under ``root``; returns them.
+def recover_checkpoints(root: str | Path) -> list[Path]:
+    """Repair what a killed writer left under ``root``: a checkpoint moved aside while it was
+    being replaced goes back into place, half-written folders are deleted; returns the hidden
+    entries removed (see :func:`memplug.util.atomic.recover_interrupted`).
 
-    Call only when no other process writes checkpoints there (the trainer does, at start-up).
+    Call only while no other process writes checkpoints there (the trainer holds the run's lock).
     """
-    root = Path(root)
-    stale = [p for p in root.glob(".step_*") if p.is_dir()] if root.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
+    return recover_interrupted(root)

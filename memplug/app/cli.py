@@ -5,18 +5,34 @@ those of the modules in :data:`BUILTIN_COMMANDS` (registered with the plugin man
 the command line runs, so library code never imports them); an installed package adds its own
 through the same hook and the ``memplug`` entry-point group. ``MEMPLUG_TRACE=1`` prints every
 hook call (pluggy's tracing).
+
+``memplug --no-plugins CMD ...`` loads no third-party plugin (as ``MEMPLUG_DISABLE_PLUGIN_AUTOLOAD=1``
+does): under ``python -m memplug`` the working directory is on ``sys.path``, and a ``*.dist-info``
+folder there would otherwise be imported as an installed plugin.
+
+A wrong argument is one line on stderr (``memplug eval: error: argument --windows: ...``) and
+exit status 2, never a usage dump or a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 
 from ..core.hookspecs import hookimpl
-from ..core.manager import BUILTIN_PROVIDER, KINDS, VERSION, call_each, get_plugin_manager
+from ..core.manager import (
+    BUILTIN_PROVIDER,
+    DISABLE_ENV,
+    KINDS,
+    VERSION,
+    call_each,
+    get_plugin_manager,
+    reset_plugin_manager,
+)
 from ..core.registry import PluginError
 
 __all__ = ["BUILTIN_COMMANDS", "Command", "Commands", "load_commands", "main"]
@@ -105,6 +121,27 @@ def memplug_add_commands(registry: Commands) -> None:
     registry.add("plugins", "list every plugin by kind, name and providing distribution", _plugins_args, _plugins_run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``PROG: error: MESSAGE (see PROG --help)``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+NO_PLUGINS = "--no-plugins"
+
+
+def _skip_plugins(argv: list[str]) -> bool:
+    """Whether ``--no-plugins`` comes before the sub-command (it decides which sub-commands exist,
+    so it is read before the arguments are parsed)."""
+    for arg in argv:
+        if arg == NO_PLUGINS:
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help already says it or there is none to show."""
 
@@ -115,9 +152,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _skip_plugins(argv):
+        os.environ[DISABLE_ENV] = "1"  # this process loads no third-party plugin from here on
+        reset_plugin_manager()
     commands = load_commands()
-    parser = argparse.ArgumentParser(prog="memplug", description="memplug: memory plugins for transformers")
+    parser = _Parser(prog="memplug", description="memplug: memory plugins for transformers")
     parser.add_argument("--version", action="version", version=f"memplug {VERSION}")
+    parser.add_argument(NO_PLUGINS, action="store_true",
+                        help=f"load no third-party plugin (entry points), as {DISABLE_ENV}=1 does")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in commands:
         command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help,

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,18 +41,28 @@ __all__ = [
     "DataConfig",
     "LogConfig",
     "TrainConfig",
+    "DEVICE_PATTERN",
     "apply_overrides",
+    "describe_config",
     "load_config",
     "parse_value",
 ]
+
+#: The largest float32: a learning rate above it overflows in the optimizer's float32 update.
+FLOAT32_MAX = 3.4028234663852886e38
+#: The spellings of ``train.device`` (whether the device is present is checked when training starts).
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names the key."""
 
 
-def _meta(help: str, lo: float | None = None, lo_open: bool = False) -> dict[str, Any]:
-    return {"help": help, "min": lo, "open": lo_open}
+def _meta(help: str, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
+          hi_open: bool = False) -> dict[str, Any]:
+    """A field's help and bounds: ``lo`` (exclusive when ``lo_open``) <= value <= ``hi`` (exclusive
+    when ``hi_open``); a list or tuple field's bounds apply to each element."""
+    return {"help": help, "min": lo, "open": lo_open, "max": hi, "max_open": hi_open}
 
 
 @dataclass
@@ -60,9 +73,9 @@ class DataConfig:
     tokenizer: Literal["byte", "bpe", "hf"] = field(default="byte", metadata=_meta("byte, bpe or hf (the backbone's)"))
     vocab_size: int = field(default=8192, metadata=_meta("BPE vocabulary (bpe only)", 257))
     seq_len: int = field(default=8192, metadata=_meta("tokens per training sequence", 2))
-    validation: float = field(default=0.05, metadata=_meta("fraction of groups for validation", 0))
-    test: float = field(default=0.05, metadata=_meta("fraction of groups for test", 0))
-    split_seed: int = field(default=0, metadata=_meta("seed of the document partition"))
+    validation: float = field(default=0.05, metadata=_meta("fraction of groups for validation", 0, hi=1, hi_open=True))
+    test: float = field(default=0.05, metadata=_meta("fraction of groups for test", 0, hi=1, hi_open=True))
+    split_seed: int = field(default=0, metadata=_meta("seed of the document partition", 0))
     options: dict[str, Any] = field(default_factory=dict, metadata=_meta("dataset options (a source path)"))
 
 
@@ -73,17 +86,17 @@ class TrainConfig:
     steps: int = field(default=200, metadata=_meta("optimizer steps", 1))
     batch_size: int = field(default=8, metadata=_meta("sequences per step, over all processes", 1))
     micro_batch: int = field(default=0, metadata=_meta("sequences per forward pass (0: a process's whole share)", 0))
-    lr: float = field(default=2e-3, metadata=_meta("peak learning rate", 0, True))
-    min_lr_ratio: float = field(default=0.1, metadata=_meta("final learning rate / peak", 0))
+    lr: float = field(default=2e-3, metadata=_meta("peak learning rate", 0, True, FLOAT32_MAX))
+    min_lr_ratio: float = field(default=0.1, metadata=_meta("final learning rate / peak", 0, hi=1))
     warmup: int = field(default=20, metadata=_meta("linear warm-up steps", 0))
     weight_decay: float = field(default=0.1, metadata=_meta("AdamW decoupled weight decay (matrices only)", 0))
-    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_meta("AdamW betas"))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_meta("AdamW betas", 0, hi=1, hi_open=True))
     grad_clip: float = field(default=1.0, metadata=_meta("gradient norm clip (0: off)", 0))
     precision: Literal["auto", "bf16", "fp32"] = field(
         default="auto", metadata=_meta("bf16 autocast or float32; auto: bf16 where the device computes it fast"))
     compile: bool = field(default=False, metadata=_meta("torch.compile the model"))
     bptt: int = field(default=0, metadata=_meta("truncated-BPTT segment in tokens (0: whole sequence)", 0))
-    seed: int = field(default=0, metadata=_meta("seed of initialisation and data order"))
+    seed: int = field(default=0, metadata=_meta("seed of initialisation and data order", 0))
     device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
 
 
@@ -110,9 +123,9 @@ class ModelConfig:
     """The model: a backbone, a memory, and how the memory layers run them."""
 
     backbone: dict[str, Any] = field(default_factory=lambda: {"name": "tiny"}, metadata=_meta(
-        "[model.backbone]: name (a registered backbone: tiny, hf) and its options (d_model, preset, model, ...)"))
+        "name (a registered backbone: tiny, hf) and its options (d_model, preset, model, ...)"))
     memory: dict[str, Any] = field(default_factory=lambda: {"name": "elastic"}, metadata=_meta(
-        "[model.memory]: name (a registered memory, or none) and its options (order, samples, encoder, ...)"))
+        "name (a registered memory, or none) and its options (order, samples, encoder, ...)"))
     block: int = field(default=256, metadata=_meta("block length: tokens per local attention window", 1))
     layers: list[int] | None = field(default=None, metadata=_meta("indices of the layers with memory (default: all)"))
     span: Literal["block", "previous"] = field(default="block", metadata=_meta("local keys: the block, or the "
@@ -209,7 +222,7 @@ class Config:
             raise ConfigError(f"train.bptt must divide data.seq_len={self.data.seq_len}, got {self.train.bptt}")
         if self.train.warmup > self.train.steps:
             raise ConfigError(f"train.warmup must be <= train.steps={self.train.steps}, got {self.train.warmup}")
-        if self.train.device != "auto" and not self.train.device.startswith(("cpu", "cuda")):
+        if not DEVICE_PATTERN.match(self.train.device):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
 
 
@@ -245,18 +258,19 @@ def _value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     if origin is list:
         ok = isinstance(value, list)
         if ok:
-            value = [_value(f"{key}[{i}]", v, typing.get_args(tp)[0], _meta("")) for i, v in enumerate(value)]
+            value = [_value(f"{key}[{i}]", v, typing.get_args(tp)[0], meta) for i, v in enumerate(value)]
+            return value
     elif origin is Literal:
         ok = value in typing.get_args(tp)
     elif origin is tuple:
         args = typing.get_args(tp)
         ok = isinstance(value, (list, tuple)) and len(value) == len(args)
         if ok:
-            value = tuple(_value(f"{key}[{i}]", v, a, _meta("")) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_value(f"{key}[{i}]", v, a, meta) for i, (v, a) in enumerate(zip(value, args)))
     elif origin is dict:
         ok = isinstance(value, dict)
     elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -264,10 +278,22 @@ def _value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         ok = isinstance(value, tp)
     if not ok:
         raise ConfigError(f"{key}: must be {_describe(tp)}, got {value!r} ({type(value).__name__})")
-    lo = meta.get("min")
-    if lo is not None and (value <= lo if meta.get("open") else value < lo):
-        raise ConfigError(f"{key}: must be {_describe(tp)} {'>' if meta.get('open') else '>='} {lo}, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    below = lo is not None and (value <= lo if meta.get("open") else value < lo)
+    above = hi is not None and (value >= hi if meta.get("max_open") else value > hi)
+    if below or above:
+        raise ConfigError(f"{key}: must be {_describe(tp)} {_bounds(meta)}, got {value!r}")
     return value
+
+
+def _bounds(meta: dict[str, Any]) -> str:
+    """``">= 0 and < 1"`` for the bounds in ``meta``."""
+    parts = []
+    if meta.get("min") is not None:
+        parts.append(f"{'>' if meta.get('open') else '>='} {meta['min']}")
+    if meta.get("max") is not None:
+        parts.append(f"{'<' if meta.get('max_open') else '<='} {meta['max']}")
+    return " and ".join(parts)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -336,9 +362,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            data = path.read_bytes()
+            raw = tomllib.loads(data.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}); TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if isinstance(raw.get("model"), dict):
@@ -351,3 +383,56 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
 
+
+
+# --- the listing of every key (memplug train --show-config) -------------------------------------
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML literal (strings, numbers, booleans, lists, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML literal for {value!r}")
+
+
+def _table_lines(obj: Any, default: Any, prefix: str) -> list[str]:
+    """The TOML lines of one config table: its keys (with their help and, where the value is not
+    the default, the default), then its sub-tables."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any, Any, str]] = []
+    for f in dataclasses.fields(obj):
+        value, base, help_text = getattr(obj, f.name), getattr(default, f.name), f.metadata.get("help", "")
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            tables.append((f.name, value, base, help_text))
+            continue
+        if _bounds(f.metadata):
+            help_text += f"; {_bounds(f.metadata)}"
+        note = "" if value == base or base is None else f" (default: {_toml(base)})"
+        if value is None:  # TOML has no null: an absent key means the default
+            lines.append(f"# {f.name} = [...]  # {help_text}")
+        else:
+            lines.append(f"{f.name} = {_toml(value)}  # {help_text}{note}")
+    for name, value, base, help_text in tables:
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(value):
+            lines += ["", f"[{key}]  # {type(value).__doc__.strip()}", *_table_lines(value, base, key + ".")]
+        else:
+            note = "" if value == base else f" (default: {_toml(base)})"
+            lines += ["", f"[{key}]  # {help_text}{note}", *(f"{k} = {_toml(v)}" for k, v in value.items())]
+    return lines
+
+
+def describe_config(config: Config | None = None) -> str:
+    """Every key of ``config`` (default: the defaults) as TOML, each with its help and, where the
+    value is not the default, the default; it reads back with :func:`load_config`."""
+    config = config or Config()
+    header = "# memplug train: every configuration key, its value and its help (`memplug train --show-config`)"
+    return "\n".join([header, *_table_lines(config, Config(), "")]) + "\n"

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..core.hookspecs import hookimpl
 from ..util.atomic import atomic_write_bytes
+from .arguments import one_line, positive_int_arg
 from .precision import PRECISIONS, Precision, autocast, resolve_precision
 
 if TYPE_CHECKING:
@@ -184,9 +185,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset name (memplug data list)")
     parser.add_argument("--split", default="validation", choices=("train", "validation", "test"))
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per window (default: the training length)")
-    parser.add_argument("--windows", type=int, default=16, help="windows to score (round-robin over documents)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=positive_int_arg, default=None,
+                        help="tokens per window (default: the training length)")
+    parser.add_argument("--windows", type=positive_int_arg, default=16,
+                        help="windows to score (round-robin over documents)")
+    parser.add_argument("--batch-size", type=positive_int_arg, default=4)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="bf16 autocast or float32; auto: bf16 where this device computes it fast (default)")
     parser.add_argument("--retriever", default=None, help="swap this retriever into every Elastic layer")
@@ -212,10 +215,11 @@ def _run(args: argparse.Namespace) -> int:
         retriever_options = parse_pairs(args.set, "--set")
         dataset_options = parse_pairs(args.option, "--option", typed=False)
     except ConfigError as exc:
-        print(f"memplug eval: {exc}", file=sys.stderr)
+        print(f"memplug eval: error: {one_line(exc)}", file=sys.stderr)
         return 2
     if retriever_options and args.retriever is None:
-        print("memplug eval: --set gives retriever options; name the retriever with --retriever", file=sys.stderr)
+        print("memplug eval: error: --set gives retriever options; name the retriever with --retriever",
+              file=sys.stderr)
         return 2
     try:
         model, tokenizer, config = load_trained(path, resolve_device(args.device))
@@ -223,14 +227,14 @@ def _run(args: argparse.Namespace) -> int:
         prepared = prepare(args.data, validation=config.data.validation if same else 0.05,
                            test=config.data.test if same else 0.05, seed=config.data.split_seed if same else 0,
                            **dataset_options)
-        seq_len = args.seq_len or config.data.seq_len
+        seq_len = args.seq_len if args.seq_len is not None else config.data.seq_len
         data = prepared.split(args.split).tokens(tokenizer)
         windows = gather(data.tokens, eval_starts(data, seq_len, args.windows), seq_len + 1)
         result = evaluate(model, windows, tokenizer=tokenizer, batch_size=args.batch_size, precision=args.precision,
                           compare_masked=not args.no_masked, retriever=args.retriever,
                           retriever_options=retriever_options)
     except (CheckpointError, ConfigError, SourceMissingError, ValueError, KeyError) as exc:
-        print(f"memplug eval: {exc}", file=sys.stderr)
+        print(f"memplug eval: error: {one_line(exc)}", file=sys.stderr)
         return 2
     result |= {"checkpoint": str(path), "dataset": args.data, "split": args.split,
                "split_hash": prepared.split(args.split).hash}
@@ -241,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / f"{tag}.json", json.dumps(result, indent=1).encode())
         atomic_write_bytes(out / f"{tag}.md", markdown.encode())
     except OSError as exc:
-        print(f"memplug eval: cannot write results to {out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"memplug eval: error: cannot write results to {out}: {exc.strerror or exc}", file=sys.stderr)
         print(markdown)
         return 1
     print(markdown)

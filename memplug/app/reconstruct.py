@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from torch import Tensor
 from ..core.contracts import Encoder
 from ..core.hookspecs import hookimpl
 from ..core.manager import make_encoder, make_retriever
+from ..util.checks import positive_int
+from .arguments import non_negative_int_arg, one_line, positive_float, positive_int_arg
 
 __all__ = ["Reconstruction", "reconstruct", "synthetic_signal", "byte_signal"]
 
@@ -125,8 +128,16 @@ def reconstruct(
     Writes the figure to ``out`` (PNG) unless it is None. Returns one :class:`Reconstruction`
     per (signal, encoder), signals first.
     """
-    if length < 2:
-        raise ValueError(f"length must be >= 2 tokens, got {length}")
+    if not encoders:
+        raise ValueError("encoders must name at least one encoder")
+    for name, value in (("order", order), ("samples", samples), ("block", block)):
+        positive_int(name, value)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"length must be an int >= 2 (tokens), got {length!r}")
+    if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
+        raise ValueError(f"window must be a number > 0, got {window!r}")
+    if file is not None and not Path(file).is_file():
+        raise ValueError(f"file {str(file)!r} is not a file")
     window = length / 4 if window is None else window
     options = {"legt": {"window": window}, "fout": {"window": window}, "jacobi": {"beta": beta}}
     path = _stdlib_os_py() if file is None else Path(file)
@@ -206,24 +217,32 @@ def _names(text: str) -> list[str]:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoders", type=_names, default=list(ENCODERS), help="comma-separated encoder names")
     parser.add_argument("--retrievers", type=_names, default=list(RETRIEVERS), help="comma-separated retriever names")
-    parser.add_argument("--order", type=int, default=64, help="N, coefficients per channel")
-    parser.add_argument("--samples", type=int, default=32, help="P, samples per retriever")
-    parser.add_argument("--length", type=int, default=4096, help="tokens streamed")
-    parser.add_argument("--window", type=float, default=None, help="LegT/FouT window θ (default: length / 4)")
+    parser.add_argument("--order", type=positive_int_arg, default=64, help="N, coefficients per channel")
+    parser.add_argument("--samples", type=positive_int_arg, default=32, help="P, samples per retriever")
+    parser.add_argument("--length", type=positive_int_arg, default=4096, help="tokens streamed (at least 2)")
+    parser.add_argument("--window", type=positive_float, default=None, help="LegT/FouT window θ (default: length / 4)")
     parser.add_argument("--beta", type=float, default=1.0, help="Jacobi exponent β")
     parser.add_argument("--file", default=None, help="source file for the real signal (default: the stdlib os.py)")
-    parser.add_argument("--channel", type=int, default=0, help="byte-embedding channel (0..15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic signal and the embeddings")
-    parser.add_argument("--block", type=int, default=512, help="tokens per update")
+    parser.add_argument("--channel", type=non_negative_int_arg, default=0, help="byte-embedding channel (0..15)")
+    parser.add_argument("--seed", type=non_negative_int_arg, default=0,
+                        help="seed of the synthetic signal and the embeddings")
+    parser.add_argument("--block", type=positive_int_arg, default=512, help="tokens per update")
     parser.add_argument("--out", default="reconstruct.png", help="PNG to write")
 
 
 def _run(args: argparse.Namespace) -> int:
-    results = reconstruct(
-        encoders=args.encoders, retrievers=args.retrievers, order=args.order, samples=args.samples,
-        length=args.length, window=args.window, beta=args.beta, file=args.file, channel=args.channel,
-        seed=args.seed, block=args.block, out=args.out,
-    )
+    try:
+        results = reconstruct(
+            encoders=args.encoders, retrievers=args.retrievers, order=args.order, samples=args.samples,
+            length=args.length, window=args.window, beta=args.beta, file=args.file, channel=args.channel,
+            seed=args.seed, block=args.block, out=args.out,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        print(f"memplug reconstruct: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"memplug reconstruct: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(format_table(results))
     print(f"wrote {args.out}")
     return 0

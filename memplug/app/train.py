@@ -1,4 +1,4 @@
-"""``memplug train CONFIG [--set key=value ...] [--resume]``: train a MemoryModel on a corpus.
+"""``memplug train CONFIG [--set key=value ...] [--resume | --overwrite]``: train a MemoryModel on a corpus.
 
 One step: the global batch of ``train.batch_size`` windows (``data.seq_len + 1`` tokens of one
 document each, a fresh memory per window; see :mod:`memplug.data.windows`) is split over the
@@ -14,17 +14,21 @@ learning rate a pure function of ``s``, so ``--resume`` (weights, optimizer mome
 generators restored from the checkpoint) continues with exactly the losses of an uninterrupted
 run, and N processes see the batches of one.
 
+Nothing lost: a run folder that holds a run is refused unless the training resumes it or is told
+to overwrite it, and one training at a time holds it (see :mod:`memplug.app.run_folder`).
+
 Faults: Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and stops (a
 second Ctrl-C stops at once); a kill leaves the last complete checkpoint (they are written
-atomically); an unwritable output folder or a full disk stops training with a clear message.
+atomically); an unwritable output folder or a full disk stops training with a clear message; a
+loss or gradient norm that is not finite stops it before that step is applied or saved
+(:class:`DivergedError`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import json
+import math
 import signal
 import sys
 import threading
@@ -38,23 +42,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.contracts import Dataset, SourceMissingError
 from ..core.hookspecs import hookimpl
-from ..util.atomic import atomic_write_bytes
+from ..core import manager
+from ..data import Prepared, TokenizedSplit, get_dataset, prepare
+from ..data.tokenizers import BPETokenizer, Tokenizer
+from ..data.windows import WindowSampler, eval_starts, gather
+from .arguments import one_line
+from .build import build_model_and_tokenizer
 from .checkpoint import (
+    STEP_DIR,
+    Checkpoint,
     CheckpointError,
     capture_rng,
     latest_checkpoint,
+    list_checkpoints,
+    newest_complete,
     prune_checkpoints,
     read_checkpoint,
-    remove_temporaries,
     restore_rng,
     save_checkpoint,
+    step_of,
     unwrap,
 )
-from .build import build_model_and_tokenizer
-from .config import Config, ConfigError, load_config
-from ..data import Prepared, TokenizedSplit, prepare
-from ..data.windows import WindowSampler, eval_starts, gather
+from .config import Config, ConfigError, describe_config, load_config
 from .distributed import (
     DistInfo,
     all_mean,
@@ -62,18 +73,20 @@ from .distributed import (
     barrier,
     close_distributed,
     init_distributed,
+    main_first,
+    main_only,
 )
 from .evaluate import evaluate
 from .precision import autocast, resolve_precision
-from ..data.tokenizers import BPETokenizer, Tokenizer
+from .run_folder import OutputError, RunFolder, RunFolderError, check_fresh, claim_run_folder
+from .train_log import TrainLog
 
-__all__ = ["OutputError", "TrainResult", "lr_at", "train"]
-
-LOG_FIELDS = ("step", "split", "loss", "bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+__all__ = ["DivergedError", "OutputError", "RunFolderError", "TrainResult", "lr_at", "train"]
 
 
-class OutputError(OSError):
-    """The output folder cannot be written (read-only, full disk, not a folder)."""
+class DivergedError(RuntimeError):
+    """The loss, the gradient norm or the weights stopped being finite; nothing of that step was
+    applied or saved, and the message names the last checkpoint."""
 
 
 # --- building blocks --------------------------------------------------------------------------------
@@ -97,9 +110,44 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def prepare_data(config: Config) -> Prepared:
-    return prepare(config.data.dataset, validation=config.data.validation, test=config.data.test,
-                   seed=config.data.split_seed, **config.data.options)
+def check_components(config: Config) -> Dataset:
+    """The dataset of ``config.data`` (its options checked), after checking that the backbone,
+    memory and attention backend of ``config.model`` are registered: what can be refused before
+    anything is written."""
+    try:
+        dataset = get_dataset(config.data.dataset, **config.data.options)
+    except KeyError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"data.options: {exc}") from None
+    names = {"model.backbone.name": ("backbone", config.model.backbone["name"]),
+             "model.memory.name": ("memory", config.model.memory["name"])}
+    if config.model.attention != "auto":
+        names["model.attention"] = ("attention", config.model.attention)
+    for key, (kind, name) in names.items():
+        try:
+            manager.registry(kind).get(name)
+        except KeyError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return dataset
+
+
+def prepare_data(config: Config, dataset: Dataset | None = None) -> Prepared:
+    """The prepared splits of ``config.data`` (of ``dataset`` when given: its checked instance)."""
+    options = {} if dataset is not None else config.data.options
+    try:
+        return prepare(dataset or config.data.dataset, validation=config.data.validation, test=config.data.test,
+                       seed=config.data.split_seed, **options)
+    except ValueError as exc:
+        raise ConfigError(f"data: {exc}") from None
+
+
+def _windows(split: str, make: Callable[[], Any]) -> Any:
+    """``make()``, with a split too short for ``data.seq_len`` reported as a ConfigError."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise ConfigError(f"data.seq_len: the {split} split has no document long enough: {exc}") from None
 
 
 class _StopRequest:
@@ -128,88 +176,7 @@ class _StopRequest:
                 signal.signal(s, handler)
 
 
-class _Logger:
-    """CSV rows (and TensorBoard scalars when installed); every write error is an OutputError."""
-
-    def __init__(self, out: Path, resume_step: int | None, tensorboard: bool) -> None:
-        self.path = out / "log.csv"
-        try:
-            rows = []
-            if resume_step is not None and self.path.exists():  # drop rows written after the checkpoint
-                with open(self.path, newline="") as handle:
-                    rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-            self.handle = open(self.path, "w", newline="")  # noqa: SIM115 - open for the whole run, closed in close()
-            self.writer = csv.DictWriter(self.handle, fieldnames=LOG_FIELDS)
-            self.writer.writeheader()
-            self.writer.writerows(rows)
-            self.handle.flush()
-        except OSError as exc:
-            raise OutputError(f"cannot write the training log {self.path}: {exc.strerror or exc}") from None
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:  # tensorboard is optional (memplug[bench])
-                self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        try:
-            self.writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-            self.handle.flush()
-        except OSError as exc:
-            raise OutputError(f"cannot write the training log {self.path}: {exc.strerror or exc}") from None
-        if self.tb is not None:
-            for key in ("loss", "bpb", "lr", "grad_norm", "tokens_per_s"):
-                if row.get(key) not in (None, ""):
-                    self.tb.add_scalar(f"{row['split']}/{key}", float(row[key]), int(row["step"]))
-
-    def close(self) -> None:
-        try:
-            self.handle.close()
-        except OSError:
-            pass
-        if self.tb is not None:
-            self.tb.close()
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` and write a probe file, or raise :class:`OutputError` saying why not."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".memplug-write-test"
-        atomic_write_bytes(probe, b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
-
-
-# --- the loop ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    """What a run did: per-step training losses (global mean), evaluations, the last checkpoint."""
-
-    start_step: int
-    step: int
-    losses: dict[int, float] = field(default_factory=dict)
-    evals: dict[int, dict[str, Any]] = field(default_factory=dict)
-    checkpoint: Path | None = None
-    interrupted: bool = False
-    rank: int = 0
-
-
-def _resume_from(config: Config, resume: bool | str | Path) -> Path | None:
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        found = latest_checkpoint(config.out_dir / "checkpoints")
-        if found is None:
-            raise CheckpointError(f"--resume: no checkpoint under {config.out_dir / 'checkpoints'}")
-        return found
-    return Path(resume)
+# --- resuming -------------------------------------------------------------------------------------------
 
 
 def _flat(table: Any, prefix: str) -> dict[str, Any]:
@@ -236,180 +203,313 @@ def _check_compatible(config: Config, saved: dict[str, Any], path: Path) -> None
                                   f"the config says {now['train'][key]}")
 
 
+def _read_resumable(path: Path) -> Checkpoint:
+    """``read_checkpoint(path)``; when it is refused, the message names the newest complete
+    checkpoint before it, to resume from instead."""
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as exc:
+        if not STEP_DIR.match(path.name):
+            raise
+        older = newest_complete(path.parent, before=path)
+        hint = (f"the newest complete checkpoint before it is {older}: resume from it with --resume {older}"
+                if older is not None else "no complete checkpoint comes before it")
+        raise CheckpointError(f"{exc}; {hint}") from None
+
+
+def open_resume(config: Config, resume: bool | str | Path) -> Checkpoint | None:
+    """The checkpoint ``--resume`` continues from (None for a fresh run), verified and checked
+    against ``config``. A run folder with checkpoints after it is refused: resuming would mix two
+    histories in one folder."""
+    if resume is False or resume is None:
+        return None
+    root = config.out_dir / "checkpoints"
+    path = latest_checkpoint(root) if resume is True else Path(resume)
+    if path is None:
+        raise CheckpointError(f"--resume: no checkpoint under {root}")
+    ckpt = _read_resumable(path)
+    _check_compatible(config, ckpt.config or {}, ckpt.path)
+    later = [p.name for p in list_checkpoints(root) if step_of(p) > ckpt.step]
+    if later:
+        raise CheckpointError(f"cannot resume from step {ckpt.step}: {root} holds later checkpoints "
+                              f"({', '.join(later)}); delete them to go back to step {ckpt.step}, or resume from "
+                              "the latest")
+    return ckpt
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step training losses (global mean), evaluations, the last checkpoint."""
+
+    start_step: int
+    step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    evals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    interrupted: bool = False
+    rank: int = 0
+
+
+@dataclass
+class _Built:
+    """What a run trains on: the model, its tokenizer and the tokenized splits."""
+
+    prepared: Prepared
+    model: nn.Module
+    tokenizer: Tokenizer
+    train: TokenizedSplit
+    validation: TokenizedSplit
+
+
+def _build(config: Config, dataset: Dataset, ckpt: Checkpoint | None) -> _Built:
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process
+    prepared = prepare_data(config, dataset)
+    tokenizer_json = ckpt.text("tokenizer.json") if ckpt is not None else None
+    model, tokenizer = build_model_and_tokenizer(config, prepared, tokenizer_json)
+    return _Built(prepared, model, tokenizer, prepared.split("train").tokens(tokenizer),
+                  prepared.split("validation").tokens(tokenizer))
+
+
+class _Trainer:
+    """One process's part of a run: the model, optimizer and data, the loop, logs and checkpoints."""
+
+    def __init__(self, config: Config, info: DistInfo, built: _Built, ckpt: Checkpoint | None,
+                 on_step: Callable[[int, float], None] | None) -> None:
+        self.config, self.info, self.on_step = config, info, on_step
+        tc, seq = config.train, config.data.seq_len
+        self.share = tc.batch_size // info.world
+        self.micro = tc.micro_batch or self.share
+        self.model, self.tokenizer = built.model.to(info.device), built.tokenizer
+        self.precision = resolve_precision(tc.precision, info.device)
+        self.sampler = _windows("train", lambda: WindowSampler(built.train, seq, tc.seed))
+        starts = _windows("validation", lambda: eval_starts(built.validation, seq, config.log.eval_windows))
+        self.val_windows = gather(built.validation.tokens, starts, seq + 1)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+        start = 0
+        if ckpt is not None:
+            ckpt.load_model(self.model)
+            ckpt.load_optimizer(self.optimizer)
+            restore_rng(ckpt.rng())
+            start = ckpt.step
+        self.runner: nn.Module = self.model
+        if info.active:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.runner = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if tc.compile:
+            self.runner = torch.compile(self.runner)
+        self.result = TrainResult(start_step=start, step=start, rank=info.rank)
+        self.ckpt_dir = config.out_dir / "checkpoints"
+        self.log = (TrainLog(config.out_dir, start if ckpt is not None else None, config.log.tensorboard)
+                    if info.main else None)
+        self.files = {"tokenizer.json": self.tokenizer.to_json().encode()} if isinstance(self.tokenizer, BPETokenizer) else {}
+        self.meta = {"dataset": built.prepared.dataset, "world_size": info.world,
+                     "splits": {s: built.prepared.split(s).hash for s in ("train", "validation", "test")},
+                     "precision": {"name": self.precision.name, "reason": self.precision.reason}}
+        self.t0 = self.t_log = time.perf_counter()
+        self.interval_losses: list[float] = []
+
+    # -- one step --------------------------------------------------------------------------------------
+
+    def step(self, step: int) -> tuple[float, float, float]:
+        """Run optimizer step ``step``; returns (global mean loss, gradient norm, learning rate).
+
+        Raises :class:`DivergedError`, before the optimizer applies anything, when the loss or the
+        gradient norm is not finite (every process sees the same values)."""
+        tc = self.config.train
+        lr = lr_at(step, tc.steps, tc.lr, tc.warmup, tc.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rank = self.info.rank
+        rows = self.sampler.batch(step, tc.batch_size)[rank * self.share : (rank + 1) * self.share]  # (share, S+1)
+        loss = all_mean(self._accumulate(rows), self.info)
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self._diverged(f"the loss is {loss} and the gradient norm {grad_norm} at step {step}", lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, lr
+
+    def _accumulate(self, rows: torch.Tensor) -> float:
+        """Forward and backward over this process's ``rows`` (share, S + 1), by micro-batch and
+        BPTT segment, gradients accumulated; returns this process's mean loss."""
+        seq = self.config.data.seq_len
+        segment = self.config.train.bptt or seq
+        micro, share = self.micro, self.share
+        total = torch.zeros((), dtype=torch.float64)
+        passes = [(m, s) for m in range(0, share, micro) for s in range(0, seq, segment)]
+        state = None
+        for i, (m, s) in enumerate(passes):
+            chunk = rows[m : m + micro].to(self.info.device)  # (micro, S + 1)
+            x, y = chunk[:, s : s + segment], chunk[:, s + 1 : s + segment + 1]  # (micro, seg)
+            if s == 0:
+                state = None  # a fresh memory at every window start
+            sync = i == len(passes) - 1 or not self.info.active  # DDP all-reduces on the last pass only
+            with (nullcontext() if sync else self.runner.no_sync()), autocast(self.info.device, self.precision):
+                output = self.runner(x, state=state, labels=y)
+                # Equal-length windows: the process's mean is the mean of per-pass means.
+                loss = output.loss * (micro * x.shape[1]) / (share * seq)
+            loss.backward()
+            state = output.state.detach()
+            total += loss.detach().double().cpu()
+        return float(total)
+
+    def _diverged(self, what: str, lr: float) -> None:
+        last = latest_checkpoint(self.ckpt_dir)
+        raise DivergedError(f"training diverged: {what} (learning rate {lr:.3g}); stopped without applying or "
+                            f"saving it; the last checkpoint is {last or 'none'}")
+
+    # -- saving, validating, logging ---------------------------------------------------------------
+
+    def save(self, step: int) -> None:
+        """Checkpoint ``step`` (rank 0) and prune old ones; weights that are not finite are never saved."""
+        if self.info.main:
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                self._diverged(f"the weights after step {step} are not finite", self.optimizer.param_groups[0]["lr"])
+            path = self.ckpt_dir / f"step_{step:07d}"
+            tc = self.config.train
+            try:
+                save_checkpoint(path, self.model, step=step, config=self.config.to_dict(), optimizer=self.optimizer,
+                                rng=capture_rng(), files=self.files,
+                                meta=self.meta | {"tokens": step * tc.batch_size * self.config.data.seq_len})
+                prune_checkpoints(self.ckpt_dir, self.config.log.keep)
+            except OSError as exc:
+                raise OutputError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
+                                  f"the last complete checkpoint is {latest_checkpoint(self.ckpt_dir) or 'none'}") from None
+            self.result.checkpoint = path
+        barrier(self.info)
+
+    def validate(self, step: int) -> None:
+        if not self.info.main:  # one process evaluates; the others go on to the next collective call
+            return
+        scores = evaluate(unwrap(self.model), self.val_windows, tokenizer=self.tokenizer, batch_size=self.micro,
+                          precision=self.precision, compare_masked=False)["memory"]
+        self.result.evals[step] = scores
+        if self.log is not None:
+            self.log.write({"step": step, "split": "validation", "loss": f"{scores['loss']:.6f}",
+                            "bpb": f"{scores['bpb']:.6f}", "elapsed_s": f"{time.perf_counter() - self.t0:.1f}"})
+
+    def _tokens_per_s(self, now: float) -> float:
+        tokens = self.config.train.batch_size * self.config.data.seq_len * len(self.interval_losses)
+        return tokens / max(now - self.t_log, 1e-9)
+
+    def _log_train(self, step: int, lr: float, grad_norm: float, now: float) -> None:
+        """A training row averaging the steps since the last one, every ``log.log_every`` steps."""
+        if self.log is None or not (step % self.config.log.log_every == 0 or step == self.config.train.steps):
+            return
+        tokens_per_step = self.config.train.batch_size * self.config.data.seq_len
+        mean = sum(self.interval_losses) / len(self.interval_losses)
+        self.log.write({"step": step, "split": "train", "loss": f"{mean:.6f}", "lr": f"{lr:.6g}",
+                        "grad_norm": f"{grad_norm:.4f}", "tokens": step * tokens_per_step,
+                        "tokens_per_s": f"{self._tokens_per_s(now):.1f}", "elapsed_s": f"{now - self.t0:.1f}"})
+        self.interval_losses, self.t_log = [], now
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        config, result = self.config, self.result
+        bar = None
+        if self.info.main and config.log.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.train.steps, initial=result.start_step, desc=config.name, unit="step",
+                       dynamic_ncols=True)
+        stop = _StopRequest()
+        step = result.start_step
+        try:
+            with stop.installed():
+                self.model.train()
+                while step < config.train.steps:
+                    step += 1
+                    loss, grad_norm, lr = self.step(step)
+                    result.losses[step], result.step = loss, step
+                    self.interval_losses.append(loss)
+                    if self.on_step is not None:
+                        self.on_step(step, loss)
+                    now = time.perf_counter()
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self._tokens_per_s(now):,.0f}")
+                    self._log_train(step, lr, grad_norm, now)
+                    if config.log.eval_every and step % config.log.eval_every == 0 and step < config.train.steps:
+                        self.validate(step)
+                    stopping = any_true(stop.requested, self.info)
+                    if step % config.log.save_every == 0 or step == config.train.steps or stopping:
+                        self.save(step)
+                    if stopping:
+                        result.interrupted = True
+                        if self.info.main:
+                            print(f"\n{stop.signal_name or 'stop'} received: stopped after step {step}; checkpoint "
+                                  f"{result.checkpoint}; continue with --resume", file=sys.stderr)
+                        break
+                if not result.interrupted and step == config.train.steps and step not in result.evals:
+                    self.validate(step)
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.log is not None:
+                self.log.close()
+        return result
+
+
 def train(
     config: Config,
     *,
     resume: bool | str | Path = False,
+    overwrite: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Run ``config``; see the module docstring. ``on_step(step, loss)`` is called after each step."""
-    info = init_distributed(config.train.device)
+    """Run ``config``; see the module docstring. ``on_step(step, loss)`` is called after each step.
+
+    ``resume``: continue the run's latest checkpoint (``True``) or the one given; ``overwrite``:
+    discard what the run folder holds. Without either, a run folder that holds a run is refused
+    (:class:`RunFolderError`), before anything is written.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite discards it: give one")
+    dataset = check_components(config)
     try:
-        result = _train(config, info, resume, on_step)
+        info = init_distributed(config.train.device)
+    except ValueError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
+    try:
+        result = _train(config, info, dataset, resume, overwrite, on_step)
         barrier(info)  # no rank tears the group down while another is still in a collective or writing
         return result
     finally:
         close_distributed(info)
 
 
-def _train(config: Config, info: DistInfo, resume: bool | str | Path,
-           on_step: Callable[[int, float], None] | None) -> TrainResult:
-    tc, lc = config.train, config.log
+def _check_batch(config: Config, info: DistInfo) -> None:
+    tc = config.train
     if tc.batch_size % info.world:
         raise ConfigError(f"train.batch_size: must be a multiple of the {info.world} processes, got {tc.batch_size}")
     share = tc.batch_size // info.world
-    micro = tc.micro_batch or share
-    if share % micro:
-        raise ConfigError(f"train.micro_batch: must divide the {share} sequences per process, got {micro}")
-    out, ckpt_dir = config.out_dir, config.out_dir / "checkpoints"
-    resume_path = _resume_from(config, resume)
-    ckpt = read_checkpoint(resume_path) if resume_path is not None else None
-    if ckpt is not None:
-        _check_compatible(config, ckpt.config or {}, ckpt.path)
-    if info.main:
-        check_writable(out)
-        remove_temporaries(ckpt_dir)
-    barrier(info)
+    if share % (tc.micro_batch or share):
+        raise ConfigError(f"train.micro_batch: must divide the {share} sequences per process, got {tc.micro_batch}")
 
-    tok_file = ckpt.file("tokenizer.json") if ckpt is not None else None
 
-    def setup() -> tuple[Prepared, nn.Module, Tokenizer, TokenizedSplit, TokenizedSplit]:
-        torch.manual_seed(tc.seed)  # the same initial weights in every process
-        prepared = prepare_data(config)
-        model, tokenizer = build_model_and_tokenizer(config, prepared, tok_file.read_text() if tok_file else None)
-        splits = prepared.split("train").tokens(tokenizer), prepared.split("validation").tokens(tokenizer)
-        return prepared, model, tokenizer, *splits
-
-    # Rank 0 fills the caches (splits, BPE, token arrays) first; the others then only read them.
-    built = setup() if info.main else None
-    barrier(info)
-    prepared, model, tokenizer, train_data, val_data = built or setup()
-    model.to(info.device)
-    precision = resolve_precision(tc.precision, info.device)
-    if info.main:
-        print(f"memplug train: precision {precision}", file=sys.stderr)
-    sampler = WindowSampler(train_data, config.data.seq_len, tc.seed)
-    val_windows = gather(val_data.tokens, eval_starts(val_data, config.data.seq_len, lc.eval_windows),
-                         config.data.seq_len + 1)
-
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
-    start = 0
-    if ckpt is not None:
-        ckpt.load_model(model)
-        ckpt.load_optimizer(optimizer)
-        restore_rng(ckpt.rng())
-        start = ckpt.step
-    runner: nn.Module = model
-    if info.active:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        runner = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if tc.compile:
-        runner = torch.compile(runner)
-
-    result = TrainResult(start_step=start, step=start, rank=info.rank)
-    logger = _Logger(out, start if ckpt is not None else None, lc.tensorboard) if info.main else None
-    files = {"tokenizer.json": tokenizer.to_json().encode()} if isinstance(tokenizer, BPETokenizer) else {}
-    meta = {"dataset": prepared.dataset, "splits": {s: prepared.split(s).hash for s in ("train", "validation", "test")},
-            "world_size": info.world, "precision": {"name": precision.name, "reason": precision.reason}}
-
-    def save(step: int) -> None:
-        if info.main:
-            path = ckpt_dir / f"step_{step:07d}"
-            try:
-                save_checkpoint(path, model, step=step, config=config.to_dict(), optimizer=optimizer,
-                                rng=capture_rng(), files=files, meta=meta | {"tokens": step * tc.batch_size * config.data.seq_len})
-                prune_checkpoints(ckpt_dir, lc.keep)
-            except OSError as exc:
-                last = latest_checkpoint(ckpt_dir)
-                raise OutputError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
-                                  f"the last complete checkpoint is {last or 'none'}") from None
-            result.checkpoint = path
-        barrier(info)
-
-    def validate(step: int) -> None:
-        if not info.main:  # one process evaluates; the others go on to the next collective call
-            return
-        scores = evaluate(unwrap(model), val_windows, tokenizer=tokenizer, batch_size=micro,
-                          precision=precision, compare_masked=False)["memory"]
-        result.evals[step] = scores
-        if logger is not None:
-            logger.write({"step": step, "split": "validation", "loss": f"{scores['loss']:.6f}",
-                          "bpb": f"{scores['bpb']:.6f}", "elapsed_s": f"{time.perf_counter() - t0:.1f}"})
-
-    seq = config.data.seq_len
-    segment = tc.bptt or seq
-    tokens_per_step = tc.batch_size * seq
-    bar = None
-    if info.main and lc.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, initial=start, desc=config.name, unit="step", dynamic_ncols=True)
-    stop = _StopRequest()
-    t0 = t_log = time.perf_counter()
-    interval_losses: list[float] = []
-    step = start
+def _train(config: Config, info: DistInfo, dataset: Dataset, resume: bool | str | Path, overwrite: bool,
+           on_step: Callable[[int, float], None] | None) -> TrainResult:
+    _check_batch(config, info)
+    out = config.out_dir
+    main_only(lambda: check_fresh(out, resume=bool(resume), overwrite=overwrite), info)  # before any work
+    folder: RunFolder | None = main_only(lambda: claim_run_folder(out, resume=bool(resume), overwrite=overwrite), info)
+    started = False
     try:
-        with stop.installed():
-            model.train()
-            while step < tc.steps:
-                step += 1
-                lr = lr_at(step, tc.steps, tc.lr, tc.warmup, tc.min_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                rows = sampler.batch(step, tc.batch_size)[info.rank * share : (info.rank + 1) * share]  # (share, S+1)
-                local = torch.zeros((), dtype=torch.float64)
-                passes = [(m, s) for m in range(0, share, micro) for s in range(0, seq, segment)]
-                for i, (m, s) in enumerate(passes):
-                    chunk = rows[m : m + micro].to(info.device)  # (micro, S + 1)
-                    x, y = chunk[:, s : s + segment], chunk[:, s + 1 : s + segment + 1]  # (micro, seg)
-                    if s == 0:
-                        state = None
-                    sync = i == len(passes) - 1 or not info.active
-                    with (nullcontext() if sync else runner.no_sync()), autocast(info.device, precision):
-                        output = runner(x, state=state, labels=y)
-                        # Equal-length windows: the global mean is the mean of per-pass means.
-                        loss = output.loss * (micro * x.shape[1]) / (share * seq)
-                    loss.backward()
-                    state = output.state.detach()
-                    local += loss.detach().double().cpu()
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = all_mean(float(local), info)
-                result.losses[step], result.step = step_loss, step
-                interval_losses.append(step_loss)
-                if on_step is not None:
-                    on_step(step, step_loss)
-                now = time.perf_counter()
-                if bar is not None:
-                    bar.update(1)
-                    rate = tokens_per_step * len(interval_losses) / max(now - t_log, 1e-9)
-                    bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}")
-                if logger is not None and (step % lc.log_every == 0 or step == tc.steps):
-                    logger.write({"step": step, "split": "train", "loss": f"{sum(interval_losses) / len(interval_losses):.6f}",
-                                  "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}", "tokens": step * tokens_per_step,
-                                  "tokens_per_s": f"{tokens_per_step * len(interval_losses) / max(now - t_log, 1e-9):.1f}",
-                                  "elapsed_s": f"{now - t0:.1f}"})
-                    interval_losses, t_log = [], now
-                if lc.eval_every and step % lc.eval_every == 0 and step < tc.steps:
-                    validate(step)
-                stopping = any_true(stop.requested, info)
-                if step % lc.save_every == 0 or step == tc.steps or stopping:
-                    save(step)
-                if stopping:
-                    result.interrupted = True
-                    if info.main:
-                        print(f"\n{stop.signal_name or 'stop'} received: stopped after step {step}; checkpoint "
-                              f"{result.checkpoint}; continue with --resume", file=sys.stderr)
-                    break
-            if not result.interrupted and step == tc.steps and (step not in result.evals):
-                validate(step)
+        ckpt = main_first(lambda: open_resume(config, resume), info)
+        # Rank 0 fills the caches (splits, BPE, token arrays) first; the others then only read them.
+        built = main_first(lambda: _build(config, dataset, ckpt), info)
+        trainer = _Trainer(config, info, built, ckpt, on_step)
+        started = True
+        if info.main:
+            print(f"memplug train: precision {trainer.precision}", file=sys.stderr)
+        return trainer.run()
     finally:
-        if bar is not None:
-            bar.close()
-        if logger is not None:
-            logger.close()
-    return result
+        if folder is not None:
+            folder.release(failed=not started)
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -421,9 +521,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set train.lr=1e-3 --set model.memory.name=none")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue from the latest checkpoint of the run (or the one given)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard the run the folder holds (its checkpoints, log.csv, tensorboard and eval)")
     parser.add_argument("--backbone", metavar="SPEC",
                         help="a registered backbone (tiny), or hf:smollm2 / hf:<model folder> / hf:<file.gguf> "
                              "for a Hugging Face model with its own tokenizer")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every config key with its value, default and help, then exit")
 
 
 def backbone_overrides(spec: str) -> list[str]:
@@ -437,16 +541,21 @@ def backbone_overrides(spec: str) -> list[str]:
     return [f"model.backbone.name={json.dumps(spec)}"]
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..data import SourceMissingError
+#: Exit status 2: the input is wrong (config, data, checkpoint, run folder); 1: a fault while running.
+INPUT_ERRORS = (ConfigError, CheckpointError, SourceMissingError, RunFolderError)
 
+
+def _run(args: argparse.Namespace) -> int:
     try:
         overrides = args.set + (backbone_overrides(args.backbone) if args.backbone else [])
         config = load_config(args.config, overrides)
-        result = train(config, resume=args.resume)
-    except (ConfigError, CheckpointError, SourceMissingError, OutputError) as exc:
-        print(f"memplug train: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        if args.show_config:
+            print(describe_config(config), end="")
+            return 0
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+    except (*INPUT_ERRORS, OutputError, DivergedError) as exc:
+        print(f"memplug train: error: {one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, INPUT_ERRORS) else 1
     except KeyboardInterrupt:
         print("memplug train: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130

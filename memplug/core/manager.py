@@ -75,6 +75,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "memplug.data.literature",
     "memplug.data.python_code",
     "memplug.data.python_docs",
+    "memplug.data.text_files",
 )
 
 #: kind -> (hook name, base class)

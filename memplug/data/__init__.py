@@ -1,8 +1,9 @@
 """Corpora as document-level splits, and the token windows training and evaluation read.
 
-Built-in datasets (registered through the ``memplug`` entry-point group like third-party
-ones): ``literature`` (Shakespeare and Milton), ``code`` (the Python standard library),
-``pydocs`` (Python's documentation sources). ``memplug data prepare NAME`` on the command line.
+Built-in datasets (registered in code, see :data:`memplug.core.manager.BUILTIN_PLUGINS`):
+``literature`` (Shakespeare and Milton), ``code`` (the Python standard library), ``pydocs``
+(Python's documentation sources) and ``text`` (your own files: a folder, a file or a JSONL
+file). ``memplug data prepare NAME`` on the command line.
 """
 
 from ..core.contracts import Dataset, Document, SourceMissingError

@@ -30,7 +30,7 @@ from ..util.atomic import atomic_directory, atomic_write_bytes
 from ..core.contracts import Dataset
 from ..core.manager import registry
 from .cache import cache_dir
-from .splits import SPLITS, assign_splits, split_hash
+from .splits import SPLITS, assign_splits, check_fractions, split_hash
 from .tokenizers import TOKENIZERS, BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 
 __all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "make_tokenizer", "prepare", "train_bpe"]
@@ -170,6 +170,7 @@ def prepare(
     ``options`` go to the dataset (a source path override). Raises
     :class:`memplug.data.SourceMissingError` with the fetch command when the source is missing.
     """
+    check_fractions(validation, test)
     ds = get_dataset(dataset, **options)
     fields = {
         "format": FORMAT,
@@ -200,6 +201,9 @@ def prepare(
             continue
         seen.add(digest)
         docs.append((doc, raw, digest))
+    if not docs:
+        raise ValueError(f"dataset {ds.name!r} has no usable document ({dropped['empty']} empty, "
+                         f"{dropped['duplicates']} duplicates) in {fields['source']}")
     names = [d.name for d, _, _ in docs]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset {ds.name!r} yields duplicate document names")

@@ -6,13 +6,22 @@ import hashlib
 import math
 from collections.abc import Iterable
 
-__all__ = ["SPLITS", "assign_splits", "split_hash"]
+__all__ = ["SPLITS", "assign_splits", "check_fractions", "split_hash"]
 
 SPLITS = ("train", "validation", "test")
 
 
 def _rank(seed: int, group: str) -> str:
     return hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest()
+
+
+def check_fractions(validation: float, test: float) -> None:
+    """Refuse fractions outside [0, 1), or that leave no training split."""
+    for arg, value in (("validation", validation), ("test", test)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{arg} must be a fraction in [0, 1), got {value!r}")
+    if validation + test >= 1:
+        raise ValueError(f"validation + test must be < 1 to leave a training split, got {validation} + {test}")
 
 
 def assign_splits(groups: Iterable[str], validation: float, test: float, seed: int = 0) -> dict[str, str]:
@@ -22,11 +31,7 @@ def assign_splits(groups: Iterable[str], validation: float, test: float, seed: i
     the corpus) and the first ``ceil(test * n)`` go to test, the next ``ceil(validation * n)`` to
     validation, the rest to train; a positive fraction always gets at least one group.
     """
-    for arg, value in (("validation", validation), ("test", test)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{arg} must be a fraction in [0, 1), got {value!r}")
-    if validation + test >= 1:
-        raise ValueError(f"validation + test must be < 1 to leave a training split, got {validation} + {test}")
+    check_fractions(validation, test)
     order = sorted(set(groups), key=lambda g: _rank(seed, g))
     n_test, n_val = math.ceil(test * len(order)), math.ceil(validation * len(order))
     if n_test + n_val >= len(order):
