@@ -44,6 +44,9 @@ PRESETS = {
     # the cpu preset's 4x holds (64 slots, elastic N = P = 64) for a 4x longer reach in blocks
     "far": Preset(d_model=128, n_layers=2, n_heads=4, block=16, length=1040, batch=4, budget=900, eval_batches=8,
                   scale=16, steps=3000),
+    # the cpu preset's model with twice the sequence and the batch: four times the scored answers per step
+    "wide": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=1024, batch=16, budget=1800, eval_batches=8,
+                   steps=300),
     "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=64, length=2048, batch=32, budget=15, eval_batches=8),
 }
 CONTROL_LEARNED = 0.9
