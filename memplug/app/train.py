@@ -366,7 +366,8 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
                         state = None
                     sync = i == len(passes) - 1 or not info.active
                     with (nullcontext() if sync else runner.no_sync()), autocast(info.device, precision):
-                        output = runner(x, state=state, labels=y)
+                        # y holds the targets already shifted, the last one from the next segment
+                        output = runner(x, state=state, shift_labels=y)
                         # Equal-length windows: the global mean is the mean of per-pass means.
                         loss = output.loss * (micro * x.shape[1]) / (share * seq)
                     loss.backward()
