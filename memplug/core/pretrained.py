@@ -128,7 +128,8 @@ def select_tensors(
 
     ``tensors``: ``"all"``; ``"changed"``: names absent from ``base`` (``{name: digest}`` of the
     weights of a base model that can be loaded again, or ``None``) or whose digest differs;
-    ``"auto"``: ``"changed"`` when there is a base, else ``"all"``; or the names themselves.
+    ``"auto"``: ``"changed"`` when there is a base, else ``"all"``; or the names themselves
+    (e.g. the trained ones), which must include every tensor that differs from the base.
     """
     if isinstance(tensors, str):
         if tensors not in TENSOR_CHOICES:
@@ -146,6 +147,15 @@ def select_tensors(
     unknown = sorted(set(names) - set(state))
     if unknown:
         raise ValueError(f"tensors names {unknown[:5]} that are not in the model's state dict")
+    if base is None:
+        raise ValueError("a chosen subset of tensors is stored over a base model that can be loaded again by name or "
+                         "path; this model's backbone has none, so the rest would be lost: use tensors='all'")
+    now = tensor_digests(state)
+    chosen = {_identity(state[n]) for n in names}  # a tied tensor is stored under any of its names
+    lost = sorted(n for n in state if _identity(state[n]) not in chosen and base.get(n) != now[n])
+    if lost:
+        raise ValueError(f"tensors leaves out {len(lost)} tensors that differ from the base model ({lost[:3]}...), "
+                         "which would be lost: add them, or use tensors='changed'")
     return names, "chosen"
 
 
