@@ -23,7 +23,9 @@ This module imports ``transformers`` only inside the functions that load weights
 
 from __future__ import annotations
 
+import json
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,9 @@ from torch import Tensor, nn
 import memplug
 from memplug.core.contracts import Backbone
 from memplug.core.model import MemoryModel
+from memplug.core.pretrained import tensor_digests
 
-from memplug.backbones.hf_files import as_dtype, load_pretrained
+from memplug.backbones.hf_files import HUB_NAME, as_dtype, load_pretrained, model_from_config
 from memplug.backbones.hf_llama import LlamaWiring
 from memplug.backbones.hf_neox import NeoXWiring
 
@@ -79,8 +82,17 @@ class HFBackbone(Backbone):
     with ``save_pretrained`` or a ``.gguf`` file (see :func:`memplug.backbones.hf_files.load_pretrained`); ``dtype`` applies
     when loading. So ``build_model("hf", backbone_options=dict(model="smollm2"), block=1024)`` works,
     though :func:`attach` is the way that also checks the window and clips memory positions.
+    A hub name (``"org/name"``, not a local path) is loaded by ``transformers`` from its cache or
+    the hub; a dict (a ``config.to_dict()``) builds a random-weight model of that configuration.
     When loaded here, ``self.tokenizer`` is the model's tokenizer (``None`` when a module is
     passed, or when a model directory holds no tokenizer files).
+
+    Saving and loading (:meth:`memplug.core.model.MemoryModel.save_pretrained`): ``source`` is
+    where the weights can be loaded again (the path or name given, or the module's
+    ``name_or_path``; ``None`` for a model built from a config), and ``base_digests`` the SHA-256
+    of every weight as it was when first wrapped (``None`` without a source), so a save can store
+    only what changed and a load can check the base. Hashing reads every weight once per HF
+    module (about a second per GB).
 
     Attributes beyond the contract: ``hf`` (the model), ``family`` (``"llama"`` or
     ``"gpt_neox"``), ``max_positions`` (the trained context, ``max_position_embeddings``),
@@ -92,17 +104,31 @@ class HFBackbone(Backbone):
 
     name = "hf"
 
-    def __init__(self, model: nn.Module | str, *, dtype: torch.dtype | str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | str | Path | dict[str, Any],
+        *,
+        dtype: torch.dtype | str | None = None,
+        min_position: float | None = None,
+    ) -> None:
         super().__init__()
         self.tokenizer: Any = None
+        self.source: str | None = None
         if isinstance(model, str) and model == "smollm2":
             from memplug.backbones.smollm2 import load_smollm2
 
             model, self.tokenizer = load_smollm2(dtype=as_dtype(dtype))
+            self.source = "smollm2"
         elif isinstance(model, (str, Path)):
+            self.source = _reference(str(model))
             model, self.tokenizer = load_pretrained(str(model), dtype=dtype)
-        elif dtype is not None:
-            raise ValueError("dtype is only used when loading from a path; cast the module with .to(dtype) instead")
+        elif isinstance(model, dict):
+            model = model_from_config(model, dtype=dtype)
+        else:
+            if dtype is not None and as_dtype(dtype) != _dtype_of(model):
+                raise ValueError(f"dtype={dtype!r} is only used when loading from a path, and this module holds "
+                                 f"{_dtype_of(model)}; cast the module with .to(dtype) instead")
+            self.source = _reference(getattr(model, "name_or_path", "") or "")
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         wiring = next((w for w in _WIRINGS if model_type in w.model_types), None)
@@ -126,10 +152,22 @@ class HFBackbone(Backbone):
         self.max_positions = int(config.max_position_embeddings)
         self.sliding_window = _sliding_window(config)
         self.attention_scale = wiring.attention_scale(model)
-        self.min_position: float | None = None
+        self.min_position = None if min_position is None else float(min_position)
         rope = self._rope_module()
         if 2 * rope.inv_freq.shape[-1] > self.head_dim:
             raise ValueError(f"rotary width {2 * rope.inv_freq.shape[-1]} exceeds head_dim {self.head_dim}")
+        self.base_digests = None if self.source is None else _base_digests(model)
+
+    def rebuild_options(self) -> dict[str, Any]:
+        """The options that rebuild this backbone with ``make_backbone("hf", **options)``: the
+        weights' ``source`` (or the model's configuration when it has none), their dtype and the
+        position clip."""
+        if self.source is not None:
+            model: str | dict[str, Any] = self.source
+        else:
+            model = json.loads(self.hf.config.to_json_string(use_diff=False))
+        dtype = str(_dtype_of(self.hf)).removeprefix("torch.")
+        return {"model": model, "dtype": dtype, "min_position": self.min_position}
 
     def _rope_module(self) -> nn.Module:
         """The model's rotary embedding (one per model in transformers >= 4.45)."""
@@ -223,7 +261,7 @@ def attach(
     # A fresh wrapper per call (around the same HF module) keeps each model's position clip its own.
     backbone = HFBackbone(model.hf if isinstance(model, HFBackbone) else model)
     if isinstance(model, HFBackbone):
-        backbone.tokenizer = model.tokenizer
+        backbone.tokenizer, backbone.source, backbone.base_digests = model.tokenizer, model.source, model.base_digests
     if block is None:
         block = max(1, min(1024, backbone.max_positions // 4))
     spans = 2 if span == "previous" else 1
@@ -250,6 +288,34 @@ def attach(
     attached = MemoryModel(backbone, memory, block, memory_options=options, layers=layers, span=span,
                            attention=attention, gate=gate, sink=sink)
     return attached.train(backbone.hf.training)
+
+
+#: The digests of each HF module's weights when first wrapped (a module attached twice, after
+#: training in between, keeps the digests of the weights it was loaded with).
+_DIGESTS: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _base_digests(model: nn.Module) -> dict[str, str]:
+    """``{"hf.<name>": SHA-256}`` of ``model``'s weights as first seen (names as in the backbone)."""
+    if model not in _DIGESTS:
+        _DIGESTS[model] = tensor_digests(model.state_dict())
+    return {f"hf.{name}": digest for name, digest in _DIGESTS[model].items()}
+
+
+def _reference(name_or_path: str) -> str | None:
+    """Where weights can be loaded again: an existing local path (made absolute), a hub name
+    (``org/name``), or ``None``."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    if path.exists():
+        return str(path.resolve())
+    return name_or_path if HUB_NAME.fullmatch(name_or_path) else None
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's token embedding (the dtype its weights were loaded in)."""
+    return model.get_input_embeddings().weight.dtype
 
 
 def _sliding_window(config: Any) -> int | None:

@@ -203,10 +203,10 @@ def collect(model: MemoryModel, task: Task, p: Preset, *, seed: int = 1234, batc
     for _ in range(batches or p.eval_batches):
         data = task.sample(p.batch, p.length, gen)
         logits = model(data.input_ids.to(device)).logits.float().cpu()  # (B, T, V)
-        nll = F.cross_entropy(logits.transpose(1, 2), data.labels, reduction="none")  # (B, T)
+        nll = F.cross_entropy(logits.transpose(1, 2), data.targets, reduction="none")  # (B, T)
         mask = data.scored
         pos = torch.arange(p.length).expand_as(mask)
-        found = {"nll": nll[mask], "hit": (logits.argmax(-1) == data.labels)[mask],
+        found = {"nll": nll[mask], "hit": (logits.argmax(-1) == data.targets)[mask],
                  "distance": data.distance[mask], "position": pos[mask]}
         for context in oracles:
             found[f"oracle:{context}"] = task.oracle_nll(data, context)[mask]

@@ -167,7 +167,7 @@ def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, see
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * min(1.0, step / p.warmup)
         batch = task.sample(p.batch, p.seq, generator)
-        ids, targets = batch.input_ids.to(device), batch.labels.to(device)  # (B, T) each, targets = next tokens
+        ids, targets = batch.input_ids.to(device), batch.targets.to(device)  # (B, T) each, targets = next tokens
         with autocast(device, precision):
             logits = model(ids).logits  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

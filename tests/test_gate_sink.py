@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import memplug
+from memplug.core.state import ModelState
 from memplug.backbones.tiny import TinyBackbone
 from memplug.core.layer import MemoryAttention
 from single_thread import one_thread  # noqa: F401
@@ -53,7 +54,7 @@ def test_gate_learns_from_zero():
     optimizer step opens it, changing the logits."""
     m = model("elastic", gate=True).train()
     x = ids()
-    m(x, labels=x.roll(-1, 1)).loss.backward()
+    m(x, labels=x).loss.backward()
     grads = torch.stack([layer.gate.grad for layer in m.attn])  # (layers, heads)
     assert (grads.abs() > 0).all()
     before = m(x).logits.detach()
@@ -132,5 +133,7 @@ def test_sink_options_are_checked():
         model(None, sink=True)
     m = model(None, sink=2)
     state = model(None)(ids()).state  # a stream made without a sink
-    with pytest.raises(ValueError, match="made without sink"):
+    with pytest.raises(ValueError, match=r"another configuration \(sink: 0 vs 2"):  # the model's check
         m(ids(length=3), state=state)
+    with pytest.raises(ValueError, match="made without sink"):  # the layer's, for a state that records nothing
+        m(ids(length=3), state=ModelState(state.position, state.layers))

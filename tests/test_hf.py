@@ -7,6 +7,7 @@ only when its package is installed.
 """
 
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import sys
 import pytest
 import torch
 from hypothesis import given
+from safetensors import safe_open
 
 transformers = pytest.importorskip("transformers")
 
@@ -329,3 +331,157 @@ def test_smollm2_elastic_over_10k_tokens():
     # Repeated text is easy: after the first block, the model predicts it almost surely.
     loss = torch.nn.functional.cross_entropy(out.logits[0, :-1].float(), ids[0, 5001:])
     assert loss < 1.0
+
+
+# --- Hugging Face habits: labels, generate, save_pretrained / from_pretrained, Trainer ----------
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2", "gpt_neox"])
+def test_labels_give_the_hf_models_loss(name):
+    """labels=ids means what it means in transformers: the same loss as the HF model (memory=None,
+    one block), -100 ignored; the already-shifted targets give it through shift_labels."""
+    hf = tiny_hf(name)
+    ids = ids_for(2, 96, seed=11)
+    labels = ids.clone()
+    labels[1, 40:60] = -100
+    model = attach(hf, memory=None, block=128)
+    with torch.no_grad():
+        expected = hf(ids, labels=labels).loss
+        torch.testing.assert_close(model(ids, labels=labels).loss, expected, atol=1e-5, rtol=0)
+        shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        torch.testing.assert_close(model(ids, shift_labels=shifted).loss, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt_neox"])
+def test_greedy_generate_equals_hf_greedy(name):
+    hf = tiny_hf(name)
+    prompt = ids_for(2, 7, seed=12)
+    model = attach(hf, memory=None, block=128)
+    ours = model.generate(prompt, max_new_tokens=15)
+    # transformers stops at the config's end-of-sequence token (Llama: 2, NeoX: 0) unless told
+    # otherwise, and without a mask it would take any pad_token_id in the prompt for padding
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=15, do_sample=False,
+                         eos_token_id=None, pad_token_id=VOCAB - 1)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(model.generate(prompt, max_new_tokens=15), ours)
+    eos = int(ours[0, 9])  # a token row 0 emits: both stop it there and pad after
+    kwargs = dict(max_new_tokens=15, eos_token_id=eos, pad_token_id=VOCAB - 1)
+    ended = model.generate(prompt, **kwargs)
+    assert torch.equal(ended, hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, **kwargs))
+    assert (ended[0, 10:] == VOCAB - 1).all() or ended.shape[1] == 10
+
+
+def test_top_level_attach_is_the_hf_attach():
+    assert memplug.attach is attach
+
+
+@pytest.fixture()
+def saved_base(tmp_path):
+    """A tiny Llama with tied embeddings saved as a Hugging Face folder, and the folder."""
+    config = transformers.LlamaConfig(**COMMON, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_save_pretrained_stores_only_changed_tensors_and_reloads_to_identical_logits(saved_base, tmp_path):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(saved_base).eval()
+    model = attach(hf, memory="elastic", block=16, layers=[1], rope="sample", gate=True, sink=1,
+                   memory_options=dict(order=8, samples=8))
+    with torch.no_grad():
+        model.attn[1].gate.fill_(0.7)  # what training would do: open the gate, change some weights
+        hf.model.layers[0].mlp.up_proj.weight.mul_(1.1)
+        hf.lm_head.weight.add_(0.01)  # tied to the embedding
+    out = model.save_pretrained(tmp_path / "saved")
+    record = json.loads((out / "memplug_config.json").read_text())
+    assert record["tensors"] == "changed"
+    assert record["model"]["backbone"]["model"] == str(saved_base.resolve())
+    assert record["model"] | {"backbone": None} == {
+        "backbone": None, "memory": {"name": "elastic", "order": 8, "samples": 8, "positions": "sample",
+                                     "max_distance": 512 - 16},
+        "block": 16, "layers": [1], "span": "block", "attention": "auto", "gate": True, "sink": 1}
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["attn.1.gate", "backbone.hf.model.embed_tokens.weight",
+                                    "backbone.hf.model.layers.0.mlp.up_proj.weight"]
+    assert record["aliases"] == {"backbone.hf.lm_head.weight": "backbone.hf.model.embed_tokens.weight"}
+    ids = ids_for(2, 100, seed=13)
+    with torch.no_grad():
+        expected = model(ids).logits
+        loaded = memplug.from_pretrained(out)
+        assert not loaded.training and loaded.backbone.hf is not hf
+        assert torch.equal(loaded(ids).logits, expected)
+        assert torch.equal(memplug.MemoryModel.from_pretrained(out)(ids).logits, expected)
+    # the mechanism a run that trains some tensors uses: store the ones it names, checked complete
+    with pytest.raises(ValueError, match=r"leaves out 3 tensors that differ from the base model"):
+        model.save_pretrained(tmp_path / "chosen", tensors=["attn.1.gate"])
+    chosen = model.save_pretrained(tmp_path / "chosen", tensors=[
+        "attn.1.gate", "backbone.hf.model.layers.0.mlp.up_proj.weight", "backbone.hf.lm_head.weight"])
+    assert json.loads((chosen / "memplug_config.json").read_text())["tensors"] == "chosen"
+    with torch.no_grad():
+        assert torch.equal(memplug.from_pretrained(chosen)(ids).logits, expected)
+    everything = model.save_pretrained(tmp_path / "all", tensors="all")
+    with safe_open(str(everything / "model.safetensors"), "pt") as f:
+        assert len(f.keys()) == len(model.state_dict()) - 1  # the tied head once
+    assert json.loads((everything / "memplug_config.json").read_text())["tensors"] == "all"
+
+
+def test_a_changed_base_is_refused(saved_base, tmp_path):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(saved_base)
+    model = attach(hf, memory="elastic", block=16, gate=True, memory_options=dict(order=8, samples=8))
+    out = model.save_pretrained(tmp_path / "saved")
+    other = transformers.AutoModelForCausalLM.from_pretrained(saved_base)
+    with torch.no_grad():
+        other.model.norm.weight.add_(1e-3)
+    with pytest.raises(ValueError, match="relative to a base model whose weights have SHA-256"):
+        memplug.from_pretrained(out, base_model=other)
+    other.save_pretrained(saved_base)
+    with pytest.raises(ValueError, match="load the same base"):
+        memplug.from_pretrained(out)
+    with pytest.raises(ValueError, match="not a memplug pretrained folder; saving would replace it"):
+        model.save_pretrained(saved_base)  # never over the base model's own folder
+
+
+def test_a_model_built_from_a_config_is_saved_whole(tmp_path):
+    hf = tiny_hf("qwen2")
+    model = attach(hf, memory="elastic", block=16, memory_options=dict(order=8, samples=8))
+    assert model.backbone.source is None and model.backbone.base_digests is None
+    with pytest.raises(ValueError, match="tensors='changed' stores what differs from a base model"):
+        model.save_pretrained(tmp_path / "x", tensors="changed")
+    out = model.save_pretrained(tmp_path / "x")
+    assert json.loads((out / "memplug_config.json").read_text())["tensors"] == "all"
+    ids = ids_for(1, 70, seed=14)
+    with torch.no_grad():
+        assert torch.equal(memplug.from_pretrained(out)(ids).logits, model(ids).logits)
+
+
+def test_trainer_trains_an_attached_model(tmp_path):
+    """transformers.Trainer drives an attached model as it drives its own: 3 steps move the
+    weights, the logged loss is the model's, evaluation runs."""
+    from torch.utils.data import Dataset
+
+    class Windows(Dataset):
+        def __init__(self, n):
+            self.ids = ids_for(n, 48, seed=15)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    hf = tiny_hf("llama-gqa").train()
+    model = attach(hf, memory="elastic", block=16, gate=True, memory_options=dict(order=8, samples=8))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2,
+                                          gradient_accumulation_steps=2, learning_rate=1e-3, report_to=[],
+                                          save_strategy="no", logging_steps=1, use_cpu=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Windows(12), eval_dataset=Windows(4))
+    result = trainer.train()
+    assert result.global_step == 3 and math.isfinite(result.training_loss)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "attn.0.gate" in changed and any(n.startswith("backbone.hf.model.layers.") for n in changed)
+    evaluation = trainer.evaluate()
+    batch = Windows(4).ids
+    with torch.no_grad():
+        expected = model.eval()(batch, labels=batch).loss.item()
+    assert evaluation["eval_loss"] == pytest.approx(expected, rel=1e-4)

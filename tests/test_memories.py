@@ -186,7 +186,7 @@ def test_every_parameter_trains(name):
     """Every memory parameter (and every backbone parameter) gets a non-zero gradient."""
     model = model_for(name, torch.float32)
     ids = tokens(6 * L + 1)
-    model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
+    model(ids[:, :-1], shift_labels=ids[:, 1:]).loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {pname} gets no gradient"
     assert sum(p.numel() for m in model.memories for p in m.parameters()) > 0
@@ -231,7 +231,7 @@ def test_tiny_training_run_lowers_the_loss(name):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
+        loss = model(ids[:, :-1], shift_labels=ids[:, 1:]).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -38,9 +38,9 @@ def test_regime_oracle_matches_brute_force(context):
     for b in range(4):
         ids = batch.input_ids[b].tolist()
         for t in range(48):
-            if batch.labels[b, t] >= task.symbols:
+            if batch.targets[b, t] >= task.symbols:
                 continue
-            want = brute_force_regime_nll(task, ids[: t + 1], int(batch.labels[b, t]), int(start[t]))
+            want = brute_force_regime_nll(task, ids[: t + 1], int(batch.targets[b, t]), int(start[t]))
             assert nll[b, t].item() == pytest.approx(want, rel=1e-9)
             checked += 1
     assert checked > 100
@@ -59,7 +59,7 @@ def test_regime_answers_follow_queries():
     task = RegimeTask()
     batch = task.sample(8, 512, torch.Generator().manual_seed(0))
     assert (batch.input_ids[batch.scored] == task.query).all()
-    assert batch.input_ids.max() < task.vocab_size and batch.labels.max() < task.vocab_size
+    assert batch.input_ids.max() < task.vocab_size and batch.targets.max() < task.vocab_size
 
 
 @pytest.mark.parametrize("task", [PasskeyTask(distances=(40, 100)), RecallTask(span=60)])
@@ -80,8 +80,8 @@ def test_passkey_repeats_the_key():
     batch = task.sample(4, 200, torch.Generator().manual_seed(0))
     for b in range(4):
         pos = torch.nonzero(batch.scored[b]).flatten()
-        asked = batch.labels[b, pos]
-        stated = batch.labels[b, pos - 50]
+        asked = batch.targets[b, pos]
+        stated = batch.targets[b, pos - 50]
         assert torch.equal(asked, stated)
 
 
@@ -92,7 +92,7 @@ def test_passkey_repeat_states_and_asks_a_key_in_every_segment():
     assert (task.oracle_nll(batch, "block:16")[batch.scored] == 0).all()  # answerable from its own block
     for b, t in torch.nonzero(batch.scored).tolist():
         d = int(batch.distance[b, t])
-        assert t // 16 == (t - d) // 16 and batch.labels[b, t] == batch.labels[b, t - d]
+        assert t // 16 == (t - d) // 16 and batch.targets[b, t] == batch.targets[b, t - d]
     assert (batch.input_ids == task.key_mark).sum() == (batch.input_ids == task.ask_mark).sum() == 30
     with pytest.raises(ValueError, match="repeat"):
         PasskeyTask(key_length=4, distances=(6, 12), repeat=16)
@@ -105,7 +105,7 @@ def test_recall_repeat_keeps_every_question_inside_its_segment():
     assert (task.oracle_nll(batch, "block:64")[batch.scored] == 0).all()  # answerable from its own block
     for b, t in torch.nonzero(batch.scored).tolist():  # the binding stated d tokens back has the answer
         d = int(batch.distance[b, t])
-        assert batch.labels[b, t - d] == batch.labels[b, t] and batch.input_ids[b, t - d] == batch.input_ids[b, t]
+        assert batch.targets[b, t - d] == batch.targets[b, t] and batch.input_ids[b, t - d] == batch.input_ids[b, t]
     with pytest.raises(ValueError, match="repeat"):
         RecallTask(span=16, queries=4, repeat=20)
 

@@ -2,7 +2,8 @@
 
 ``memplug train`` builds with :func:`build_model_and_tokenizer`; ``memplug eval`` and user code
 load a checkpoint with :func:`load_trained`, which rebuilds the model from the config stored in
-the checkpoint and loads its verified weights.
+the checkpoint and loads its verified weights, or a folder written by
+:meth:`~memplug.core.model.MemoryModel.save_pretrained`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.model import build_model
+from ..core.model import MemoryModel, build_model
+from ..core.pretrained import is_pretrained, load_tokenizer, read_pretrained
 from ..data.prepare import Prepared, make_tokenizer
-from ..data.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
+from ..data.tokenizers import BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
 
@@ -62,11 +64,40 @@ def build_model_and_tokenizer(
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Any]:
     """A trained model, its tokenizer and its :class:`~memplug.app.config.Config` from a checkpoint
-    folder (verified; see :func:`memplug.app.checkpoint.read_checkpoint`)."""
+    folder (verified; see :func:`memplug.app.checkpoint.read_checkpoint`) or a pretrained folder
+    (:func:`load_pretrained_folder`)."""
+    if is_pretrained(path):
+        return load_pretrained_folder(path, device)
     ckpt = read_checkpoint(path)
     if ckpt.config is None:
-        raise CheckpointError(f"checkpoint {ckpt.path} has no experiment config; it was not written by memplug train")
+        raise CheckpointError(f"checkpoint {ckpt.path} has no experiment config; it was not written by memplug train "
+                              "(a model saved with model.save_pretrained(folder) loads from that folder)")
     config = Config.from_dict(ckpt.config)
     model, tokenizer = build_model_and_tokenizer(config, None, tokenizer_json=ckpt.text("tokenizer.json"))
     ckpt.load_model(model)
+    return model.to(device), tokenizer, config
+
+
+def load_pretrained_folder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Any]:
+    """The model of a ``save_pretrained`` folder, its tokenizer (the one saved there, else the
+    backbone's own, else bytes for a 256-token vocabulary) and a :class:`Config` whose ``[model]``
+    is the folder's (the rest defaults; ``name`` is the folder's)."""
+    record = read_pretrained(path)
+    model = MemoryModel.from_pretrained(path)
+    tokenizer = load_tokenizer(path, record)
+    if tokenizer is None and model.backbone.tokenizer is not None:
+        tokenizer = HFTokenizer(model.backbone.tokenizer)
+    if tokenizer is None and model.backbone.vocab_size == 256:
+        tokenizer = ByteTokenizer()
+    if tokenizer is None:
+        raise CheckpointError(f"{path} holds no tokenizer and its backbone has none: save it with "
+                              "model.save_pretrained(folder, tokenizer=...)")
+    table = dict(record["model"])
+    table["memory"] = table["memory"] or {"name": "none"}
+    table = {k: v for k, v in table.items() if v is not None}
+    try:
+        config = Config.from_dict({"name": Path(path).resolve().name, "model": table,
+                                   "data": {"tokenizer": tokenizer.name}})
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its model options do not form an experiment config ({exc})") from None
     return model.to(device), tokenizer, config

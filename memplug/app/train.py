@@ -348,7 +348,7 @@ class _Trainer:
                 state = None  # a fresh memory at every window start
             sync = i == len(passes) - 1 or not self.info.active  # DDP all-reduces on the last pass only
             with (nullcontext() if sync else self.runner.no_sync()), autocast(self.info.device, self.precision):
-                output = self.runner(x, state=state, labels=y)
+                output = self.runner(x, state=state, shift_labels=y)
                 # Equal-length windows: the process's mean is the mean of per-pass means.
                 loss = output.loss * (micro * x.shape[1]) / (share * seq)
             loss.backward()

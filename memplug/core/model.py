@@ -14,25 +14,49 @@ holds everything needed to continue, so any chunking of a sequence gives the log
         ...                                   # test-time sampling change, weights untouched
     with model.memory_masked():
         ...                                   # the block-local model with the same weights
+
+Hugging Face habits hold: ``labels`` align with ``input_ids`` (the loss shifts them, -100 is
+ignored), the output reads as ``out.loss``, ``out["loss"]`` or ``out[0]``, ``past_key_values=``
+is another name of ``state=``, ``generate`` takes ``transformers``' arguments and defaults, and
+``save_pretrained(dir)`` / :func:`from_pretrained` write and read a folder (see
+:mod:`memplug.core.pretrained`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.loss import causal_lm_loss
+from ..util.checks import positive_int
+from . import generation
 from .contracts import AttentionBackend, Backbone, Memory, Retriever
 from .layer import SPANS, MemoryAttention
-from .manager import make_backbone, make_memory, make_retriever
-from .state import ModelOutput, ModelState
+from .manager import VERSION, make_backbone, make_memory, make_retriever
+from .pretrained import (
+    FORMAT,
+    backbone_table,
+    check_json,
+    read_pretrained,
+    read_tensors,
+    select_tensors,
+    weights_sha256,
+    write_pretrained,
+)
+from .state import ModelOutput, ModelState, config_mismatch
 
-__all__ = ["MemoryModel", "MemorySpec", "RetrieverSwap", "build_model"]
+__all__ = ["MemoryModel", "MemorySpec", "RetrieverSwap", "build_model", "from_pretrained"]
+
+#: Keyword arguments of ``forward`` that only the loss reads (as in ``transformers``).
+LOSS_KWARGS = ("shift_labels", "num_items_in_batch")
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32)
 
 
 class RetrieverSwap:
@@ -75,6 +99,11 @@ class MemoryModel(nn.Module):
             the layers with a memory).
     """
 
+    #: Read by ``transformers.Trainer``: the loss shifts ``labels`` as its causal-LM loss does
+    #: (so it counts the scored tokens of a batch as ``labels[:, 1:]``), and the input's name.
+    loss_type = "ForCausalLM"
+    main_input_name = "input_ids"
+
     def __init__(
         self,
         backbone: Backbone,
@@ -89,6 +118,7 @@ class MemoryModel(nn.Module):
         sink: int = 0,
     ) -> None:
         super().__init__()
+        positive_int("block", block)
         if span not in SPANS:
             raise ValueError(f"span must be one of {SPANS}, got {span!r}")
         if memory_options and not isinstance(memory, str):
@@ -103,6 +133,12 @@ class MemoryModel(nn.Module):
                                     gate=gate and mem is not None, sink=sink)
             layer.setup(backbone.heads, backbone.kv_heads, backbone.head_dim)
             self.attn.append(layer)
+        # how the model was built, for spec() and save_pretrained()
+        self._memory_spec = (memory, dict(memory_options or {}))
+        self._layer_options = {"layers": None if layers is None else list(layers), "span": span,
+                               "attention": attention if isinstance(attention, str) else attention.name,
+                               "gate": gate, "sink": sink}
+        self._state_config = self._describe_state()
 
     @staticmethod
     def _layer_index(i: int, n: int) -> int:
@@ -126,32 +162,131 @@ class MemoryModel(nn.Module):
     def memories(self) -> list[Memory]:
         return [layer.memory for layer in self.attn if layer.memory is not None]
 
+    # --- streams -------------------------------------------------------------------------------
+
+    def _describe_state(self) -> dict[str, Any]:
+        """What gives a state its meaning: the layers' geometry, block, span and sink, and per
+        layer the memory and every module of it but the retriever (which may be swapped over a
+        live state), each as its class and ``extra_repr`` (an encoder's order and measure)."""
+        memories = []
+        for layer in self.attn:
+            memory = layer.memory
+            if memory is None:
+                memories.append(None)
+                continue
+            swappable = {id(m) for m in memory.retriever.modules()} if memory.retriever is not None else set()
+            memories.append({name or ".": f"{type(m).__qualname__}({m.extra_repr()})"
+                             for name, m in memory.named_modules() if id(m) not in swappable})
+        described = {"backbone": self.backbone.name, "block": self.block, "span": self._layer_options["span"],
+                     "sink": self._layer_options["sink"],
+                     "geometry": [self.backbone.heads, self.backbone.kv_heads, self.backbone.head_dim],
+                     "memories": memories}
+        return json.loads(json.dumps(described))
+
+    def state_config(self) -> dict[str, Any]:
+        """The configuration every :class:`ModelState` of this model records (JSON-ready)."""
+        return self._state_config
+
     def init_state(self) -> ModelState:
         """The state at the start of a stream."""
-        return ModelState(0, [{} for _ in self.attn])
+        return ModelState(0, [{} for _ in self.attn], self._state_config)
 
-    def forward(self, input_ids: Tensor, state: ModelState | None = None, labels: Tensor | None = None) -> ModelOutput:
-        """(B, T) token ids, continuing ``state`` -> logits (B, T, vocab), loss and the new state.
-
-        ``labels`` (B, T) are the next-token targets aligned with ``input_ids`` (-100 ignored);
-        the loss is their mean cross-entropy.
-        """
-        if state is None:
-            state = self.init_state()
+    def _check_state(self, state: Any) -> ModelState:
+        if not isinstance(state, ModelState):
+            raise ValueError(f"state must be a ModelState (out.state of an earlier call) or None, got {type(state).__name__}")
         if len(state.layers) != len(self.attn):
             raise ValueError(f"state has {len(state.layers)} layers, the model {len(self.attn)}")
+        if state.config is not None and state.config is not self._state_config:
+            differs = config_mismatch(state.config, self._state_config)
+            if differs:
+                raise ValueError(f"this state was made by a model of another configuration ({differs}; the state's "
+                                 "first): continue it with the model that made it, or start a new stream (state=None)")
+        return state
+
+    def _check_input_ids(self, input_ids: Any) -> Tensor:
+        """``input_ids`` as a (B, T) integer tensor of ids in [0, vocab), else a ValueError naming the problem."""
+        if not isinstance(input_ids, Tensor):
+            raise ValueError(f"input_ids must be a (batch, tokens) tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dtype not in INTEGER_DTYPES:
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.ndim != 2:
+            hint = "; add a batch axis: input_ids[None]" if input_ids.ndim == 1 else ""
+            raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}{hint}")
+        if input_ids.numel():
+            lo, hi = (int(x) for x in torch.aminmax(input_ids))
+            vocab = self.backbone.vocab_size
+            if lo < 0 or hi >= vocab:
+                raise ValueError(f"input_ids holds token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab})")
+        return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        state: ModelState | None = None,
+        labels: Tensor | None = None,
+        *,
+        attention_mask: Tensor | None = None,
+        past_key_values: ModelState | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        **loss_kwargs: Any,
+    ) -> ModelOutput | tuple[Any, ...]:
+        """(B, T) token ids, continuing ``state`` -> logits (B, T, vocab), loss and the new state.
+
+        ``labels`` (B, T) are aligned with ``input_ids``, as in ``transformers``: the logits at
+        position ``i`` are scored against ``labels[:, i + 1]``, -100 is ignored, and the loss is
+        the mean cross-entropy (``labels=input_ids`` is next-token prediction). Keyword-only, as
+        ``transformers`` takes them: ``shift_labels`` (B, T), targets already shifted
+        (``shift_labels[:, i]`` follows position ``i``; what a loop feeding a sequence in
+        segments gives, since a segment's last target is in the next one), and
+        ``num_items_in_batch`` (the loss is then a sum divided by it).
+
+        ``attention_mask`` may be given but only all ones: a row of padding would shift that
+        row's blocks and positions, which one stream state cannot hold. ``past_key_values`` is
+        another name of ``state`` (a :class:`ModelState`, not a Hugging Face cache);
+        ``use_cache=False`` returns no state; ``return_dict=False`` returns ``to_tuple()``.
+        """
+        unknown = sorted(set(loss_kwargs) - set(LOSS_KWARGS))
+        if unknown:
+            raise TypeError(f"forward() got unexpected keyword arguments {unknown}; it takes labels, shift_labels, "
+                            "num_items_in_batch, attention_mask, past_key_values (or state), use_cache, return_dict")
+        input_ids = self._check_input_ids(input_ids)
+        if past_key_values is not None:
+            if state is not None:
+                raise ValueError("give the stream state as state= or as past_key_values=, not both")
+            state = past_key_values
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, input_ids)
+        state = self.init_state() if state is None else self._check_state(state)
         h = self.backbone.embed(input_ids)  # (B, T, d)
-        caches = []
-        for i, layer in enumerate(self.attn):
-            q, k, v = self.backbone.attention_inputs(i, h)  # (B, H, T, D), (B, Hkv, T, D) x2
-            out, cache = layer(q, k, v, state.layers[i], state.position, self.backbone.rotate)
-            h = self.backbone.attention_output(i, h, out)  # (B, T, d)
-            caches.append(cache)
+        if input_ids.shape[0]:
+            caches = []
+            for i, layer in enumerate(self.attn):
+                q, k, v = self.backbone.attention_inputs(i, h)  # (B, H, T, D), (B, Hkv, T, D) x2
+                out, cache = layer(q, k, v, state.layers[i], state.position, self.backbone.rotate)
+                h = self.backbone.attention_output(i, h, out)  # (B, T, d)
+                caches.append(cache)
+        else:  # no rows: nothing to attend to, and the layers cannot cut zero rows into blocks
+            caches = [dict(layer) for layer in state.layers]
         logits = self.backbone.head(h)  # (B, T, vocab)
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return ModelOutput(logits, loss, ModelState(state.position + input_ids.shape[1], caches))
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+            loss = causal_lm_loss(logits, labels, **loss_kwargs)
+        new_state = None if use_cache is False else ModelState(state.position + input_ids.shape[1], caches,
+                                                                 self._state_config)
+        output = ModelOutput(logits, loss, new_state)
+        return output.to_tuple() if return_dict is False else output
+
+    @staticmethod
+    def _check_attention_mask(attention_mask: Any, input_ids: Tensor) -> None:
+        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+            raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {shape}")
+        if not bool(attention_mask.bool().all()):
+            raise ValueError("attention_mask has zeros (padding), which memplug does not support: a padded row would "
+                             "shift its blocks and positions; give rows of equal length (e.g. texts grouped into "
+                             "blocks of N tokens) with no mask or an all-ones mask, or one row per call")
 
     def swap_retriever(self, retriever: str | Retriever, **cfg: Any) -> RetrieverSwap:
         """Replace the retriever of every memory that has one (Elastic) without touching weights.
@@ -186,31 +321,105 @@ class MemoryModel(nn.Module):
             for layer, masked in zip(self.attn, saved):
                 layer.masked = masked
 
-    @torch.no_grad()
-    def generate(
-        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
-    ) -> Tensor:
-        """Sample ``max_new_tokens`` after the prompt (B, T); returns (B, T + max_new_tokens).
+    def generate(self, input_ids: Tensor, max_new_tokens: int | None = None, **options: Any) -> Tensor:
+        """The prompt (B, T) and up to ``max_new_tokens`` new tokens, with ``transformers``'
+        arguments and defaults: greedy unless ``do_sample=True`` (then ``temperature``,
+        ``top_k=50``, ``top_p``), ``eos_token_id``, ``pad_token_id``, ``max_length``,
+        ``streamer``; also ``state`` (continue a stream) and ``generator``. The prompt is streamed
+        once, then one token per call through the same state. See
+        :func:`memplug.core.generation.generate`."""
+        return generation.generate(self, input_ids, max_new_tokens, **options)
 
-        The prompt is streamed once, then one token per call through the same state.
-        ``temperature=0`` is greedy.
+    # --- saving and loading --------------------------------------------------------------------
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON-ready ``[model]`` table that rebuilds this model: ``backbone`` (name and
+        options), ``memory`` (name and options, or ``None``), ``block``, ``layers``, ``span``,
+        ``attention``, ``gate`` and ``sink``. A memory given as an object or a factory cannot be
+        recorded (its options are unknown): build with its name and ``memory_options``."""
+        memory, options = self._memory_spec
+        if memory is not None and not isinstance(memory, str):
+            raise ValueError(f"the memory of this model was given as a {type(memory).__name__}, whose options cannot "
+                             "be recorded: build the model with memory=<registered name> and memory_options={...}")
+        table = {"backbone": backbone_table(self.backbone),
+                 "memory": None if memory is None else {"name": memory, **options},
+                 "block": self.block, **self._layer_options}
+        return check_json("the model's options", table)
+
+    def _base_digests(self) -> dict[str, str] | None:
+        """``{state-dict name: SHA-256}`` of the base weights the backbone was loaded with, if any."""
+        base = getattr(self.backbone, "base_digests", None)
+        return None if base is None else {f"backbone.{name}": digest for name, digest in base.items()}
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        tensors: str | Iterable[str] = "auto",
+        tokenizer: Any = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write this model to ``directory``: its :meth:`spec` as JSON and tensors as safetensors.
+
+        ``tensors``: ``"auto"`` (default) stores what differs from the base model when the
+        backbone has one that can be loaded again (a Hugging Face model loaded by name or path:
+        the tensors memplug added, such as gates, and those whose bytes changed, with the base's
+        SHA-256 to check it on loading), else every tensor; ``"all"``; ``"changed"``; or a list
+        of state-dict names (e.g. only the trained ones), stored relative to the base likewise.
+        ``tokenizer`` (default: the backbone's own, if any) is saved beside them. A folder saved
+        before is replaced; any other non-empty folder is refused unless ``overwrite=True``.
+        Read it back with :func:`from_pretrained`.
         """
-        out = self(input_ids)
-        tokens = [input_ids]
-        for step in range(max_new_tokens):
-            logits = out.logits[:, -1, :].float()  # (B, vocab)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1)  # (B, 1)
-            tokens.append(nxt)
-            if step + 1 < max_new_tokens:
-                out = self(nxt, state=out.state)
-        return torch.cat(tokens, dim=1)
+        table = self.spec()
+        state = self.state_dict()
+        base = self._base_digests()
+        names, how = select_tensors(state, tensors, base)
+        record: dict[str, Any] = {"format": FORMAT, "memplug": VERSION, "model": table, "tensors": how}
+        if base is not None and how != "all":
+            record["base_sha256"] = weights_sha256(self.backbone.base_digests)
+        tokenizer = tokenizer if tokenizer is not None else self.backbone.tokenizer
+        return write_pretrained(directory, record, {n: state[n] for n in names}, tokenizer=tokenizer,
+                                overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, base_model: Any = None) -> MemoryModel:
+        """The model saved in ``directory`` by :meth:`save_pretrained`, in eval mode.
+
+        The model is built from the recorded options (a Hugging Face base is loaded by its
+        recorded name or path, or ``base_model``: a loaded model, name or path to use instead),
+        the base's weights are checked against the recorded SHA-256 when only some tensors were
+        stored, and the stored tensors are loaded over it.
+        """
+        record = read_pretrained(directory)
+        table = dict(record["model"])
+        backbone = dict(table.pop("backbone"))
+        name = backbone.pop("name")
+        if base_model is not None:
+            backbone["model"] = base_model
+        memory = table.pop("memory")
+        memory_name = None if memory is None else memory.pop("name")
+        model = build_model(name, memory_name, table.pop("block"), backbone_options=backbone, memory_options=memory,
+                            **table)
+        expected = record.get("base_sha256")
+        if expected is not None:
+            base = getattr(model.backbone, "base_digests", None)
+            found = None if base is None else weights_sha256(base)
+            if found != expected:
+                raise ValueError(f"{directory} stores tensors relative to a base model whose weights have SHA-256 "
+                                 f"{expected[:12]}..., but the base loaded from {backbone.get('model')!r} has "
+                                 f"{found and found[:12] + '...'}: load the same base (base_model=...)")
+        tensors = read_tensors(directory, record)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if unexpected:
+            raise ValueError(f"{directory} holds tensors this model does not have: {sorted(unexpected)[:5]}")
+        if record["tensors"] == "all" and missing:
+            raise ValueError(f"{directory} lacks tensors of this model: {sorted(missing)[:5]}")
+        return model.eval()
+
+
+def from_pretrained(directory: str | Path, *, base_model: Any = None) -> MemoryModel:
+    """:meth:`MemoryModel.from_pretrained`: the model saved in ``directory``, in eval mode."""
+    return MemoryModel.from_pretrained(directory, base_model=base_model)
 
 
 def build_model(

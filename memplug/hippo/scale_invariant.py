@@ -50,9 +50,11 @@ import operator
 import torch
 from torch import Tensor
 
+from ..util.checks import non_negative_int, positive_int
 from ..util.lru import TensorLRU
 from ..core.contracts import Encoder, TimeLike
 from .legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
+from .order import check_order
 from .quadrature import shifted_gauss_jacobi
 from .scan import linear_recurrence
 
@@ -109,15 +111,13 @@ class ScaleInvariantMeasure(Encoder):
         self, order: int = 64, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
     ) -> None:
         super().__init__()
-        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
-            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        check_order(order)
         beta = float(beta)
         if not (math.isfinite(beta) and beta > -1):
             raise ValueError(f"beta must be a finite number > -1, got {beta!r}")
         if cache_bytes is None:
             cache_bytes = default_cache_bytes(order)
-        if not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be None or an int >= 0, got {cache_bytes!r}")
+        non_negative_int("cache_bytes", cache_bytes)
         if scan_method not in ("auto", "sequential", "parallel"):
             raise ValueError(f"scan_method must be 'auto', 'sequential' or 'parallel', got {scan_method!r}")
         self.order = order
@@ -232,8 +232,7 @@ class ScaleInvariantMeasure(Encoder):
         matmuls (in x's dtype, as in :meth:`update`), then the block recurrence
         (:func:`memplug.hippo.scan.linear_recurrence`) in the promoted dtype of state and x."""
         t0 = _position(t0, "t0")
-        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        positive_int("block", block)
         if state is not None:
             self._check_stream(state, x, t0)
         elif x.dim() < 2 or x.shape[-2] < 1:

@@ -26,9 +26,11 @@ import abc
 import torch
 from torch import Tensor
 
+from ..util.checks import positive_int
 from ..util.lru import TensorLRU
 from ..core.contracts import Encoder, TimeLike
 from .discretize import block_transition, zoh
+from .order import check_order
 from .scan import linear_recurrence
 
 __all__ = ["TimeInvariantMeasure"]
@@ -46,12 +48,10 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
 
     def __init__(self, order: int, window: float, cache_size: int = 8) -> None:
         super().__init__()
-        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
-            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        check_order(order)
         if not float(window) > 0:
             raise ValueError(f"window must be > 0 tokens, got {window!r}")
-        if not isinstance(cache_size, int) or cache_size < 1:
-            raise ValueError(f"cache_size must be an int >= 1, got {cache_size!r}")
+        positive_int("cache_size", cache_size)
         self.order = order
         self.window = float(window)
         self.cache_size = cache_size
@@ -119,8 +119,7 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         from the block recurrence ``s_i = Ā^L s_(i-1) + K x_i``.
         """
         _check_stream(x, t0)
-        if not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        positive_int("block", block)
         dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
         state = None if state is None else state.to(dtype)
         length = x.shape[-2]

@@ -13,15 +13,16 @@ from torch import Tensor
 class Batch:
     """A batch of next-token problems.
 
-    ``input_ids`` (B, T) and ``labels`` (B, T): ``labels[:, i]`` is the token after
-    ``input_ids[:, i]``, -100 where nothing is scored. ``scored`` (B, T) marks the positions
-    the task's metric is about (a subset of the labelled ones); ``distance`` (B, T) is, for
-    recall tasks, how many tokens back the information needed at that position was stated
-    (-1 where not applicable).
+    ``input_ids`` (B, T) and ``targets`` (B, T): ``targets[:, i]`` is the token after
+    ``input_ids[:, i]``, -100 where nothing is scored. They are already shifted: give them to a
+    model as ``shift_labels=``, not as ``labels=`` (which a model shifts itself). ``scored``
+    (B, T) marks the positions the task's metric is about (a subset of the scored targets);
+    ``distance`` (B, T) is, for recall tasks, how many tokens back the information needed at
+    that position was stated (-1 where not applicable).
     """
 
     input_ids: Tensor
-    labels: Tensor
+    targets: Tensor
     scored: Tensor
     distance: Tensor
 
@@ -33,7 +34,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
-        """``batch`` sequences of ``length`` tokens (plus their shifted labels)."""
+        """``batch`` sequences of ``length`` tokens (plus their targets)."""
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor | None:
         """Best achievable next-token loss in nats at every position (B, T) for a predictor
@@ -57,7 +58,7 @@ def block_start(length: int, context: str) -> Tensor:
 
 
 class ScoredOnly(Task):
-    """``task`` with the training loss restricted to its scored tokens (other labels -100).
+    """``task`` with the training loss restricted to its scored tokens (other targets -100).
 
     Synthetic tasks are mostly i.i.d. filler whose only lesson is its distribution; once that is
     learned, the filler's gradient is noise that drowns the few tokens that depend on the
@@ -69,7 +70,7 @@ class ScoredOnly(Task):
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         data = self.task.sample(batch, length, generator)
-        data.labels = data.labels.masked_fill(~data.scored, -100)  # (B, T)
+        data.targets = data.targets.masked_fill(~data.scored, -100)  # (B, T)
         return data
 
     def oracle_nll(self, batch: Batch, context: str) -> Tensor | None:
@@ -94,5 +95,5 @@ class Mixture(Task):
         source = torch.randint(len(self.tasks), (batch,), generator=generator)  # (B,)
         parts = [task.sample(batch, length, generator) for task in self.tasks]
         rows = torch.arange(batch)
-        fields = ("input_ids", "labels", "scored", "distance")
+        fields = ("input_ids", "targets", "scored", "distance")
         return Batch(*(torch.stack([getattr(part, f) for part in parts])[source, rows] for f in fields))

@@ -22,5 +22,5 @@ class CorpusTask(Task):
             self._samplers[length] = WindowSampler(self.data, length)
         draw = int(torch.randint(2**62, (1,), generator=generator))
         window = self._samplers[length].batch(draw, batch)  # (B, T+1)
-        labels = window[:, 1:]
-        return Batch(window[:, :-1], labels, torch.ones_like(labels, dtype=torch.bool), torch.full_like(labels, -1))
+        targets = window[:, 1:]
+        return Batch(window[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool), torch.full_like(targets, -1))

@@ -73,7 +73,7 @@ class RegimeTask(Task):
         seq[stated, 0] = self.symbols + 1 + regime[stated]
         return Batch(
             input_ids=seq[:, :-1],
-            labels=seq[:, 1:].clone(),
+            targets=seq[:, 1:].clone(),
             scored=is_answer[:, 1:].clone(),
             distance=torch.full((batch, length), -1),
         )
@@ -81,7 +81,7 @@ class RegimeTask(Task):
     def oracle_nll(self, batch: Batch, context: str) -> Tensor:
         """Exact Bayes loss (nats) of every next token given ``context`` (QUERY tokens and
         markers, which carry no regime evidence in their timing, are scored at chance)."""
-        ids, labels = batch.input_ids, batch.labels
+        ids, targets = batch.input_ids, batch.targets
         B, T = ids.shape
         log_filler, log_answer = self.filler.log(), self.answers.log()  # (K, S) each
         is_symbol = ids < self.symbols
@@ -106,8 +106,8 @@ class RegimeTask(Task):
         pinned[torch.arange(B), named] = 0.0
         ll = torch.where(sees_marker[..., None], pinned[:, None, :], ll)
         log_post = ll - ll.logsumexp(-1, keepdim=True)  # (B, T, K)
-        nxt = labels.clamp_max(self.symbols - 1)
-        answer_next = ids == self.query  # the label follows a QUERY
+        nxt = targets.clamp_max(self.symbols - 1)
+        answer_next = ids == self.query  # the target follows a QUERY
         law = torch.where(answer_next[..., None], log_answer.T[nxt], log_filler.T[nxt])  # (B, T, K)
         nll = -(log_post + law).logsumexp(-1)
-        return torch.where(labels < self.symbols, nll, math.log(self.vocab_size))
+        return torch.where(targets < self.symbols, nll, math.log(self.vocab_size))

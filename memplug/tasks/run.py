@@ -49,9 +49,10 @@ def train_on_task(
 ) -> TaskRun:
     """AdamW on fresh task batches until ``steps`` or ``seconds`` runs out (whichever first).
 
-    The loss is next-token cross-entropy on every labelled position; ``precision`` is
-    ``"auto"`` (bf16 autocast where the device computes it fast), ``"bf16"`` or ``"fp32"`` (see
-    :mod:`memplug.app.precision`). Returns the loss curve.
+    The loss is next-token cross-entropy on every target (``Batch.targets`` other than -100,
+    given to the model as ``shift_labels``); ``precision`` is ``"auto"`` (bf16 autocast where
+    the device computes it fast), ``"bf16"`` or ``"fp32"`` (see :mod:`memplug.app.precision`).
+    Returns the loss curve.
     """
     if steps is None and seconds is None:
         raise ValueError("give steps or seconds (or both)")
@@ -68,7 +69,7 @@ def train_on_task(
     while (steps is None or run.steps < steps) and (seconds is None or time.perf_counter() - start < seconds):
         data = task.sample(batch, length, gen)
         with autocast(device, precision):
-            out = model(data.input_ids.to(device), labels=data.labels.to(device))
+            out = model(data.input_ids.to(device), shift_labels=data.targets.to(device))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,9 +111,9 @@ def score_on_task(
         logits = model(data.input_ids.to(device)).logits.float().cpu()
         mask = data.scored.clone()
         mask[:, :skip] = False
-        nll = F.cross_entropy(logits.transpose(1, 2), data.labels, reduction="none")  # (B, T)
+        nll = F.cross_entropy(logits.transpose(1, 2), data.targets, reduction="none")  # (B, T)
         nll_sum += nll[mask].sum().item()
-        correct += (logits.argmax(-1) == data.labels)[mask].sum().item()
+        correct += (logits.argmax(-1) == data.targets)[mask].sum().item()
         count += int(mask.sum())
         for c in oracles:
             oracle_sum[c] += task.oracle_nll(data, c)[mask].sum().item()

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 import memplug
+from memplug.util.checks import positive_int
 from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 from memplug.hippo.discretize import DISCRETIZATIONS
 from memplug.hippo.legendre import shifted_legendre, shifted_legendre_antiderivative, shifted_legendre_derivative
@@ -66,8 +67,7 @@ class LegS(ScaleInvariantMeasure):
         super().__init__(order, beta=0.0, **kwargs)
         if discretization != "exact" and discretization not in ODE_RULES:
             raise ValueError(f"discretization must be 'exact' or one of {ODE_RULES}, got {discretization!r}")
-        if not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1:
-            raise ValueError(f"substeps must be an int >= 1, got {substeps!r}")
+        positive_int("substeps", substeps)
         self.discretization = discretization
         self.substeps = substeps
 
@@ -112,8 +112,7 @@ class LegS(ScaleInvariantMeasure):
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         if self.discretization == "exact":
             return super().scan(x, block, t0, state)
-        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        positive_int("block", block)
         c = self.init_state(*x.shape[:-2], channels=x.shape[-1], dtype=x.dtype, device=x.device)
         c = c if state is None else state
         states = []

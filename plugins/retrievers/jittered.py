@@ -47,7 +47,8 @@ class Jittered(Retriever):
     def __init__(self, samples: int = 64, max_rate: float = 4.0, jitter: bool = True) -> None:
         super().__init__()
         self.samples = check_samples(samples)
-        if not (isinstance(max_rate, (int, float)) and math.isfinite(max_rate) and max_rate >= 1):
+        if isinstance(max_rate, bool) or not (isinstance(max_rate, (int, float)) and math.isfinite(max_rate)
+                                              and max_rate >= 1):
             raise ValueError(f"max_rate must be a finite number >= 1, got {max_rate!r}")
         self.max_rate, self.jitter = float(max_rate), bool(jitter)
         self.register_buffer("fractions", midpoints(self.samples), persistent=False)  # (P,)

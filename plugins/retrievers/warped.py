@@ -26,6 +26,8 @@ from memplug.ops.sampling import check_samples, midpoints, place
 
 #: warp -> default rate
 WARPS = {"exponential": 4.0, "power": 2.0}
+#: The largest exponential rate: e^rate must stay a finite float64 (e^709.78 is the largest).
+MAX_EXPONENTIAL_RATE = 700.0
 
 
 def warp_distances(u: Tensor, warp: str, rate: float) -> Tensor:
@@ -72,9 +74,13 @@ class Warped(Retriever):
             self.register_buffer("distances", dist.sort(descending=True).values, persistent=False)  # (P,)
             return
         self.samples = check_samples(64 if samples is None else samples)
-        self.rate = WARPS[warp] if rate is None else float(rate)
-        if not self.rate > 0 or not math.isfinite(self.rate):
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not math.isfinite(rate) or not rate > 0):
             raise ValueError(f"rate must be a finite number > 0 for warp={warp!r}, got {rate!r}")
+        self.rate = WARPS[warp] if rate is None else float(rate)
+        if warp == "exponential" and self.rate > MAX_EXPONENTIAL_RATE:
+            raise ValueError(f"rate must be at most {MAX_EXPONENTIAL_RATE:g} for warp='exponential' (e^rate overflows "
+                             f"a float64 beyond 709), got {rate!r}")
         self.distances = None
         # fraction of the support from its oldest end, ascending: 1 - d(u) for u descending
         far_to_near = 1 - warp_distances(midpoints(self.samples).flip(0), warp, self.rate)
