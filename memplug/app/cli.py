@@ -30,6 +30,7 @@ BUILTIN_COMMANDS: tuple[str, ...] = (
     "memplug.tasks.cli",
     "memplug.app.demo",
     "memplug.app.reconstruct",
+    "memplug.app.examples",
 )
 
 
