@@ -10,6 +10,7 @@ hook call (pluggy's tracing).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,33 @@ def memplug_add_commands(registry: Commands) -> None:
     registry.add("plugins", "list every plugin by kind, name and providing distribution", _plugins_args, _plugins_run)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is at that moment, so a later redirection (a
+    test's captured stderr) still applies."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def show_log_messages() -> None:
+    """Show the library's log messages (the ``memplug`` logger, INFO and above) on stderr, once.
+
+    The command line calls this; as a library memplug adds no handler (configure
+    ``logging.getLogger("memplug")`` as you like).
+    """
+    log = logging.getLogger("memplug")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("memplug: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help already says it or there is none to show."""
 
@@ -115,6 +143,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    show_log_messages()
     commands = load_commands()
     parser = argparse.ArgumentParser(prog="memplug", description="memplug: memory plugins for transformers")
     parser.add_argument("--version", action="version", version=f"memplug {VERSION}")

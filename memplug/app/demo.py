@@ -19,6 +19,7 @@ Three parts, each printed as it finishes and collected in one table and one figu
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from ..tasks.run import TaskRun, score_on_task, train_on_task
 REGIME = dict(d_model=128, n_layers=2, n_heads=4, block=64, length=1024, batch=16, order=64, samples=64, lr=2e-3)
 CODE = dict(d_model=128, n_layers=2, n_heads=4, block=128, length=1024, batch=8, order=64, samples=64, lr=2e-3)
 WARP = dict(warp="exponential", rate=4.0)
+
+log = logging.getLogger(__name__)
 
 
 def _model(cfg: dict[str, Any], vocab: int, memory: str | None, seed: int) -> MemoryModel:
@@ -143,7 +146,8 @@ def _markdown(rows: list[dict[str, Any]], reconstruction: list, seconds: float) 
 def run_demo(seconds: float = 180.0, out: str | Path = "memplug-demo", seed: int = 0, progress: bool = True,
              parts: tuple[str, ...] = ("regime", "code", "reconstruct")) -> dict[str, Any]:
     """Run the demo; write ``demo.md``, ``demo.json``, ``demo.png`` and ``demo_reconstruct.png``
-    into ``out``; return the rows. ``seconds`` is the training time of each model."""
+    into ``out``; return the rows, the time taken and the report's Markdown. ``seconds`` is the
+    training time of each model."""
     from .reconstruct import reconstruct
 
     if seconds <= 0:
@@ -172,9 +176,8 @@ def run_demo(seconds: float = 180.0, out: str | Path = "memplug-demo", seed: int
     write_report(out, "demo", markdown, {"rows": rows, "seconds_per_model": seconds,
                                          "losses": {k: r.losses for k, r in runs.items()}},
                  title="memplug demo", seconds=elapsed)
-    print(markdown.split("\n\n![")[0])
-    print(f"\nwrote {out / 'demo.md'} ({elapsed / 60:.1f} min)")
-    return {"rows": rows, "seconds": elapsed}
+    log.info("demo: wrote %s (%.1f min)", out / "demo.md", elapsed / 60)
+    return {"rows": rows, "seconds": elapsed, "markdown": markdown}
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +189,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_demo(args.seconds, args.out, args.seed, not args.no_progress, tuple(p for p in args.parts.split(",") if p))
+    result = run_demo(args.seconds, args.out, args.seed, not args.no_progress, tuple(p for p in args.parts.split(",") if p))
+    print(result["markdown"].split("\n\n![")[0])  # the tables, without the figures
     return 0
 
 

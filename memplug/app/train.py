@@ -25,6 +25,7 @@ import argparse
 import csv
 import math
 import json
+import logging
 import signal
 import sys
 import threading
@@ -66,6 +67,8 @@ from .distributed import (
 from .evaluate import evaluate
 from .precision import autocast, resolve_precision
 from ..data.tokenizers import BPETokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OutputError", "TrainResult", "lr_at", "train"]
 
@@ -287,7 +290,7 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
     model.to(info.device)
     precision = resolve_precision(tc.precision, info.device)
     if info.main:
-        print(f"memplug train: precision {precision}", file=sys.stderr)
+        log.info("train: precision %s", precision)
     sampler = WindowSampler(train_data, config.data.seq_len, tc.seed)
     val_windows = gather(val_data.tokens, eval_starts(val_data, config.data.seq_len, lc.eval_windows),
                          config.data.seq_len + 1)
@@ -399,8 +402,10 @@ def _train(config: Config, info: DistInfo, resume: bool | str | Path,
                 if stopping:
                     result.interrupted = True
                     if info.main:
-                        print(f"\n{stop.signal_name or 'stop'} received: stopped after step {step}; checkpoint "
-                              f"{result.checkpoint}; continue with --resume", file=sys.stderr)
+                        if bar is not None:
+                            bar.close()  # the message on a line of its own
+                        log.warning("train: %s received: stopped after step %d; checkpoint %s; continue with --resume",
+                                    stop.signal_name or "stop", step, result.checkpoint)
                     break
             if not result.interrupted and step == tc.steps and (step not in result.evals):
                 validate(step)
