@@ -59,7 +59,7 @@ class TinyConfig:
 #: Named sizes (the parameter count each reaches with the byte vocabulary is tested).
 PRESETS: dict[str, dict] = {
     "tiny-1m": dict(d_model=128, n_layers=5, n_heads=4),  # 1.1M
-    "tiny-3m": dict(d_model=256, n_layers=4, n_heads=4),  # 3.3M (the DESIGN §6 prototype size)
+    "tiny-3m": dict(d_model=256, n_layers=4, n_heads=4),  # 3.3M (the model of configs/code-elastic.toml)
     "tiny-10m": dict(d_model=384, n_layers=6, n_heads=6),  # 10.7M
     "tiny-30m": dict(d_model=512, n_layers=10, n_heads=8, n_kv_heads=4),  # 30M
     "tiny-100m": dict(d_model=768, n_layers=16, n_heads=12, n_kv_heads=4),  # 101M

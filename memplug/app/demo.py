@@ -11,8 +11,9 @@ Three parts, each printed as it finishes and collected in one table and one figu
 2. **Real data** (the CPython standard library source, no download): one elastic byte-level
    model trained for the same time, evaluated on held-out files with its memory, with its
    memory masked, and with a recency-warped retriever swapped in at test time. A small model
-   trained for minutes does not beat block-local attention on real text (DESIGN §6); this part
-   reports what the memory contributes inside one trained model, not a win over a baseline.
+   trained for minutes does not beat block-local attention on real text (the ``lm_sweep``
+   table of docs/results: no memory does at 300 steps); this part reports what the memory
+   contributes inside one trained model, not a win over a baseline.
 3. **The encoder reconstruction plot** of ``memplug reconstruct``.
 """
 
@@ -33,7 +34,8 @@ from ..tasks import RegimeTask, ScoredOnly
 from ..tasks.corpus import CorpusTask
 from ..tasks.run import TaskRun, score_on_task, train_on_task
 
-#: Sizes of the demo (DESIGN §6: the regime task shows memory within minutes at this size).
+#: Sizes of the demo: small enough that the regime task shows the memory at work within minutes of
+#: CPU training (docs/results/demo.md holds a run).
 REGIME = dict(d_model=128, n_layers=2, n_heads=4, block=64, length=1024, batch=16, order=64, samples=64, lr=2e-3)
 CODE = dict(d_model=128, n_layers=2, n_heads=4, block=128, length=1024, batch=8, order=64, samples=64, lr=2e-3)
 WARP = dict(warp="exponential", rate=4.0)
