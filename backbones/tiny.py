@@ -27,6 +27,8 @@ from memplug.core.contracts import Backbone
 
 @dataclass
 class TinyConfig:
+    """The options of the ``tiny`` backbone (``backbone_options`` / ``[model.backbone]``)."""
+
     vocab_size: int = 256  # bytes
     d_model: int = 256
     n_layers: int = 4
@@ -130,7 +132,15 @@ class DecoderLayer(nn.Module):
 
 
 class TinyBackbone(Backbone):
-    """Llama-style decoder for bytes (or any vocabulary): the built-in ``tiny`` backbone."""
+    """Llama-style decoder for bytes (or any vocabulary): the built-in ``tiny`` backbone.
+
+    Args:
+        config: a :class:`TinyConfig` (default: ``TinyConfig()``).
+        preset: a named size of :data:`PRESETS` (``"tiny-1m"``, ``"tiny-3m"``, ...).
+        **overrides: fields of :class:`TinyConfig` (``vocab_size``, ``d_model``, ``n_layers``,
+            ``n_heads``, ``n_kv_heads``, ``ffn_hidden``, ``ffn_mult``, ``rope_theta``,
+            ``tie_embeddings``, ``norm_eps``, ``init_std``), over the preset's and the config's.
+    """
 
     name = "tiny"
     config_class = TinyConfig

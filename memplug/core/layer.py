@@ -92,13 +92,17 @@ def select_attention(
 class MemoryAttention(nn.Module):
     """Block-local attention with a memory in the same softmax.
 
-    ``memory``: a :class:`memplug.core.contracts.Memory` or ``None`` (plain block-local attention).
-    ``block``: block length L. ``span``: ``"block"`` (local keys are the block) or
-    ``"previous"`` (the previous block and the block). ``attention``: ``"auto"``, a backend
-    name or an :class:`~memplug.core.contracts.AttentionBackend`. ``scale``: softmax scale
-    (default ``1/sqrt(head_dim)``). ``gate``: let the memory in through a zero-initialised
-    per-head gate. ``sink``: how many of the stream's first tokens stay visible (at most
-    ``block``). See the module docstring for both.
+    Args:
+        memory: a :class:`memplug.core.contracts.Memory`, or ``None`` (plain block-local attention).
+        block: block length L.
+        span: ``"block"`` (the local keys are the block) or ``"previous"`` (the previous block
+            and the block).
+        attention: ``"auto"`` (the highest-priority backend that supports the call), a backend
+            name or an :class:`~memplug.core.contracts.AttentionBackend`.
+        scale: softmax scale (default ``1/sqrt(head_dim)``).
+        gate: let the memory in through a zero-initialised per-head gate (see the module docstring).
+        sink: how many of the stream's first tokens stay visible to every later block (at most
+            ``block``; see the module docstring).
     """
 
     def __init__(

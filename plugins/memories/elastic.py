@@ -68,7 +68,8 @@ class ElasticMemory(Memory):
         retriever: a registered retriever name or a :class:`Retriever` (default ``"uniform"``).
         order: N for an encoder given by name (default: the encoder's, 64 for the built-ins).
         samples: P for a retriever given by name (default: the retriever's, 64 for the built-ins).
-        encoder_options, retriever_options: more options for components given by name.
+        encoder_options: more options of an encoder given by name (``window``, ``beta``, ...).
+        retriever_options: more options of a retriever given by name (``warp``, ``rate``, ...).
         positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
         max_distance: with ``positions="sample"``, clip the distance to the block start.
         logit_offset: 0.0 (default), a float, or ``"-lnP"``; added to every memory logit.
