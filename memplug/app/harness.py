@@ -156,7 +156,7 @@ class MemplugLM(LM):
         continuation_ids = self._encode(context + continuation)[len(context_ids):]
         return context_ids or [self.prefix_token_id], continuation_ids
 
-    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
         """(log-probability, greedy) of each request's continuation after its context.
 
         Requests that share a context stream it once: the state after the context continues
@@ -180,7 +180,7 @@ class MemplugLM(LM):
                     self.cache_hook.add_partial("loglikelihood", requests[i].args, results[i])
         return results
 
-    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
         """Log-probability of each request's whole text, its first token predicted after the prefix
         token; the text streams through the model's state, so its length is not bounded."""
         results = []
@@ -194,7 +194,7 @@ class MemplugLM(LM):
                 self.cache_hook.add_partial("loglikelihood_rolling", request.args, logprob)
         return results
 
-    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+    def generate_until(self, requests: list[Any]) -> list[str]:
         """Greedy continuation of each request's context, cut before the first of its ``until``
         strings, at most ``max_gen_toks`` tokens (default 256). Sampling (``do_sample=True``) is
         refused: lm-eval's generation tasks decode greedily."""
