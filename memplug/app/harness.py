@@ -8,8 +8,8 @@ Install the extra and point lm-eval at a model folder::
 
 The first form needs an lm-eval that discovers models through the ``lm_eval.models`` entry-point
 group (memplug declares ``memplug = memplug.app.harness:MemplugLM`` there); lm-eval 0.4.13 and
-earlier do not, and the second form (lm-eval's own command line, run after this module has
-registered the model) works with every lm-eval 0.4.
+earlier do not. The second form is lm-eval's own command line (``cli_evaluate``), run after this
+module has registered the model (tested with lm-eval 0.4.13).
 
 ``--model_args`` are the keyword arguments of :class:`MemplugLM`: ``path`` (required),
 ``chunk``, ``prefix_token_id``, ``precision``; lm-eval's ``--device`` and ``--batch_size`` reach
