@@ -92,10 +92,17 @@ def test_loglikelihood_rolling_streams_long_text_in_bounded_calls(lm, monkeypatc
     want, _, _ = reference(lm, [NEWLINE], ids(text))
     calls = []
     forward = lm.model.forward
-    monkeypatch.setattr(lm.model, "forward", lambda x, *a, **k: calls.append(x.shape[1]) or forward(x, *a, **k))
+    monkeypatch.setattr(lm.model, "forward",
+                        lambda x, *a, **k: calls.append((x.shape[1], torch.is_grad_enabled())) or forward(x, *a, **k))
     (got,) = lm.loglikelihood_rolling(requests((text,)))
     assert got == pytest.approx(want, rel=1e-5)
-    assert max(calls) <= lm.chunk and sum(calls) == len(ids(text))
+    lengths = [n for n, _ in calls]
+    assert max(lengths) <= lm.chunk and sum(lengths) == len(ids(text))
+    # no call keeps an autograd graph: one would hold every earlier chunk's activations alive
+    calls.clear()
+    lm.loglikelihood(requests(("x = 1\n" * 20, " y")))
+    lm.generate_until(requests(("x = 1\n", {"max_gen_toks": 3})))
+    assert len(calls) > 3 and not any(grad for _, grad in calls)
 
 
 def test_generate_until_is_greedy_and_stops_before_the_stop_string(lm):

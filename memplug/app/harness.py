@@ -63,15 +63,15 @@ def stream(model: nn.Module, ids: Tensor, state: ModelState | None, chunk: int) 
 
     Yields each chunk's logits (c, V) and the state after it. The chunks' logits together equal
     those of one call over ``ids`` (the model's streaming contract), while no call sees more
-    than ``chunk`` tokens.
+    than ``chunk`` tokens. No autograd graph is kept: the state carries no history of the calls.
     """
     for start in range(0, ids.shape[0], chunk):
-        out = model(ids[None, start : start + chunk], state=state)  # logits (1, c, V)
+        with torch.no_grad():
+            out = model(ids[None, start : start + chunk], state=state)  # logits (1, c, V)
         state = out.state
         yield out.logits[0], state
 
 
-@torch.no_grad()
 def score(
     model: nn.Module, inputs: Tensor, targets: Tensor, state: ModelState | None, chunk: int
 ) -> tuple[float, bool, ModelState | None]:
@@ -207,7 +207,6 @@ class MemplugLM(LM):
                 self.cache_hook.add_partial("generate_until", request.args, text)
         return results
 
-    @torch.no_grad()
     def _generate(self, context: str, kwargs: dict[str, Any]) -> str:
         unknown = sorted(set(kwargs) - GENERATION_KEYS)
         if unknown:
