@@ -28,6 +28,8 @@ from memplug.util.checks import positive_int
 
 @dataclass
 class TinyConfig:
+    """The options of the ``tiny`` backbone (``backbone_options`` / ``[model.backbone]``)."""
+
     vocab_size: int = 256  # bytes
     d_model: int = 256
     n_layers: int = 4
@@ -64,7 +66,7 @@ class TinyConfig:
 #: Named sizes (the parameter count each reaches with the byte vocabulary is tested).
 PRESETS: dict[str, dict] = {
     "tiny-1m": dict(d_model=128, n_layers=5, n_heads=4),  # 1.1M
-    "tiny-3m": dict(d_model=256, n_layers=4, n_heads=4),  # 3.3M (the DESIGN §6 prototype size)
+    "tiny-3m": dict(d_model=256, n_layers=4, n_heads=4),  # 3.3M (the model of configs/code-elastic.toml)
     "tiny-10m": dict(d_model=384, n_layers=6, n_heads=6),  # 10.7M
     "tiny-30m": dict(d_model=512, n_layers=10, n_heads=8, n_kv_heads=4),  # 30M
     "tiny-100m": dict(d_model=768, n_layers=16, n_heads=12, n_kv_heads=4),  # 101M
@@ -135,7 +137,15 @@ class DecoderLayer(nn.Module):
 
 
 class TinyBackbone(Backbone):
-    """Llama-style decoder for bytes (or any vocabulary): the built-in ``tiny`` backbone."""
+    """Llama-style decoder for bytes (or any vocabulary): the built-in ``tiny`` backbone.
+
+    Args:
+        config: a :class:`TinyConfig` (default: ``TinyConfig()``).
+        preset: a named size of :data:`PRESETS` (``"tiny-1m"``, ``"tiny-3m"``, ...).
+        **overrides: fields of :class:`TinyConfig` (``vocab_size``, ``d_model``, ``n_layers``,
+            ``n_heads``, ``n_kv_heads``, ``ffn_hidden``, ``ffn_mult``, ``rope_theta``,
+            ``tie_embeddings``, ``norm_eps``, ``init_std``), over the preset's and the config's.
+    """
 
     name = "tiny"
     config_class = TinyConfig

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Exact LegS block update vs the classic per-token bilinear recurrence (issue 2, item 7).
+"""Exact LegS block update vs the classic per-token bilinear recurrence.
 
 Times, in float32 with C channels:
 

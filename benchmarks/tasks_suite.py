@@ -35,7 +35,7 @@ from memplug.tasks.base import Task
 PRESETS = {
     "smoke": Preset(d_model=32, n_layers=2, n_heads=2, block=16, length=256, batch=4, budget=1.5, eval_batches=1,
                     scale=1, steps=6),
-    # DESIGN §6's regime size (memory in use after 1-2 uncontended CPU minutes) with half the
+    # the demo's regime size (memory in use after 1-2 uncontended CPU minutes) with half the
     # sequence and batch, so a shared 2-core machine gets a few hundred steps per arm
     "cpu": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=512, batch=8, budget=400, eval_batches=12,
                   steps=250),

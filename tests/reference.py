@@ -1,4 +1,4 @@
-"""Float64 NumPy/SciPy references for the mathematics of DESIGN §4.
+"""Float64 NumPy/SciPy references for the HiPPO mathematics of the encoders (docs/encoders.md).
 
 Written from the definitions, independently of the torch code they check (SciPy's polynomial
 evaluation and quadrature, per-cell integrals), and slow where that keeps them obvious.
@@ -42,7 +42,8 @@ def jacobi_family(order: int, u: np.ndarray, beta: float = 0.0) -> np.ndarray:
 
 
 def legs_matrices(order: int) -> tuple[np.ndarray, np.ndarray]:
-    """The LegS (A, B) of t c' = A c + B f, written out from DESIGN §4."""
+    """The LegS (A, B) of t c' = A c + B f, written out from the HiPPO-LegS formulas:
+    A[n, m] = -sqrt(2n+1) sqrt(2m+1) for n > m, -(n+1) on the diagonal, 0 above; B[n] = sqrt(2n+1)."""
     n = np.arange(order)
     root = np.sqrt(2 * n + 1)
     A = -np.outer(root, root) * (n[:, None] > n[None, :]) - np.diag(n + 1.0)
@@ -129,7 +130,7 @@ def polynomial_projection(coefficients: np.ndarray, t: float, order: int, beta: 
 # Time-invariant measures: LegT and FouT
 # ============================================================================================
 
-# Written from DESIGN §4 independently of memplug/measures_lti.py and plugins/encoders/{legt,fout}.py.
+# Written from the definitions, independently of memplug/hippo/time_invariant.py and plugins/encoders/{legt,fout}.py.
 from scipy.linalg import expm  # noqa: E402  (this section's only extra import)
 
 

@@ -163,7 +163,7 @@ def test_bilinear_steps_are_right_for_large_order():
 
 @given(st.integers(1, 20), st.one_of(st.just(0.0), st.floats(1e-6, 0.999)))
 def test_matrices_and_transition_are_consistent(order, r):
-    """DESIGN's (A, B) equal the ones derived from the family; M(r) = expm(A ln(1/r)); the
+    """The textbook LegS (A, B) equal the ones derived from the family; M(r) = expm(A ln(1/r)); the
     shifted block form equals the direct cell integrals."""
     A, B = legs_matrices(order)
     A_t, B_t = torch_legs_matrices(order)

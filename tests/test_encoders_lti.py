@@ -1,6 +1,6 @@
 """Time-invariant encoders (LegT, FouT) against float64 NumPy/SciPy references.
 
-- matrices and bases equal the formulas of DESIGN §4, written independently in reference.py;
+- matrices and bases equal the HiPPO formulas, written independently in reference.py;
 - ``update`` over any chunking == ``scan`` with any block == one ``update`` == the float64
   per-token ZOH recurrence (float64 1e-12, float32 1e-5 relative);
 - linearity, time invariance (the position never matters), fixed state shape;
@@ -193,7 +193,7 @@ def test_support():
 
 # ---- reconstruction and the window length ---------------------------------------------------
 
-ORDER, WINDOW, LENGTH = 32, 500.0, 1500  # the set-up of DESIGN §6
+ORDER, WINDOW, LENGTH = 32, 500.0, 1500  # the set-up of docs/custom-measures.md's reconstruction
 # one instance each, so the examples share the cached block transition
 SETUP = {name: cls(order=ORDER, window=WINDOW) for name, (cls, _, _) in MEASURES.items()}
 

@@ -3,6 +3,7 @@ plugins register from it, so a wheel install imports the same names as an editab
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of the sources: setuptools builds in the source tree's build/, where two
+    # test workers building at once collide ("File exists").
+    src = tmp_path_factory.mktemp("src") / "memplug"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "results"))
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
         check=True,
     )
     (path,) = out.glob("memplug-*.whl")
@@ -28,7 +33,8 @@ def test_every_source_package_is_declared():
     import tomllib
 
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    mapping = {"memplug": "memplug", "plugins": "memplug.plugins", "backbones": "memplug.backbones"}
+    mapping = {"memplug": "memplug", "plugins": "memplug.plugins", "backbones": "memplug.backbones",
+               "configs": "memplug.configs"}
     found = set()
     for top, prefix in mapping.items():
         for init in (ROOT / top).rglob("__init__.py"):
@@ -61,3 +67,18 @@ def test_wheel_imports_and_registers_its_plugins(wheel, tmp_path):
     memplug_file, legs_file, names = result.stdout.strip().splitlines()
     assert memplug_file.startswith(str(site)) and legs_file.startswith(str(site))
     assert {"legs", "legt", "fout", "jacobi", "uniform", "warped", "learned"} <= set(eval(names))
+
+
+def test_wheel_ships_the_example_configs(wheel, tmp_path):
+    """``memplug init`` reads the example configs from the installed package, not the checkout."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("import memplug.app.examples as e; print(e.__file__);"
+             "print(sorted((k, len(v)) for k, v in e.example_configs().items()))")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
+    )
+    module_file, found = result.stdout.strip().splitlines()
+    assert module_file.startswith(str(site))
+    assert eval(found) == sorted((p.stem, len(p.read_text())) for p in (ROOT / "configs").glob("*.toml"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ BUILTIN_COMMANDS: tuple[str, ...] = (
     "memplug.app.demo",
     "memplug.app.reconstruct",
     "memplug.probes.cli",
+    "memplug.app.examples",
 )
 
 
@@ -142,6 +144,33 @@ def _skip_plugins(argv: list[str]) -> bool:
     return False
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is at that moment, so a later redirection (a
+    test's captured stderr) still applies."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def show_log_messages() -> None:
+    """Show the library's log messages (the ``memplug`` logger, INFO and above) on stderr, once.
+
+    The command line calls this; as a library memplug adds no handler (configure
+    ``logging.getLogger("memplug")`` as you like).
+    """
+    log = logging.getLogger("memplug")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("memplug: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help already says it or there is none to show."""
 
@@ -156,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _skip_plugins(argv):
         os.environ[DISABLE_ENV] = "1"  # this process loads no third-party plugin from here on
         reset_plugin_manager()
+    show_log_messages()
     commands = load_commands()
     parser = _Parser(prog="memplug", description="memplug: memory plugins for transformers")
     parser.add_argument("--version", action="version", version=f"memplug {VERSION}")

@@ -14,8 +14,9 @@ Three parts, each printed as it finishes and collected in one table and one figu
 2. **Real data** (the CPython standard library source, no download): one elastic byte-level
    model, evaluated on held-out files with its memory, with its memory masked, and with a
    recency-warped retriever swapped in at test time. A small model trained for minutes does
-   not beat block-local attention on real text; this part reports what the memory contributes
-   inside one trained model, not a win over a baseline.
+   not beat block-local attention on real text (the ``lm_sweep`` table of docs/results: no
+   memory does at 300 steps); this part reports what the memory contributes inside one
+   trained model, not a win over a baseline.
 3. **The encoder reconstruction plot** of ``memplug reconstruct``.
 
 Every model trains a fixed number of steps (the same work on every machine), so the table
@@ -28,6 +29,7 @@ steps each got).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +50,8 @@ PARTS = ("regime", "code", "reconstruct")
 WARP = dict(warp="exponential", rate=4.0)
 #: the effect the demo must show on the regime task
 EFFECT_MARGIN_BITS = 0.5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,9 @@ def run_demo(out: str | Path = "memplug-demo", seed: int = 0, progress: bool = T
              parts: tuple[str, ...] = PARTS, seconds: float | None = None,
              precision: str = "auto") -> dict[str, Any]:
     """Run the demo; write ``demo.md``, ``demo.json``, ``demo.png`` and ``demo_reconstruct.png``
-    into ``out``; return the rows. ``seconds`` caps each model's training time (``None``: the
-    fixed steps, whatever they take); ``precision`` as in :mod:`memplug.app.precision`."""
+    into ``out``; return the rows, the time taken, the verdict and the report's Markdown.
+    ``seconds`` caps each model's training time (``None``: the fixed steps, whatever they take);
+    ``precision`` as in :mod:`memplug.app.precision`."""
     from .reconstruct import reconstruct
 
     if seconds is not None and not seconds > 0:
@@ -265,9 +270,8 @@ def run_demo(out: str | Path = "memplug-demo", seed: int = 0, progress: bool = T
     write_report(out, "demo", markdown, {"rows": rows, "steps": {n: s.steps for n, s in plan}, "seconds_cap": seconds,
                                          "effect": effect(rows), "losses": {k: r.losses for k, r in runs.items()}},
                  title="memplug demo", seconds=elapsed, precision=chosen)
-    print(markdown.split("\n\n![")[0])
-    print(f"\nwrote {out / 'demo.md'} ({elapsed / 60:.1f} min)")
-    return {"rows": rows, "seconds": elapsed, "effect": effect(rows)}
+    log.info("demo: wrote %s (%.1f min)", out / "demo.md", elapsed / 60)
+    return {"rows": rows, "seconds": elapsed, "effect": effect(rows), "markdown": markdown}
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,11 +287,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        run_demo(args.out, args.seed, not args.no_progress, tuple(p for p in args.parts.split(",") if p),
-                 args.seconds, args.precision)
+        result = run_demo(args.out, args.seed, not args.no_progress, tuple(p for p in args.parts.split(",") if p),
+                          args.seconds, args.precision)
     except ValueError as exc:
         print(f"memplug demo: {exc}", file=sys.stderr)
         return 2
+    print(result["markdown"].split("\n\n![")[0])  # the tables and the verdict, without the figures
     return 0
 
 

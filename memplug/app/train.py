@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import signal
 import sys
@@ -80,6 +81,8 @@ from .evaluate import evaluate
 from .precision import autocast, resolve_precision
 from .run_folder import OutputError, RunFolder, RunFolderError, check_fresh, claim_run_folder
 from .train_log import TrainLog
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DivergedError", "OutputError", "RunFolderError", "TrainResult", "lr_at", "train"]
 
@@ -441,8 +444,10 @@ class _Trainer:
                     if stopping:
                         result.interrupted = True
                         if self.info.main:
-                            print(f"\n{stop.signal_name or 'stop'} received: stopped after step {step}; checkpoint "
-                                  f"{result.checkpoint}; continue with --resume", file=sys.stderr)
+                            if bar is not None:
+                                bar.close()  # the message on a line of its own
+                            log.warning("train: %s received: stopped after step %d; checkpoint %s; continue with "
+                                        "--resume", stop.signal_name or "stop", step, result.checkpoint)
                         break
                 if not result.interrupted and step == config.train.steps and step not in result.evals:
                     self.validate(step)
@@ -505,7 +510,7 @@ def _train(config: Config, info: DistInfo, dataset: Dataset, resume: bool | str 
         trainer = _Trainer(config, info, built, ckpt, on_step)
         started = True
         if info.main:
-            print(f"memplug train: precision {trainer.precision}", file=sys.stderr)
+            log.info("train: precision %s", trainer.precision)
         return trainer.run()
     finally:
         if folder is not None:

@@ -1,4 +1,4 @@
-"""The contracts every memplug component implements (DESIGN §3).
+"""The contracts every memplug component implements: one abstract base class per kind.
 
 All tensors are channels-last with batch dimensions leading. Time is continuous: token ``j``
 occupies the interval ``[j, j + 1)``, so a state "after t tokens" describes the signal on

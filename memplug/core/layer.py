@@ -1,4 +1,4 @@
-"""MemoryAttention: the one attention layer every backbone runs through (DESIGN §3).
+"""MemoryAttention: the one attention layer every backbone runs through.
 
 A sequence is cut into blocks of ``block`` tokens. The queries of a block attend, in one
 softmax, to ``[memory slots | local keys]``: the memory's read for that block (what it holds of
@@ -19,14 +19,23 @@ gives ``key_positions`` (relative to the block start, <= 0) has them rotated at
 ``W0 + key_positions`` with ``W0`` the window position of the block start; ``None`` leaves them
 unrotated.
 
-How a :class:`~memplug.core.contracts.MemoryRead` is merged, by the fields it fills:
+How a :class:`~memplug.core.contracts.MemoryRead` is merged is decided by which of its fields
+are set (``_attend``), in this order:
 
-- ``keys``/``values`` (with optional ``bias`` and ``key_positions``): the slots join the local
-  keys in one softmax (Elastic, XL, full attention, kNN's joint mode);
-- ``output`` + ``lse``: a partial attention over the memory, merged with the local attention by
-  log-sum-exp, which equals one softmax over both key sets;
-- ``output`` + ``gate``: the memory's output and the local one mixed by ``sigmoid(gate)``
-  (Memorizing Transformer, Infini-attention); keys and a gated output can come together (Melodi).
+1. ``keys``/``values`` set: the memory slots go first in the keys of one softmax,
+   ``[slots | sink | previous block | block]``; ``bias`` is added to the slots' logits (``-inf``
+   hides a slot, e.g. an empty memory) and ``key_positions`` has the slot keys rotated. (Elastic,
+   XL, full attention, kNN's joint mode.) Without keys the softmax covers the sink and the local
+   keys only.
+2. ``output`` set, ``gate`` not: ``output`` is a partial attention over keys outside that
+   softmax and ``lse`` (required: a ``ValueError`` says so) its log-sum-exp; the two are merged
+   by log-sum-exp (:func:`memplug.ops.attention.merge_lse`), which equals one softmax over both
+   key sets. The backend must give its own log-sum-exp (``AttentionBackend.forward_lse``).
+3. ``output`` and ``gate`` set: ``sigmoid(gate) * output + (1 - sigmoid(gate)) * softmax``
+   (:func:`memplug.ops.attention.merge_gated`; ``lse`` is ignored). Memorizing Transformer and
+   Infini-attention; Melodi fills keys (step 1) and a gated output together.
+4. Nothing set (``MemoryRead()``, also every layer of a model inside
+   ``MemoryModel.memory_masked()``): the local attention alone.
 
 Two options of the layer, for attaching memory to a pretrained model:
 
@@ -83,13 +92,17 @@ def select_attention(
 class MemoryAttention(nn.Module):
     """Block-local attention with a memory in the same softmax.
 
-    ``memory``: a :class:`memplug.core.contracts.Memory` or ``None`` (plain block-local attention).
-    ``block``: block length L. ``span``: ``"block"`` (local keys are the block) or
-    ``"previous"`` (the previous block and the block). ``attention``: ``"auto"``, a backend
-    name or an :class:`~memplug.core.contracts.AttentionBackend`. ``scale``: softmax scale
-    (default ``1/sqrt(head_dim)``). ``gate``: let the memory in through a zero-initialised
-    per-head gate. ``sink``: how many of the stream's first tokens stay visible (at most
-    ``block``). See the module docstring for both.
+    Args:
+        memory: a :class:`memplug.core.contracts.Memory`, or ``None`` (plain block-local attention).
+        block: block length L.
+        span: ``"block"`` (the local keys are the block) or ``"previous"`` (the previous block
+            and the block).
+        attention: ``"auto"`` (the highest-priority backend that supports the call), a backend
+            name or an :class:`~memplug.core.contracts.AttentionBackend`.
+        scale: softmax scale (default ``1/sqrt(head_dim)``).
+        gate: let the memory in through a zero-initialised per-head gate (see the module docstring).
+        sink: how many of the stream's first tokens stay visible to every later block (at most
+            ``block``; see the module docstring).
     """
 
     def __init__(

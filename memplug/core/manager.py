@@ -148,7 +148,16 @@ def build_plugins(autoload: bool | None = None) -> Plugins:
 
 def call_each(pm: pluggy.PluginManager, hook_name: str, registry: Any, providers: dict[str, str]) -> None:
     """Call ``hook_name(registry=registry)`` on each plugin alone, with ``registry.provider`` set
-    to that plugin's provider while it runs (so each entry records who registered it)."""
+    to that plugin's provider while it runs (so each entry records who registered it).
+
+    Why one call per plugin: a plain ``pm.hook.<name>(...)`` runs every plugin's implementation
+    in one call, and a registry's ``add`` cannot tell which plugin is calling it. A subset hook
+    caller that holds one plugin lets the registry be told beforehand (``registry.provider``),
+    so a duplicate name is reported as "provided by A and by B" and ``memplug plugins`` lists
+    the distribution of every entry. Afterwards ``provider`` goes back to ``"code"``: what
+    registers later (``memplug.register`` from user code) is attributed to code. Registration
+    runs once, when the manager is built, in one thread.
+    """
     plugins = pm.get_plugins()
     for plugin in plugins:
         name = pm.get_name(plugin)

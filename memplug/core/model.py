@@ -95,8 +95,10 @@ class MemoryModel(nn.Module):
         memory_options: options of a memory given by name.
         layers: indices of the layers that get a memory (``None``: all; negative ones count
             from the end).
-        span, attention, gate, sink: passed to every :class:`MemoryAttention` (``gate`` only to
-            the layers with a memory).
+        span: ``"block"`` or ``"previous"``, the local keys of every layer (see :class:`MemoryAttention`).
+        attention: ``"auto"``, a backend name or an ``AttentionBackend``, for every layer.
+        gate: open each memory layer through a zero-initialised per-head gate (layers with a memory only).
+        sink: how many of the stream's first tokens every layer keeps visible.
     """
 
     #: Read by ``transformers.Trainer``: the loss shifts ``labels`` as its causal-LM loss does

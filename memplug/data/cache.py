@@ -1,7 +1,8 @@
 """Where prepared corpora, fetched sources and trained tokenizers live.
 
-``MEMPLUG_CACHE`` wins; otherwise ``$XDG_CACHE_HOME/memplug``, otherwise ``~/.cache/memplug``
-(the platformdirs convention on Linux, used on every platform for one predictable place).
+``MEMPLUG_CACHE`` wins; otherwise the platform's user cache folder for ``memplug`` from
+platformdirs: ``$XDG_CACHE_HOME/memplug`` or ``~/.cache/memplug`` on Linux,
+``~/Library/Caches/memplug`` on macOS, ``%LOCALAPPDATA%\\memplug\\Cache`` on Windows.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 __all__ = ["CACHE_ENV", "cache_dir", "tree_fingerprint"]
 
 CACHE_ENV = "MEMPLUG_CACHE"
@@ -17,10 +20,7 @@ CACHE_ENV = "MEMPLUG_CACHE"
 
 def cache_dir(*parts: str) -> Path:
     """The cache directory (or a path below it); not created here."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = os.path.join(xdg, "memplug") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "memplug")
+    root = os.environ.get(CACHE_ENV) or user_cache_dir("memplug", appauthor=False)
     return Path(root).joinpath(*parts)
 
 

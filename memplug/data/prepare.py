@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from ..core.manager import registry
 from .cache import cache_dir
 from .splits import SPLITS, assign_splits, check_fractions, split_hash
 from .tokenizers import TOKENIZERS, BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "Prepared", "Split", "TokenizedSplit", "get_dataset", "make_tokenizer", "prepare", "train_bpe"]
 
@@ -167,7 +170,8 @@ def prepare(
     """Build (or reuse) the document-level splits of ``dataset``.
 
     ``validation`` and ``test`` are fractions of the groups; ``seed`` picks the partition;
-    ``options`` go to the dataset (a source path override). Raises
+    ``options`` go to the dataset (a source path override). ``progress`` receives the status
+    messages (default: this module's logger, at INFO). Raises
     :class:`memplug.data.SourceMissingError` with the fetch command when the source is missing.
     """
     check_fractions(validation, test)
@@ -187,7 +191,7 @@ def prepare(
     if manifest_path.exists() and not force:
         return Prepared(directory, json.loads(manifest_path.read_text()))
 
-    say = progress or (lambda message: None)
+    say = progress or log.info
     say(f"reading {ds.name} from {fields['source']}")
     docs, seen, dropped = [], set(), {"duplicates": 0, "empty": 0}
     for doc in ds.documents():

@@ -7,8 +7,8 @@ polynomials of degree < N against the measure's weight, so N points make them ex
 Nodes come from the Golub-Welsch eigenvalue problem of the Jacobi matrix, are polished by
 Newton steps on P_n^(α,β), and the weights come from the closed form
 w_i = C_n / ((1 - x_i²) P_n'(x_i)²), which keeps full relative accuracy at the ends
-(eigenvector weights lose it there). All in torch float64 on the CPU: NumPy/OpenBLAS threads
-fight torch's for the cores (DESIGN §6). Rules are cached per (n, α, β); the returned tensors
+(eigenvector weights lose it there). All in torch float64 on the CPU: NumPy's OpenBLAS
+threads would compete with torch's own for the same cores. Rules are cached per (n, α, β); the returned tensors
 are shared, so treat them as read-only.
 """
 

@@ -8,7 +8,7 @@ orthonormal polynomial family q_0 .. q_{N-1} on [0, 1] with the weight u^β (β 
 
 β = 0 is LegS (shifted Legendre); β > 0 weighs recent history more (Jacobi P_n^(0,β)).
 
-**Exact block update** (DESIGN §4). For t1 > t0 and r = t0/t1, q_n(r v) is a polynomial of degree
+**Exact block update**. For t1 > t0 and r = t0/t1, q_n(r v) is a polynomial of degree
 n in v, so its integral against f(t0 v) v^β equals its integral against the degree-(N-1)
 projection of f at t0. Splitting [0, 1] at r gives, with no discretisation at all,
 
@@ -20,7 +20,7 @@ antiderivative of q_n u^β). M is an N-point Gauss-Jacobi quadrature of polynomi
 < 2N - 1: exact. It depends only on r, so an update costs the same at any absolute position,
 and no table grows with the length of the stream.
 
-For β = 0 the block term has a cheaper exact form (DESIGN §6): the block's own projection
+For β = 0 the block term has a cheaper exact form: the block's own projection
 d = U(0, L) x onto [t0, t1] determines its integral against every polynomial of degree < N, so
 U(t0, t1) x = (1 - r) T(r) d with T[n, m] = ∫_0^1 q_n(r + (1 - r) v) q_m(v) dv. U(0, L) depends
 only on L; M(r) and T(r) are two N x N quadratures.

@@ -1,7 +1,8 @@
 """memplug.testing: property checks of the component contracts, for plugin authors.
 
 Like scikit-learn's ``check_estimator``, each check runs the contract of one kind of component
-(DESIGN §3-§4) with hypothesis and raises an ``AssertionError`` naming the broken invariant,
+(:mod:`memplug.core.contracts`: streaming equals one call, the block form equals the step form,
+linearity, ...) with hypothesis and raises an ``AssertionError`` naming the broken invariant,
 the shrunk failing example and the error found::
 
     from memplug.testing import check_encoder, check_retriever, check_memory

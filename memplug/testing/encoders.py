@@ -1,4 +1,4 @@
-"""``check_encoder``: the Encoder contract (DESIGN §3-§4) as hypothesis properties.
+"""``check_encoder``: the Encoder contract (:class:`memplug.Encoder`) as hypothesis properties.
 
 Invariants, each run on its own drawn examples:
 

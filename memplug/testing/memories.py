@@ -1,4 +1,4 @@
-"""``check_memory``: the Memory contract (DESIGN §3) as hypothesis properties.
+"""``check_memory``: the Memory contract (:class:`memplug.Memory`) as hypothesis properties.
 
 A memory is checked inside a small :class:`memplug.core.model.MemoryModel` on the ``tiny`` backbone
 (float64 by default, so that leaks far below float32 rounding are still seen). Invariants:

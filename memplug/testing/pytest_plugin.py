@@ -11,9 +11,9 @@ Fixtures: ``memplug_check_encoder``, ``memplug_check_retriever``, ``memplug_chec
 (:mod:`memplug.testing.strategies`). Each returns the function or module, so options are
 passed as usual (``memplug_check_encoder(enc, max_length=16)``).
 
-Nothing heavy is imported until a fixture is used: collecting a test suite with this plugin
-loaded costs no hypothesis, SciPy or check imports (``import memplug`` itself imports torch).
-Disable the plugin with ``-p no:memplug``.
+pytest loads this plugin in every session of an environment where memplug is installed, so it
+imports nothing heavy: no torch, NumPy, SciPy or hypothesis until a fixture is used (``memplug``
+itself loads its public names on first use). Disable the plugin with ``-p no:memplug``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``check_retriever``: the Retriever contract (DESIGN §3) as hypothesis properties.
+"""``check_retriever``: the Retriever contract (:class:`memplug.Retriever`) as hypothesis properties.
 
 Invariants, each checked with every encoder given (by default a LegS and a LegT), in training
 and in eval mode (drawn per example):

@@ -27,7 +27,13 @@ from memplug.hippo.time_invariant import TimeInvariantMeasure
 
 
 class FouT(TimeInvariantMeasure):
-    """Sliding-window Fourier measure (HiPPO-FouT), window θ = ``window`` tokens, ZOH per token."""
+    """Sliding-window Fourier measure (HiPPO-FouT), window θ = ``window`` tokens, ZOH per token.
+
+    Args:
+        order: N, coefficients per channel.
+        window: θ, the window in tokens (> 0): the state describes ``[max(0, t - θ), t]``.
+        cache_size: block transitions ``(Ā^L, K)`` kept per block length L (an LRU of this many).
+    """
 
     name = "fout"
 

@@ -26,7 +26,13 @@ from memplug.hippo.legendre import shifted_legendre
 
 
 class LegT(TimeInvariantMeasure):
-    """Sliding-window Legendre measure (HiPPO-LegT), window θ = ``window`` tokens, ZOH per token."""
+    """Sliding-window Legendre measure (HiPPO-LegT), window θ = ``window`` tokens, ZOH per token.
+
+    Args:
+        order: N, coefficients per channel.
+        window: θ, the window in tokens (> 0): the state describes ``[max(0, t - θ), t]``.
+        cache_size: block transitions ``(Ā^L, K)`` kept per block length L (an LRU of this many).
+    """
 
     name = "legt"
 

@@ -22,10 +22,11 @@ repeated updates.
 Options. ``positions="none"`` (default): samples carry no positional encoding (the paper's
 choice). ``positions="sample"``: each sample is rotated at its own position relative to the
 block start (clipped to ``max_distance`` tokens when given). ``logit_offset``: a constant added
-to every memory logit, parameter-free. DESIGN §6 measured that ``-ln P`` (the P samples start
-with the weight of about one key) helps early learning on text but stopped the model from
-learning to use its memory on a gist task, so the default is 0 (which supersedes the -ln P
-default in the model issue); pass ``logit_offset="-lnP"`` or a float.
+to every memory logit, parameter-free. ``-ln P`` gives the P samples together the weight of
+about one key at the start, meant to help early learning, but it stopped the model from
+learning to use its memory on the regime (gist) task (the ``ablations`` table of docs/results:
+a memory gain of 0.005 bits where the default's is 1.04), so the default is 0; pass
+``logit_offset="-lnP"`` or a float.
 
 Elastic adds no parameters of its own (a learned retriever brings its own).
 """
@@ -67,7 +68,8 @@ class ElasticMemory(Memory):
         retriever: a registered retriever name or a :class:`Retriever` (default ``"uniform"``).
         order: N for an encoder given by name (default: the encoder's, 64 for the built-ins).
         samples: P for a retriever given by name (default: the retriever's, 64 for the built-ins).
-        encoder_options, retriever_options: more options for components given by name.
+        encoder_options: more options of an encoder given by name (``window``, ``beta``, ...).
+        retriever_options: more options of a retriever given by name (``warp``, ``rate``, ...).
         positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
         max_distance: with ``positions="sample"``, clip the distance to the block start.
         logit_offset: 0.0 (default), a float, or ``"-lnP"``; added to every memory logit.

@@ -33,6 +33,11 @@ class FullMemory(Memory):
     Block-parallel form: block ``i`` of ``nb`` reads the first ``T + i L`` slots of
     ``[stored | new blocks]`` (a shared, expanded view; later slots hidden by the bias), so the
     read is one tensor of (nb, T + (nb-1) L) slots: O(nb T) keys for the layer's softmax.
+
+    Args:
+        max_distance: ``None`` (default): stored keys are rotated at their true distance; a
+            positive int clips the distance there (older keys rotate as if ``max_distance``
+            tokens back), keeping a pretrained rotary model inside its trained distances.
     """
 
     name = "full"

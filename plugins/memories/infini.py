@@ -34,6 +34,11 @@ class InfiniMemory(Memory):
     """Compressive linear-attention memory with a learned per-head gate.
 
     State: ``memory`` (B, Hkv, D, D) and ``norm`` (B, Hkv, D). Parameters: ``gate`` (H,).
+
+    Args:
+        delta: the delta-rule update (default, the paper's best); ``False``: the plain linear update.
+        eps: lower bound of the retrieval's denominator ``σ(q) z`` (> 0), so the empty memory
+            retrieves zeros.
     """
 
     name = "infini"

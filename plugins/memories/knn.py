@@ -68,6 +68,17 @@ class KNNMemory(Memory):
     State: ``keys`` (normalised when ``normalize``), ``values`` (B, Hkv, M, D), newest last, and
     ``count`` (1,) int64, how many of the M slots are filled. Parameters: ``log_scale`` (H,)
     when ``normalize``, ``gate`` (H,) when ``combine="gate"``.
+
+    Args:
+        capacity: M, stored (key, value) pairs per key/value head; the oldest are evicted first.
+        topk: keys each query retrieves (exact top-k by inner product).
+        combine: ``"gate"`` (the paper: a separate softmax over the retrieved keys, mixed with
+            local attention by a learned per-head gate) or ``"joint"`` (the retrieved keys join
+            the local ones in one softmax, merged by log-sum-exp).
+        normalize: L2-normalise keys and queries, with a learned per-head temperature (the paper).
+        search: ``"torch"`` (exact top-k by matmul), ``"faiss"`` (an exact ``IndexFlatIP``; needs
+            faiss installed) or ``"auto"`` (faiss when installed and ``capacity >= faiss_min``).
+        faiss_min: the capacity from which ``search="auto"`` uses faiss.
     """
 
     name = "knn"

@@ -71,6 +71,14 @@ class MelodiMemory(Memory):
     State: ``short_keys``, ``short_values`` (B, Hkv, S, D), ``short_filled`` (1,) int64;
     with ``long_term``: ``long_keys``, ``long_values`` (B, Hkv, long_slots, D) newest last and
     ``long_count`` (1,) int64.
+
+    Args:
+        block: the block length L (the mixing matrices span the block's tokens); given here or
+            set by the layer through :meth:`setup`.
+        short_slots: S, short-term memory tokens (default ``block // 8``).
+        long_slots: long-term FIFO length (default: 1x memory, :func:`memplug.core.budget.unit`).
+        increment: tokens appended to the long-term memory per block (default ``block // 16``).
+        long_term: ``True``: short- and long-term memory; ``False``: short-term only.
     """
 
     name = "melodi"

@@ -16,7 +16,7 @@ from memplug.core.contracts import Memory, MemoryRead
 class NoMemory(Memory):
     """A memory that stores nothing and gives the queries nothing to attend to.
 
-    State: an empty dict. Parameters: none. Chunk invariant trivially.
+    State: an empty dict. Parameters: none. Chunk invariant trivially. It takes no options.
     """
 
     name = "none"

@@ -27,9 +27,10 @@ class XLMemory(Memory):
     State: ``keys``, ``values`` (B, Hkv, L, D) (L = 0 before the first block is written).
     Parameters: none. Chunk invariant: the cache changes only when a block completes.
 
-    ``block`` is the block length, used to check the data and by :meth:`footprint`: given here,
-    or set by the layer through :meth:`setup`; without either the cache takes the length of the
-    blocks it sees.
+    Args:
+        block: the block length, used to check the data and by :meth:`footprint`: given here,
+            or set by the layer through :meth:`setup`; without either the cache takes the length
+            of the blocks it sees.
     """
 
     name = "xl"

@@ -19,7 +19,11 @@ from memplug.ops.sampling import check_samples, place
 
 
 class Learned(Retriever):
-    """``samples`` = P trainable positions over ``encoder.support(t)`` (fractions of its length)."""
+    """``samples`` = P trainable positions over ``encoder.support(t)`` (fractions of its length).
+
+    Args:
+        samples: P, the number of positions read (>= 1); they start evenly spaced and are trained.
+    """
 
     name = "learned"
 

@@ -14,7 +14,11 @@ from memplug.ops.sampling import check_samples, midpoints, place
 
 
 class Uniform(Retriever):
-    """``samples`` = P evenly spaced positions (cell midpoints) over ``encoder.support(t)``."""
+    """``samples`` = P evenly spaced positions (cell midpoints) over ``encoder.support(t)``.
+
+    Args:
+        samples: P, the number of positions read (>= 1).
+    """
 
     name = "uniform"
     fixed = True
