@@ -38,7 +38,8 @@ def test_block_form_equals_step_form(seed, t0, last_partial, positions):
     q, k, v = blocks(seed)
     state = mem.init_state(2, torch.float32, torch.device("cpu"))
     if t0:  # start mid-stream from a state that has seen t0 tokens
-        state = mem.write(state, torch.randn(2, 2, t0, 8), torch.randn(2, 2, t0, 8), 0)
+        gen = torch.Generator().manual_seed(seed + 1)
+        state = mem.write(state, torch.randn(2, 2, t0, 8, generator=gen), torch.randn(2, 2, t0, 8, generator=gen), 0)
     complete = 2 if last_partial else 3
     fast, fast_state = mem.forward_blocks(state, q, k, v, t0, complete)
     slow, slow_state = Memory.forward_blocks(mem, state, q, k, v, t0, complete)  # read/write per block
