@@ -389,7 +389,8 @@ def encoder_invariants(
     ]
     if weight is not None:
         invariants.append(Invariant(
-            "projection", "the state is the float64 projection c_n(t) = ∫ f(s) w(s,t) q_n(s,t) ds of the token signal",
+            "projection",
+            "the state is the float64 projection c_n(t) = ∫ f(s) w(s,t) q_n(s,t) ds of the token signal",
             streams(torch.float64), partial(projection, encoder, weight, projection_tolerance)))
     invariants.append(Invariant(
         "float32 vs float64", f"a float32 stream of {long_length} tokens stays within {long_tolerance:g} of float64",

@@ -139,7 +139,8 @@ def positions(h: Harness, case: ReadCase) -> None:
         if t == int(t):
             forms["an int"] = int(t)
         for form, value in forms.items():
-            expect_close(h.positions(case, value), pos, _tolerance(pos, t), f"positions with t={t} given as {form} vs as a float")
+            expect_close(h.positions(case, value), pos, _tolerance(pos, t),
+                         f"positions with t={t} given as {form} vs as a float")
         with torch.no_grad():
             frozen = [q.requires_grad for q in h.retriever.parameters()]
             h.retriever.requires_grad_(False)
@@ -154,7 +155,8 @@ def positions(h: Harness, case: ReadCase) -> None:
 def batched_positions(h: Harness, case: ReadCase) -> None:
     rows = torch.stack([h.scalar_positions(case, t) for t in case.times])  # (nb, P)
     both = h.positions(case, torch.tensor(case.times, dtype=torch.float64))
-    expect_close(both, rows, _tolerance(rows, max(case.times)), "positions of a (nb,) tensor of times vs one time at a time")
+    expect_close(both, rows, _tolerance(rows, max(case.times)),
+                 "positions of a (nb,) tensor of times vs one time at a time")
 
 
 def read(h: Harness, case: ReadCase) -> None:
@@ -241,10 +243,10 @@ def retriever_invariants(
         invariant("positions", f"positions(t) are P={p} sorted finite positions inside encoder.support(t)", positions),
         invariant("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows",
                   batched_positions),
-        invariant("read", "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar",
-                  read),
+        invariant("read",
+                  "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar", read),
     ]
     if any(q.requires_grad for q in retriever.parameters()):
-        invariants.append(invariant("gradients", "every trainable parameter gets a finite, non-zero gradient from a read",
-                                    gradients))
+        invariants.append(invariant(
+            "gradients", "every trainable parameter gets a finite, non-zero gradient from a read", gradients))
     return invariants
