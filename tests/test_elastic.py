@@ -152,8 +152,11 @@ def test_swap_retriever_changes_logits_not_weights():
             assert all(m.retriever.name == "warped" for m in model.memories)
             assert len(swap.previous) == 2
         restored = model(ids).logits
-        handle = model.swap_retriever(memplug.make_retriever("uniform", samples=3))
+        given = memplug.make_retriever("uniform", samples=3)
+        handle = model.swap_retriever(given)
         fewer = model(ids).logits
+        first, second = (m.retriever for m in model.memories)
+        assert first is not second and given not in (first, second)  # a copy per layer, the caller's untouched
         handle.restore()
     torch.testing.assert_close(swapped[:, :32], base[:, :32])  # block 0 reads no memory
     assert not torch.allclose(swapped[:, 32:], base[:, 32:])

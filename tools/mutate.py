@@ -181,7 +181,7 @@ MUTATIONS: list[Mutation] = [
       "tests/test_layers.py", "tests/test_model.py"),
     m("layer-memory-rotation", "memory key positions", LAYER,
       "mem_k = rotate(mem_k, w0 + read.key_positions)", "mem_k = rotate(mem_k, read.key_positions)",
-      "tests/test_layers.py", "tests/test_memories.py", "tests/test_gate_sink.py"),
+      "tests/test_layer_memory_positions.py", "tests/test_layers.py"),
     m("layer-previous-rotation", "local positions", LAYER,
       "keys.insert(0, rotate(prev_k, pos - L))", "keys.insert(0, rotate(prev_k, pos))",
       "tests/test_layers.py"),
@@ -321,8 +321,7 @@ def table(outcomes: list[Outcome], markdown: bool) -> str:
     header = ("mutation", "invariant", "file", "result", "s", "first failing test / note")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(f"`{r[0]}`", *r[1:2], f"`{r[2]}`", *r[3:5], f"`{r[5]}`" if r[5] else "") + " |"
-                  for r in rows]
+        lines += ["| " + " | ".join([f"`{r[0]}`", r[1], f"`{r[2]}`", r[3], r[4], f"`{r[5]}`"]) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in [header, *rows])
