@@ -1,4 +1,9 @@
-"""Hypothesis strategies and checks shared by the encoder property tests."""
+"""Hypothesis strategies and checks shared by the encoder property tests.
+
+Every random value inside a property test comes from a value hypothesis drew (a NumPy or torch
+generator seeded with it), never from a global generator: hypothesis does not seed those, and
+a failure must replay from the example it prints.
+"""
 
 from __future__ import annotations
 
@@ -84,12 +89,16 @@ def check_exact_projection(encoder, stream: Stream, beta: float, rtol: float = 1
         assert err <= rtol, f"relative error {err:.3g} at t = {t}"
 
 
-def check_chunking_and_scan(encoder, x: torch.Tensor, cuts: list[int], block: int, t0: int, rtol: float) -> None:
+def check_chunking_and_scan(
+    encoder, x: torch.Tensor, cuts: list[int], block: int, t0: int, rtol: float, seed: int
+) -> None:
     """One update == updates over the chunks == the last state of ``scan`` (and every scan state
-    equals the update state at its block boundary); ``x`` is (..., T, C)."""
+    equals the update state at its block boundary); ``x`` is (..., T, C). When ``t0 > 0`` the
+    stream continues a random state drawn from ``seed`` (a drawn value, so a failure replays)."""
     batch, (tokens, channels) = x.shape[:-2], x.shape[-2:]
     start = encoder.init_state(*batch, channels=channels, dtype=x.dtype)
-    start = start + torch.randn_like(start) if t0 else start  # a non-empty state when t0 > 0
+    if t0:  # a non-empty state
+        start = torch.randn(start.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
     whole = encoder.update(start, x, t0)
     state, t = start, t0
     for chunk in torch.tensor_split(x, cuts, dim=-2):

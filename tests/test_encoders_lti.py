@@ -157,6 +157,10 @@ def test_bf16_tokens_accumulate_in_the_state_dtype(name):
     assert scanned.dtype == torch.float32
     torch.testing.assert_close(scanned.double(), exact, rtol=2e-2, atol=2e-2)
     assert enc.update(state, x.double(), 0).dtype == torch.float64  # a wider input widens the state
+    # what is carried keeps float32 precision (~1e-7): silent tokens leave the decayed state alone
+    silent = torch.zeros_like(x)
+    assert rel(enc.update(state, silent, 0), enc.update(state.double(), silent.double(), 0)) < 1e-5
+    assert rel(enc.scan(silent, 7, state=state), enc.scan(silent.double(), 7, state=state.double())) < 1e-5
 
 
 def test_block_cache_is_bounded():

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
+from reference import fout_basis, jacobi_family, legt_basis
 
 ENCODERS = {
     "legs": dict(order=8),
@@ -83,18 +84,50 @@ def test_positions_block_times(enc_name, spec, samples, ts, dtype):
         assert torch.allclose(row.detach().double(), pos[i].detach().double(), rtol=1e-6, atol=1e-6)
 
 
+def reference_positions(name: str, cfg: dict, samples: int, t: float, lo: float, hi: float) -> np.ndarray:
+    """The retrievers' positions from their definitions, in NumPy: (P,) sorted, inside [lo, hi]."""
+    u = (np.arange(samples) + 0.5) / samples  # cell midpoints; the learned retriever starts there
+    if name in ("uniform", "learned"):
+        return lo + (hi - lo) * u
+    if "distances" in cfg:
+        return np.sort(np.clip(t - np.asarray(cfg["distances"], dtype=np.float64), lo, hi))
+    warp, rate = cfg.get("warp", "exponential"), cfg.get("rate")
+    back = np.expm1((rate or 4.0) * u) / np.expm1(rate or 4.0) if warp == "exponential" else u ** (rate or 2.0)
+    return np.sort(hi - (hi - lo) * back)  # a fraction d(u) of the support back from t
+
+
+def reference_basis(enc_name: str, s: np.ndarray, t: float) -> np.ndarray:
+    """The encoders' bases from tests/reference.py (SciPy's polynomials): (P, N)."""
+    options = ENCODERS[enc_name]
+    if enc_name in ("legs", "jacobi"):
+        return jacobi_family(options["order"], s / t, options.get("beta", 0.0))
+    lag_basis = legt_basis if enc_name == "legt" else fout_basis
+    return lag_basis(options["order"], options["window"], t - s)
+
+
 @pytest.mark.parametrize("enc_name", sorted(ENCODERS))
 @pytest.mark.parametrize("name, cfg", RETRIEVERS + [("warped", dict(distances=[0, 3, 50, 1e9]))])
-def test_read_shapes_and_values(enc_name, name, cfg):
+def test_read_is_the_reference_basis_at_the_reference_positions(enc_name, name, cfg):
     enc = encoder(enc_name)
     ret = memplug.make_retriever(name, **({"samples": 4} | cfg))
-    state = torch.randn(2, 8, 3, dtype=torch.float64)  # (B, N, C)
-    out = ret.read(enc, state, 150)
-    assert out.shape == (2, 4, 3)
-    expected = enc.basis(ret.positions(150, enc), 150).to(state.dtype) @ state
-    assert torch.allclose(out, expected)
-    blocks = torch.randn(2, 3, 8, 3, dtype=torch.float64)  # (B, nb, N, C)
-    assert ret.read(enc, blocks, torch.tensor([50.0, 100.0, 150.0])).shape == (2, 3, 4, 3)
+    gen = torch.Generator().manual_seed(0)
+    times = [50.0, 100.0, 150.0]  # with the 100-token windows of legt and fout: inside and past the first
+    blocks = torch.randn(2, 3, 8, 3, generator=gen, dtype=torch.float64)  # (B, nb, N, C)
+
+    tol = 1e-6 if name == "learned" else 1e-9  # the learned positions are float32 parameters
+
+    def want(i: int) -> np.ndarray:
+        t = times[i]
+        lo, hi = (float(v) for v in enc.support(t))
+        phi = reference_basis(enc_name, reference_positions(name, cfg, 4, t, lo, hi), t)  # (P, N)
+        return phi @ blocks[:, i].numpy()  # (B, P, C)
+
+    for i, t in enumerate(times):  # one time: (B, N, C) -> (B, P, C)
+        np.testing.assert_allclose(ret.read(enc, blocks[:, i], t).detach().numpy(), want(i), rtol=tol, atol=tol)
+    batched = ret.read(enc, blocks, torch.tensor(times, dtype=torch.float64))  # (B, nb, P, C): block i at times[i]
+    assert batched.shape == (2, 3, 4, 3)
+    for i in range(len(times)):
+        np.testing.assert_allclose(batched[:, i].detach().numpy(), want(i), rtol=tol, atol=tol)
 
 
 def test_uniform_positions_are_cell_midpoints():
@@ -196,13 +229,13 @@ def test_learned_gets_gradients_through_basis(enc_name):
 
 @given(encoder_names, st.integers(1, 12), st.integers(0, 2**16))
 def test_learned_stays_sorted_and_inside_after_steps(enc_name, samples, seed):
-    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     enc = encoder(enc_name)
     ret = memplug.make_retriever("learned", samples=samples)
     opt = torch.optim.Adam(ret.parameters(), lr=0.5)  # large steps: the map must keep the order
     t = torch.tensor([40.0, 90.0, 160.0])
-    state = torch.randn(3, 8, 2)  # (nb, N, C)
-    target = torch.randn(3, samples, 2)
+    state = torch.randn(3, 8, 2, generator=gen)  # (nb, N, C)
+    target = torch.randn(3, samples, 2, generator=gen)
     before = ret.positions(t, enc).detach().clone()
     for _ in range(5):
         opt.zero_grad()

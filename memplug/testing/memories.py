@@ -19,6 +19,9 @@ Modes (:data:`MODES`): causality and the round-trip run in training and eval mod
 invariance in eval mode (streaming is inference), gradient reach in training mode. Every
 model call is made with torch's global generator seeded the same way, so calls compared with
 each other draw the same randomness.
+
+Each invariant is one function below, of a :class:`Harness` (the model the memory runs in) and
+one drawn example.
 """
 
 from __future__ import annotations
@@ -27,19 +30,23 @@ import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import Tensor
 
 from memplug.core.contracts import Backbone, Memory
+from memplug.core.model import MemoryModel
+from memplug.core.state import ModelState
 
 from . import strategies as mst
-from .runner import Mismatch, expect_close, run_invariant, subject
+from .runner import Invariant, Mismatch, expect_close, run_invariants, subject
 
-__all__ = ["check_memory", "tiny_backbone"]
+__all__ = ["Harness", "check_memory", "memory_invariants", "tiny_backbone"]
 
 MemoryLike = Memory | type | str | Callable[[int], Memory]
 
@@ -124,6 +131,168 @@ def _redrawn(case: SequenceCase, ids: Tensor, vocab: int) -> Tensor:
     return out
 
 
+@dataclass
+class Harness:
+    """The model a memory is checked in, and how the invariants call it."""
+
+    model: MemoryModel
+    vocab: int
+    block: int
+    window: int  # the local window in tokens: the block, or the previous block and the block
+    longest: int  # the longest sequence drawn
+    tolerance: float
+
+    @classmethod
+    def build(
+        cls,
+        memory_or_factory: MemoryLike,
+        *,
+        block: int = 4,
+        max_blocks: int = 4,
+        span: str = "block",
+        layers: Sequence[int] | None = None,
+        backbone: Backbone | Callable[[], Backbone] | None = None,
+        dtype: torch.dtype = torch.float64,
+        tolerance: float | None = None,
+    ) -> Harness:
+        """The model :func:`check_memory` checks ``memory_or_factory`` in (same options)."""
+        base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone
+        base = tiny_backbone() if base is None else base
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = MemoryModel(copy.deepcopy(base), memory=_factory(memory_or_factory), block=block,
+                                layers=layers, span=span).to(dtype)
+        if not model.memories:
+            raise ValueError(f"the model built from {memory_or_factory!r} has no memory in any layer")
+        return cls(model, vocab=base.vocab_size, block=block, window=block * (2 if span == "previous" else 1),
+                   longest=max_blocks * block + block - 1,
+                   tolerance=tolerance if tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4))
+
+    @property
+    def label(self) -> str:
+        """How messages name the memory."""
+        return subject(self.model.memories[0])
+
+    def forward(self, ids: Tensor, state: ModelState | None = None):
+        """One model call with torch's global generator seeded the same way every time, so
+        that calls compared with each other draw the same randomness (dropout, random samplers)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self.model(ids, state=state)
+
+    def logits(self, ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
+        out = self.forward(ids, state)
+        return out.logits, out.state
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the memory holds a state (an empty dict is a memory without one)."""
+        return bool(self.model.memories[0].init_state(1, next(self.model.parameters()).dtype, torch.device("cpu")))
+
+    def trainable(self) -> list[tuple[str, Tensor]]:
+        return [(f"layer {i}: {name}", p) for i, layer in enumerate(self.model.attn) if layer.memory is not None
+                for name, p in layer.memory.named_parameters() if p.requires_grad]
+
+
+def in_mode(check: Callable[[Harness, SequenceCase], None], harness: Harness, case: SequenceCase) -> None:
+    """``check`` with the model in the case's mode (training or eval)."""
+    harness.model.train(case.training)
+    check(harness, case)
+
+
+# ---- the invariants: one function each, of the harness and one drawn example ------------------
+
+
+def causality(h: Harness, case: SequenceCase) -> None:
+    ids = case.ids.tensor()
+    with torch.no_grad():
+        base_logits, _ = h.logits(ids)
+        other_logits, _ = h.logits(_redrawn(case, ids, h.vocab))
+    if case.cut:
+        err_before = (base_logits[:, : case.cut] - other_logits[:, : case.cut]).abs().amax(dim=(0, 2))  # (j,)
+        scale = base_logits.abs().max().item()
+        leaked = (err_before > h.tolerance * scale).nonzero().flatten().tolist()
+        if leaked:
+            raise Mismatch(f"changing tokens {case.cut}..{ids.shape[1] - 1} changed the logits at positions "
+                           f"{leaked[:8]} (before {case.cut}) by up to {err_before.max().item() / scale:.3g} "
+                           f"(relative; allowed {h.tolerance:g})")
+
+
+def chunking(h: Harness, case: SequenceCase) -> None:
+    ids = case.ids.tensor()
+    with torch.no_grad():
+        whole, _ = h.logits(ids)
+        parts, state, start = [], None, 0
+        for length in case.chunking:
+            out, state = h.logits(ids[:, start : start + length], state)
+            parts.append(out)
+            start += length
+    expect_close(torch.cat(parts, dim=1), whole, h.tolerance, f"logits streamed in chunks {case.chunking} vs one call")
+
+
+def round_trip(h: Harness, case: SequenceCase) -> None:
+    ids = case.ids.tensor()
+    split = case.split
+    with torch.no_grad():
+        _, state = h.logits(ids[:, :split])
+        for i, layer in enumerate(state.layers):
+            bad = {k: type(v).__name__ for k, v in layer.items() if not isinstance(v, Tensor)}
+            if bad:
+                raise Mismatch(f"layer {i} state holds non-tensors {bad} (a memory state is a flat dict of tensors)")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "state.safetensors"
+            state.save(path)
+            loaded = ModelState.load(path)
+        if loaded.position != state.position:
+            raise Mismatch(f"position {state.position} came back as {loaded.position}")
+        for i, (a, b) in enumerate(zip(state.layers, loaded.layers)):
+            if sorted(a) != sorted(b):
+                raise Mismatch(f"layer {i} state keys {sorted(a)} came back as {sorted(b)}")
+            for key in a:
+                if a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):
+                    raise Mismatch(f"layer {i} state[{key!r}] changed in the round trip")
+        if split < ids.shape[1]:
+            rest = ids[:, split:]
+            expect_close(h.logits(rest, loaded)[0], h.logits(rest, state)[0], 0.0,
+                         f"logits after a state saved and loaded at position {split} vs the live state")
+
+
+def gradient_reach(h: Harness, case: SequenceCase) -> None:
+    """Every trainable parameter gets a gradient; a stateful memory's state reaches the output."""
+    ids = case.ids.tensor()
+    h.model.zero_grad(set_to_none=True)
+    logits = h.forward(ids).logits  # (B, T, vocab)
+    F.cross_entropy(logits.flatten(0, 1), torch.roll(ids, -1, dims=1).flatten()).backward()
+    for name, p in h.trainable():
+        if p.grad is None:
+            raise Mismatch(f"parameter {name} got no gradient")
+        if not torch.isfinite(p.grad).all():
+            raise Mismatch(f"parameter {name} got a non-finite gradient")
+        if not p.grad.abs().max() > 0:
+            raise Mismatch(f"parameter {name} got an all-zero gradient")
+    h.model.zero_grad(set_to_none=True)
+    if not h.stateful:
+        return
+    # keep the last (possibly partial) block and its local window; redraw all before
+    last = (ids.shape[1] - 1) // h.block * h.block
+    cut = max(0, last - (h.window - h.block))
+    if cut == 0:
+        return
+    with torch.no_grad():
+        before = h.logits(ids)[0][:, last:]
+        other = ids.clone()
+        gen = torch.Generator().manual_seed(case.other_seed)
+        other[:, :cut] = (ids[:, :cut] + torch.randint(1, h.vocab, (ids.shape[0], cut), generator=gen)) % h.vocab
+        after = h.logits(other)[0][:, last:]
+    change = (after - before).abs().max().item() / before.abs().max().item()
+    if not change > 100 * h.tolerance:
+        raise Mismatch(f"redrawing the {cut} tokens before the last block's local window changed its logits "
+                       f"by {change:.3g} (relative): the memory's state does not reach the output")
+
+
+# ---- the check ------------------------------------------------------------------------------
+
+
 def check_memory(
     memory_or_factory: MemoryLike,
     *,
@@ -153,152 +322,39 @@ def check_memory(
         tolerance: relative tolerance of the equalities (default 1e-9 in float64, 1e-4 otherwise).
         settings: hypothesis settings; by default the active profile, without a deadline.
     """
-    from memplug.core.model import MemoryModel
-    from memplug.core.state import ModelState
+    harness = Harness.build(memory_or_factory, block=block, max_blocks=max_blocks, span=span, layers=layers,
+                            backbone=backbone, dtype=dtype, tolerance=tolerance)
+    run_invariants(harness.label, memory_invariants(harness), settings)
 
-    tol = tolerance if tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4)
-    base = backbone() if callable(backbone) and not isinstance(backbone, Backbone) else backbone
-    base = tiny_backbone() if base is None else base
-    vocab = base.vocab_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MemoryModel(copy.deepcopy(base), memory=_factory(memory_or_factory), block=block,
-                            layers=layers, span=span).to(dtype)
-    memories = model.memories
-    if not memories:
-        raise ValueError(f"the model built from {memory_or_factory!r} has no memory in any layer")
-    label = subject(memories[0])
-    window = block * (2 if span == "previous" else 1)
-    longest = max_blocks * block + block - 1
 
-    def run(invariant: str, statement: str, cases, body: Callable[[SequenceCase], None]) -> None:
-        def in_mode(case: SequenceCase) -> None:
-            model.train(case.training)
-            body(case)
+def memory_invariants(harness: Harness) -> list[Invariant[SequenceCase]]:
+    """The invariants :func:`check_memory` runs in ``harness``, in order. Raises
+    ``AssertionError`` for a memory that declares ``chunk_invariant = False`` without a reason."""
 
-        run_invariant(label, invariant, statement, cases, in_mode, settings)
+    def invariant(name: str, statement: str, focus: str, check, shortest: int = 2,
+                  longest: int = harness.longest) -> Invariant[SequenceCase]:
+        cases = sequence_cases(focus, harness.vocab, shortest, longest)
+        return Invariant(name, statement, cases, partial(in_mode, check, harness))
 
-    def forward(ids: Tensor, state: ModelState | None = None, labels: Tensor | None = None):
-        """One model call with torch's global generator seeded the same way every time, so
-        that calls compared with each other draw the same randomness (dropout, random samplers).
-        ``labels`` are aligned with ``ids`` (the model shifts them)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return model(ids, state=state, labels=labels)
-
-    def logits(ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
-        out = forward(ids, state)
-        return out.logits, out.state
-
-    # -- causality ----------------------------------------------------------------------------
-    def causality(case: SequenceCase) -> None:
-        ids = case.ids.tensor()
-        with torch.no_grad():
-            base_logits, _ = logits(ids)
-            other_logits, _ = logits(_redrawn(case, ids, vocab))
-        if case.cut:
-            err_before = (base_logits[:, : case.cut] - other_logits[:, : case.cut]).abs().amax(dim=(0, 2))  # (j,)
-            scale = base_logits.abs().max().item()
-            leaked = (err_before > tol * scale).nonzero().flatten().tolist()
-            if leaked:
-                raise Mismatch(f"changing tokens {case.cut}..{ids.shape[1] - 1} changed the logits at positions "
-                               f"{leaked[:8]} (before {case.cut}) by up to {err_before.max().item() / scale:.3g} "
-                               f"(relative; allowed {tol:g})")
-
-    run("causality", "changing tokens from position j on never changes a logit before j",
-        sequence_cases("causality", vocab, 2, longest), causality)
-
-    # -- chunking invariance ------------------------------------------------------------------
-    exempt = [m for m in memories if not m.chunk_invariant]
+    invariants = [invariant("causality", "changing tokens from position j on never changes a logit before j",
+                            "causality", causality)]
+    exempt = [m for m in harness.model.memories if not m.chunk_invariant]
     if exempt:
         reason = getattr(exempt[0], "chunk_invariant_reason", "")
         if not isinstance(reason, str) or not reason.strip():
             raise AssertionError(
-                f"{label} declares chunk_invariant = False without a reason: set the class attribute "
+                f"{harness.label} declares chunk_invariant = False without a reason: set the class attribute "
                 "chunk_invariant_reason to say why chunking can change its results"
             )
     else:
-        def chunking(case: SequenceCase) -> None:
-            ids = case.ids.tensor()
-            with torch.no_grad():
-                whole, _ = logits(ids)
-                parts, state, start = [], None, 0
-                for length in case.chunking:
-                    out, state = logits(ids[:, start : start + length], state)
-                    parts.append(out)
-                    start += length
-            expect_close(torch.cat(parts, dim=1), whole, tol, f"logits streamed in chunks {case.chunking} vs one call")
-
-        run("chunking invariance", "any chunking of a sequence, streamed with the state, gives the logits of one call",
-            sequence_cases("chunking", vocab, 2, longest), chunking)
-
-    # -- state round-trip ---------------------------------------------------------------------
-    def round_trip(case: SequenceCase) -> None:
-        ids = case.ids.tensor()
-        split = case.split
-        with torch.no_grad():
-            _, state = logits(ids[:, :split])
-            for i, layer in enumerate(state.layers):
-                bad = {k: type(v).__name__ for k, v in layer.items() if not isinstance(v, Tensor)}
-                if bad:
-                    raise Mismatch(f"layer {i} state holds non-tensors {bad} (a memory state is a flat dict of tensors)")
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "state.safetensors"
-                state.save(path)
-                loaded = ModelState.load(path)
-            if loaded.position != state.position:
-                raise Mismatch(f"position {state.position} came back as {loaded.position}")
-            for i, (a, b) in enumerate(zip(state.layers, loaded.layers)):
-                if sorted(a) != sorted(b):
-                    raise Mismatch(f"layer {i} state keys {sorted(a)} came back as {sorted(b)}")
-                for key in a:
-                    if a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):
-                        raise Mismatch(f"layer {i} state[{key!r}] changed in the round trip")
-            if split < ids.shape[1]:
-                rest = ids[:, split:]
-                expect_close(logits(rest, loaded)[0], logits(rest, state)[0], 0.0,
-                             f"logits after a state saved and loaded at position {split} vs the live state")
-
-    run("state round-trip", "a state saved and loaded mid-stream continues to the same logits",
-        sequence_cases("split", vocab, 2, longest), round_trip)
-
-    # -- gradient reach -----------------------------------------------------------------------
-    trainable = [(f"layer {i}: {name}", p) for i, layer in enumerate(model.attn) if layer.memory is not None
-                 for name, p in layer.memory.named_parameters() if p.requires_grad]
-    empty = memories[0].init_state(1, dtype, torch.device("cpu"))
-    stateful = bool(empty)
-    reach_cases = sequence_cases("reach", vocab, window + block, max(longest, window + 2 * block))
-
-    def reach(case: SequenceCase) -> None:
-        ids = case.ids.tensor()
-        model.zero_grad(set_to_none=True)
-        out = forward(ids, labels=ids)
-        out.loss.backward()
-        for name, p in trainable:
-            if p.grad is None:
-                raise Mismatch(f"parameter {name} got no gradient")
-            if not torch.isfinite(p.grad).all():
-                raise Mismatch(f"parameter {name} got a non-finite gradient")
-            if not p.grad.abs().max() > 0:
-                raise Mismatch(f"parameter {name} got an all-zero gradient")
-        model.zero_grad(set_to_none=True)
-        if stateful:
-            # keep the last (possibly partial) block and its local window; redraw all before
-            last = (ids.shape[1] - 1) // block * block
-            cut = max(0, last - (window - block))
-            if cut == 0:
-                return
-            with torch.no_grad():
-                before = logits(ids)[0][:, last:]
-                other = ids.clone()
-                gen = torch.Generator().manual_seed(case.other_seed)
-                other[:, :cut] = (ids[:, :cut] + torch.randint(1, vocab, (ids.shape[0], cut), generator=gen)) % vocab
-                after = logits(other)[0][:, last:]
-            change = (after - before).abs().max().item() / before.abs().max().item()
-            if not change > 100 * tol:
-                raise Mismatch(f"redrawing the {cut} tokens before the last block's local window changed its logits "
-                               f"by {change:.3g} (relative): the memory's state does not reach the output")
-
+        invariants.append(invariant(
+            "chunking invariance", "any chunking of a sequence, streamed with the state, gives the logits of one call",
+            "chunking", chunking))
+    invariants.append(invariant("state round-trip", "a state saved and loaded mid-stream continues to the same logits",
+                                "split", round_trip))
     statement = "every trainable memory parameter gets a gradient" + (
-        "; the tokens before the local window change the last block's logits" if stateful else "")
-    run("gradient reach", statement, reach_cases, reach)
+        "; the tokens before the local window change the last block's logits" if harness.stateful else "")
+    block, window = harness.block, harness.window
+    invariants.append(invariant("gradient reach", statement, "reach", gradient_reach, shortest=window + block,
+                                longest=max(harness.longest, window + 2 * block)))
+    return invariants

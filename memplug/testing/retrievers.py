@@ -16,12 +16,16 @@ A retriever may be random (e.g. drawing fresh positions in training): every call
 compares is made with torch's global generator seeded the same way, so the invariants hold for
 a retriever whose positions are a function of ``t``, the encoder and that generator's state.
 Randomness from a generator of its own cannot be checked this way.
+
+Each invariant is one function below, of a :class:`Harness` (the retriever and its encoders)
+and one drawn example.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -32,9 +36,9 @@ from torch import Tensor
 from memplug.core.contracts import Encoder, Retriever
 
 from . import strategies as mst
-from .runner import Mismatch, component, expect_close, run_invariant, subject
+from .runner import Invariant, Mismatch, component, expect_close, run_invariants, subject
 
-__all__ = ["check_retriever", "default_encoders"]
+__all__ = ["check_retriever", "default_encoders", "retriever_invariants"]
 
 RetrieverLike = Retriever | Callable[[], Retriever]
 T = TypeVar("T")
@@ -75,6 +79,119 @@ def _tolerance(positions: Tensor, hi: float) -> float:
     return 8 * torch.finfo(positions.dtype).eps * max(1.0, abs(hi))
 
 
+@dataclass
+class Harness:
+    """The retriever checked, the encoders it reads through, and how the invariants call it."""
+
+    retriever: Retriever
+    encoders: list[Encoder]
+
+    def positions(self, case: ReadCase, t: float | Tensor) -> Tensor:
+        return _seeded(case.state.seed, self.retriever.positions, t, self.encoders[case.encoder])
+
+    def read(self, case: ReadCase, state: Tensor, t: float | Tensor) -> Tensor:
+        return _seeded(case.state.seed, self.retriever.read, self.encoders[case.encoder], state, t)
+
+    def states(self, case: ReadCase, *blocks: int) -> Tensor:
+        """Random float64 states (*batch, *blocks, N, C) drawn from the case's seed."""
+        gen = torch.Generator().manual_seed(case.state.seed)
+        n = self.encoders[case.encoder].order
+        return torch.randn(*case.state.batch, *blocks, n, case.state.channels, generator=gen, dtype=torch.float64)
+
+    def scalar_positions(self, case: ReadCase, t: float) -> Tensor:
+        """``positions(t)``, checked: (P,), finite, inside the support, sorted."""
+        encoder, p = self.encoders[case.encoder], self.retriever.samples
+        pos = self.positions(case, t)
+        if tuple(pos.shape) != (p,):
+            raise Mismatch(f"positions at t={t} have shape {tuple(pos.shape)}, expected ({p},)")
+        if not pos.is_floating_point() or not torch.isfinite(pos).all():
+            raise Mismatch(f"positions at t={t} are not finite floats: {pos.tolist()}")
+        lo, hi = (float(v) for v in encoder.support(t))
+        tol = _tolerance(pos, hi)
+        outside = ((pos < lo - tol) | (pos > hi + tol)).nonzero().flatten().tolist()
+        if outside:
+            shown = [round(pos[i].item(), 6) for i in outside[:5]]
+            raise Mismatch(f"at t={t}, {len(outside)} of {p} positions lie outside the support [{lo:g}, {hi:g}]: "
+                           f"indices {outside[:5]} at {shown}")
+        if (pos[1:] < pos[:-1]).any():
+            raise Mismatch(f"positions at t={t} are not sorted: {pos.tolist()}")
+        return pos
+
+
+def in_mode(check: Callable[[Harness, ReadCase], None], harness: Harness, case: ReadCase) -> None:
+    """``check`` with the retriever in the case's mode (training or eval), restored after."""
+    retriever = harness.retriever
+    was = retriever.training
+    retriever.train(case.training)
+    try:
+        check(harness, case)
+    finally:
+        retriever.train(was)
+
+
+# ---- the invariants: one function each, of the harness and one drawn example ------------------
+
+
+def positions(h: Harness, case: ReadCase) -> None:
+    for t in case.times:
+        pos = h.scalar_positions(case, t)
+        forms = {"a 0-d tensor": torch.tensor(t, dtype=torch.float64)}
+        if t == int(t):
+            forms["an int"] = int(t)
+        for form, value in forms.items():
+            expect_close(h.positions(case, value), pos, _tolerance(pos, t),
+                         f"positions with t={t} given as {form} vs as a float")
+        with torch.no_grad():
+            frozen = [q.requires_grad for q in h.retriever.parameters()]
+            h.retriever.requires_grad_(False)
+            try:
+                again = h.positions(case, t)
+            finally:
+                for q, flag in zip(h.retriever.parameters(), frozen):
+                    q.requires_grad_(flag)
+        expect_close(again, pos, _tolerance(pos, t), f"positions at t={t} with the retriever frozen under no_grad")
+
+
+def batched_positions(h: Harness, case: ReadCase) -> None:
+    rows = torch.stack([h.scalar_positions(case, t) for t in case.times])  # (nb, P)
+    both = h.positions(case, torch.tensor(case.times, dtype=torch.float64))
+    expect_close(both, rows, _tolerance(rows, max(case.times)),
+                 "positions of a (nb,) tensor of times vs one time at a time")
+
+
+def read(h: Harness, case: ReadCase) -> None:
+    encoder = h.encoders[case.encoder]
+    states = h.states(case, len(case.times))  # (*batch, nb, N, C)
+    scalar = []
+    for i, t in enumerate(case.times):
+        out = h.read(case, states[..., i, :, :], t)
+        want = encoder.basis(h.positions(case, t), t).to(torch.float64) @ states[..., i, :, :]
+        expect_close(out, want, 1e-9, f"read at t={t} vs basis(positions(t), t) @ state")
+        scalar.append(out)
+    both = h.read(case, states, torch.tensor(case.times, dtype=torch.float64))
+    expect_close(both, torch.stack(scalar, dim=-3), 1e-9, "read of (nb,) times vs one time at a time")
+
+
+def gradients(h: Harness, case: ReadCase) -> None:
+    state = h.states(case)  # (*batch, N, C)
+    h.retriever.zero_grad(set_to_none=True)
+    loss = sum(h.read(case, state, t).square().sum() for t in case.times)
+    loss.backward()
+    for name, q in h.retriever.named_parameters():
+        if not q.requires_grad:
+            continue
+        if q.grad is None:
+            raise Mismatch(f"parameter {name!r} got no gradient from read")
+        if not torch.isfinite(q.grad).all():
+            raise Mismatch(f"parameter {name!r} got a non-finite gradient")
+        if not q.grad.abs().max() > 0:
+            raise Mismatch(f"parameter {name!r} got an all-zero gradient")
+    h.retriever.zero_grad(set_to_none=True)
+
+
+# ---- the check ------------------------------------------------------------------------------
+
+
 def check_retriever(
     retriever_or_factory: RetrieverLike,
     *,
@@ -94,11 +211,18 @@ def check_retriever(
         settings: hypothesis settings; by default the active profile, without a deadline.
     """
     retriever = component(retriever_or_factory, Retriever, "retriever_or_factory")
+    invariants = retriever_invariants(retriever, encoders=encoders, max_t=max_t, channels=channels)
+    run_invariants(subject(retriever), invariants, settings)
+
+
+def retriever_invariants(
+    retriever: Retriever, *, encoders: Sequence[Encoder] | None = None, max_t: int = 1_000_000, channels: int = 3
+) -> list[Invariant]:
+    """The invariants :func:`check_retriever` runs on ``retriever``, in order (same options)."""
     encoders = list(default_encoders() if encoders is None else encoders)
     if not encoders or not all(isinstance(e, Encoder) for e in encoders):
         raise ValueError(f"encoders must be a non-empty list of memplug.Encoder, got {encoders!r}")
-    label = subject(retriever)
-    p = retriever.samples
+    harness, p = Harness(retriever, encoders), retriever.samples
 
     time = st.one_of(st.integers(1, 64), st.integers(1, max_t), st.floats(0.5, 1e4)).map(float)
     cases = st.integers(0, len(encoders) - 1).flatmap(
@@ -112,103 +236,17 @@ def check_retriever(
         )
     )
 
-    def run(invariant: str, statement: str, body: Callable[[ReadCase], None]) -> None:
-        def in_mode(case: ReadCase) -> None:
-            was = retriever.training
-            retriever.train(case.training)
-            try:
-                body(case)
-            finally:
-                retriever.train(was)
+    def invariant(name: str, statement: str, check: Callable[[Harness, ReadCase], None]) -> Invariant[ReadCase]:
+        return Invariant(name, statement, cases, partial(in_mode, check, harness))
 
-        run_invariant(label, invariant, statement, cases, in_mode, settings)
-
-    def positions_of(case: ReadCase, t: float | Tensor) -> Tensor:
-        return _seeded(case.state.seed, retriever.positions, t, encoders[case.encoder])
-
-    def scalar_positions(case: ReadCase, t: float) -> Tensor:
-        encoder = encoders[case.encoder]
-        pos = positions_of(case, t)
-        if tuple(pos.shape) != (p,):
-            raise Mismatch(f"positions at t={t} have shape {tuple(pos.shape)}, expected ({p},)")
-        if not pos.is_floating_point() or not torch.isfinite(pos).all():
-            raise Mismatch(f"positions at t={t} are not finite floats: {pos.tolist()}")
-        lo, hi = (float(v) for v in encoder.support(t))
-        tol = _tolerance(pos, hi)
-        outside = ((pos < lo - tol) | (pos > hi + tol)).nonzero().flatten().tolist()
-        if outside:
-            shown = [round(pos[i].item(), 6) for i in outside[:5]]
-            raise Mismatch(f"at t={t}, {len(outside)} of {p} positions lie outside the support [{lo:g}, {hi:g}]: "
-                           f"indices {outside[:5]} at {shown}")
-        if (pos[1:] < pos[:-1]).any():
-            raise Mismatch(f"positions at t={t} are not sorted: {pos.tolist()}")
-        return pos
-
-    # -- positions ----------------------------------------------------------------------------
-    def positions(case: ReadCase) -> None:
-        for t in case.times:
-            pos = scalar_positions(case, t)
-            forms = {"a 0-d tensor": torch.tensor(t, dtype=torch.float64)}
-            if t == int(t):
-                forms["an int"] = int(t)
-            for form, value in forms.items():
-                expect_close(positions_of(case, value), pos, _tolerance(pos, t),
-                             f"positions with t={t} given as {form} vs as a float")
-            with torch.no_grad():
-                frozen = [q.requires_grad for q in retriever.parameters()]
-                retriever.requires_grad_(False)
-                try:
-                    again = positions_of(case, t)
-                finally:
-                    for q, flag in zip(retriever.parameters(), frozen):
-                        q.requires_grad_(flag)
-            expect_close(again, pos, _tolerance(pos, t), f"positions at t={t} with the retriever frozen under no_grad")
-
-    run("positions", f"positions(t) are P={p} sorted finite positions inside encoder.support(t)", positions)
-
-    # -- batched positions --------------------------------------------------------------------
-    def batched(case: ReadCase) -> None:
-        rows = torch.stack([scalar_positions(case, t) for t in case.times])  # (nb, P)
-        both = positions_of(case, torch.tensor(case.times, dtype=torch.float64))
-        expect_close(both, rows, _tolerance(rows, max(case.times)),
-                     "positions of a (nb,) tensor of times vs one time at a time")
-
-    run("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows", batched)
-
-    # -- read ---------------------------------------------------------------------------------
-    def read(case: ReadCase) -> None:
-        encoder = encoders[case.encoder]
-        n, nb, batch, c = encoder.order, len(case.times), case.state.batch, case.state.channels
-        gen = torch.Generator().manual_seed(case.state.seed)
-        states = torch.randn(*batch, nb, n, c, generator=gen, dtype=torch.float64)  # (*batch, nb, N, C)
-        scalar = []
-        for i, t in enumerate(case.times):
-            out = _seeded(case.state.seed, retriever.read, encoder, states[..., i, :, :], t)
-            want = encoder.basis(positions_of(case, t), t).to(torch.float64) @ states[..., i, :, :]
-            expect_close(out, want, 1e-9, f"read at t={t} vs basis(positions(t), t) @ state")
-            scalar.append(out)
-        both = _seeded(case.state.seed, retriever.read, encoder, states, torch.tensor(case.times, dtype=torch.float64))
-        expect_close(both, torch.stack(scalar, dim=-3), 1e-9, "read of (nb,) times vs one time at a time")
-
-    run("read", "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar", read)
-
-    # -- gradients ----------------------------------------------------------------------------
-    trainable = [(name, q) for name, q in retriever.named_parameters() if q.requires_grad]
-    if trainable:
-        def gradients(case: ReadCase) -> None:
-            encoder = encoders[case.encoder]
-            gen = torch.Generator().manual_seed(case.state.seed)
-            state = torch.randn(*case.state.batch, encoder.order, case.state.channels, generator=gen, dtype=torch.float64)
-            retriever.zero_grad(set_to_none=True)
-            loss = sum(_seeded(case.state.seed, retriever.read, encoder, state, t).square().sum() for t in case.times)
-            loss.backward()
-            for name, q in trainable:
-                if q.grad is None:
-                    raise Mismatch(f"parameter {name!r} got no gradient from read")
-                if not torch.isfinite(q.grad).all():
-                    raise Mismatch(f"parameter {name!r} got a non-finite gradient")
-                if not q.grad.abs().max() > 0:
-                    raise Mismatch(f"parameter {name!r} got an all-zero gradient")
-            retriever.zero_grad(set_to_none=True)
-
-        run("gradients", "every trainable parameter gets a finite, non-zero gradient from a read", gradients)
+    invariants = [
+        invariant("positions", f"positions(t) are P={p} sorted finite positions inside encoder.support(t)", positions),
+        invariant("batched positions", "positions of (nb,) times are (nb, P) with the scalar positions as rows",
+                  batched_positions),
+        invariant("read",
+                  "read(encoder, state, t) == basis(positions(t), t) @ state, (*batch, P, C), batched == scalar", read),
+    ]
+    if any(q.requires_grad for q in retriever.parameters()):
+        invariants.append(invariant(
+            "gradients", "every trainable parameter gets a finite, non-zero gradient from a read", gradients))
+    return invariants

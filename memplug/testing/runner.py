@@ -10,8 +10,9 @@ was found.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 from hypothesis import HealthCheck, Phase, given
@@ -22,8 +23,8 @@ from torch import Tensor
 from memplug.core.contracts import Component
 
 __all__ = [
-    "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error", "expect_close",
-    "run_invariant",
+    "Invariant", "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error",
+    "expect_close", "run_invariant", "run_invariants",
 ]
 
 Case = TypeVar("Case")
@@ -36,6 +37,18 @@ class InvariantViolation(AssertionError):
 
 class Mismatch(Exception):
     """Raised inside an invariant with what was found (the runner adds the rest)."""
+
+
+@dataclass(frozen=True)
+class Invariant(Generic[Case]):
+    """One invariant of a contract: its short ``name``, the property in words (``statement``),
+    the examples it is checked on (``cases``) and the check of one example (``check``, which
+    raises :class:`Mismatch`, or crashes, when the component breaks the invariant)."""
+
+    name: str
+    statement: str
+    cases: SearchStrategy[Case]
+    check: Callable[[Case], None]
 
 
 def component(obj_or_factory: C | Callable[[], C], base: type[C], argument: str) -> C:
@@ -137,3 +150,9 @@ def run_invariant(
         raise error from cause
 
     kit_settings(settings)(given(cases)(check))()
+
+
+def run_invariants(subject: str, invariants: Iterable[Invariant[Any]], settings: Settings | None = None) -> None:
+    """:func:`run_invariant` for each of ``invariants`` in turn: the first broken one raises."""
+    for invariant in invariants:
+        run_invariant(subject, invariant.name, invariant.statement, invariant.cases, invariant.check, settings)
