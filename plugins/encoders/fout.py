@@ -27,12 +27,15 @@ from memplug.hippo.time_invariant import TimeInvariantMeasure
 
 
 class FouT(TimeInvariantMeasure):
-    """Sliding-window Fourier measure (HiPPO-FouT), window θ = ``window`` tokens, ZOH per token."""
+    """Sliding-window Fourier measure (HiPPO-FouT), window θ = ``window`` tokens, ZOH per token.
+
+    ``**kwargs``: ``scan_method`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
+    """
 
     name = "fout"
 
-    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8) -> None:
-        super().__init__(order, window, cache_size)
+    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8, **kwargs) -> None:
+        super().__init__(order, window, cache_size, **kwargs)
 
     def _layout(self, dtype: torch.dtype, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Frequency k (N,), sine mask (N,) and ``B~`` (N,) of the interleaved state
@@ -43,7 +46,7 @@ class FouT(TimeInvariantMeasure):
         scale[0] = 1.0
         return freq.to(dtype), sine, scale * ~sine
 
-    def transition(self) -> tuple[Tensor, Tensor]:
+    def ode_matrices(self) -> tuple[Tensor, Tensor]:
         freq, _, weight = self._layout(torch.float64)
         cos = torch.arange(0, self.order - 1, 2)  # c_k that have their s_k in the state
         J = torch.zeros(self.order, self.order, dtype=torch.float64)

@@ -26,14 +26,17 @@ from memplug.hippo.legendre import shifted_legendre
 
 
 class LegT(TimeInvariantMeasure):
-    """Sliding-window Legendre measure (HiPPO-LegT), window θ = ``window`` tokens, ZOH per token."""
+    """Sliding-window Legendre measure (HiPPO-LegT), window θ = ``window`` tokens, ZOH per token.
+
+    ``**kwargs``: ``scan_method`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
+    """
 
     name = "legt"
 
-    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8) -> None:
-        super().__init__(order, window, cache_size)
+    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8, **kwargs) -> None:
+        super().__init__(order, window, cache_size, **kwargs)
 
-    def transition(self) -> tuple[Tensor, Tensor]:
+    def ode_matrices(self) -> tuple[Tensor, Tensor]:
         n = torch.arange(self.order, dtype=torch.float64)
         root = (2 * n + 1).sqrt()  # (N,)
         diff = n[:, None] - n[None, :]  # (N, N): n - k
