@@ -36,7 +36,7 @@ class Laguerre(TimeInvariantMeasure):
         super().__init__(order, window)
         self.timescale = timescale
 
-    def transition(self):
+    def ode_matrices(self):
         lower = np.tril(np.ones((self.order, self.order)))
         return -lower / self.timescale, np.full(self.order, 1.0 / self.timescale)
 

@@ -51,7 +51,7 @@ def stream(seed: int, *shape: int) -> torch.Tensor:
 @given(names, orders, windows)
 def test_matrices_match_reference(name, order, window):
     cls, matrices, _ = MEASURES[name]
-    A, B = cls(order=order, window=window).transition()
+    A, B = cls(order=order, window=window).ode_matrices()
     A_ref, B_ref = matrices(order, window)
     assert A.dtype == torch.float64 and A.shape == (order, order) and B.shape == (order,)
     np.testing.assert_allclose(A.numpy(), A_ref, rtol=1e-14, atol=1e-14 * np.abs(A_ref).max())

@@ -46,33 +46,23 @@ follow. (Only weights u^β keep the exact update: the identity needs w(r u) ∝ 
 from __future__ import annotations
 
 import math
-import operator
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from ..util.checks import non_negative_int, positive_int
+from ..util.checks import non_negative_int
 from ..util.lru import TensorLRU
 from ..core.contracts import Encoder, TimeLike
 from .legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
 from .order import check_order
 from .quadrature import shifted_gauss_jacobi
-from .scan import linear_recurrence
+from .scan import SCAN_METHODS, Span, block_scan, block_update, check_stream, token_position
 
 __all__ = ["ScaleInvariantMeasure", "default_cache_bytes"]
 
 _F64 = torch.float64
 _CPU = torch.device("cpu")
-
-
-def _position(value: object, arg: str) -> int:
-    """An int >= 0 from an int-like (Python, NumPy or 0-d integer tensor)."""
-    try:
-        pos = operator.index(value.item() if isinstance(value, Tensor) and value.numel() == 1 else value)
-    except TypeError:
-        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {value!r}") from None
-    if pos < 0:
-        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {pos}")
-    return pos
 
 
 #: Transition caches shared by equal encoders: (module, class, order, beta, bytes) -> cache.
@@ -118,8 +108,8 @@ class ScaleInvariantMeasure(Encoder):
         if cache_bytes is None:
             cache_bytes = default_cache_bytes(order)
         non_negative_int("cache_bytes", cache_bytes)
-        if scan_method not in ("auto", "sequential", "parallel"):
-            raise ValueError(f"scan_method must be 'auto', 'sequential' or 'parallel', got {scan_method!r}")
+        if scan_method not in SCAN_METHODS:
+            raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {scan_method!r}")
         self.order = order
         self.beta = beta
         self.scan_method = scan_method
@@ -181,7 +171,7 @@ class ScaleInvariantMeasure(Encoder):
     def block_input(self, t0: int, t1: int) -> Tensor:
         """U(t0, t1) (N, L): the exact projection of tokens t0 .. t1-1 onto the state at t1, from
         cell integrals of q_n u^β; float64."""
-        t0, t1 = _position(t0, "t0"), _position(t1, "t1")
+        t0, t1 = token_position(t0, "t0"), token_position(t1, "t1")
         if t1 <= t0:
             raise ValueError(f"t1 must be > t0, got t0={t0}, t1={t1}")
         edges = torch.arange(t0, t1 + 1, dtype=_F64) / t1  # (L+1,) cell edges in u
@@ -218,45 +208,37 @@ class ScaleInvariantMeasure(Encoder):
 
     def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
         """State (..., N, C) at t0 + L after the tokens ``x`` (..., L, C) at positions t0 ..:
-        ``M(t0/t1) state + U(t0, t1) x``. The tokens are projected in their own dtype (bf16 keys
-        under autocast take a bf16 matmul with float32 accumulation, like every other projection
-        of the model); the transitions and the sum run in the promoted dtype of state and x."""
-        t0 = self._check_stream(state, x, t0)
-        dtype = torch.promote_types(state.dtype, x.dtype)
-        length = x.shape[-2]
-        mats = self._by_ratio([(t0, t0 + length)], dtype, x.device)[0]  # (1|2, N, N)
-        return mats[0] @ state.to(dtype) + self._drive(x, t0, length, mats)
+        ``M(t0/t1) state + U(t0, t1) x`` (:func:`memplug.hippo.scan.block_update`). The tokens are
+        projected in their own dtype (bf16 keys under autocast take a bf16 matmul with float32
+        accumulation, like every other projection of the model); the transitions and the sum run
+        in the promoted dtype of state and x."""
+        return block_update(self, state, x, t0)
 
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
-        """States after every block (..., nb, N, C): every block's input term from batched
-        matmuls (in x's dtype, as in :meth:`update`), then the block recurrence
-        (:func:`memplug.hippo.scan.linear_recurrence`) in the promoted dtype of state and x."""
-        t0 = _position(t0, "t0")
-        positive_int("block", block)
-        if state is not None:
-            self._check_stream(state, x, t0)
-        elif x.dim() < 2 or x.shape[-2] < 1:
-            raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
-        dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
-        full, rest = divmod(x.shape[-2], block)
-        starts = [t0 + i * block for i in range(full)]
-        drives, transitions = [], []
-        if full:
-            blocks = x[..., : full * block, :].unflatten(-2, (full, block))  # (..., nb, L, C)
-            mats = self._by_ratio([(s, s + block) for s in starts], dtype, x.device)  # (nb, 1|2, N, N)
-            drives.append(self._drive_blocks(blocks, starts, mats))  # (..., nb, N, C)
-            transitions.append(mats[:, 0])
-        if rest:
-            s = t0 + full * block
-            mats = self._by_ratio([(s, s + rest)], dtype, x.device)[0]  # (1|2, N, N)
-            drives.append(self._drive(x[..., full * block :, :], s, rest, mats).unsqueeze(-3))  # (..., 1, N, C)
-            transitions.append(mats[:1])  # (1, N, N)
-        return linear_recurrence(
-            transitions[0] if len(transitions) == 1 else torch.cat(transitions),  # no copy for one part
-            drives[0] if len(drives) == 1 else torch.cat(drives, dim=-3),
-            None if state is None else state.to(dtype),
-            method=self.scan_method,
-        )
+        """States after every block (..., nb, N, C) (:func:`memplug.hippo.scan.block_scan`):
+        every block's input term from one batched matmul (in x's dtype, as in :meth:`update`),
+        then the block recurrence in the promoted dtype of state and x."""
+        return block_scan(self, x, block, t0, state, self.scan_method)
+
+    # ---- the block recurrence (memplug.hippo.scan.BlockRecurrence) ---------------------------
+
+    def span_transitions(self, spans: Sequence[Span], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(k, N, N): M(t0/t1) for each span (t0, t1). Several spans are stacked once and cached
+        under the spans (training repeats them at every step); one span is its cached matrix."""
+        device = torch.device(device)
+        if len(spans) == 1:
+            return self._by_ratio(spans, dtype, device)[0][:1]  # (1, N, N), no copy
+        return self._cached(("S", tuple(spans)), dtype, device,
+                            lambda: torch.stack([m[0] for m in self._by_ratio(spans, dtype, device)]))
+
+    def span_drive(self, blocks: Tensor, spans: Sequence[Span], dtype: torch.dtype) -> Tensor:
+        """U(t0, t1) x for each span: (..., k, L, C) -> (..., k, N, C) in ``dtype``; the tokens are
+        projected in their own dtype."""
+        length = blocks.shape[-2]
+        if len(spans) == 1:
+            t0 = spans[0][0]
+            return self._drive(blocks[..., 0, :, :], t0, length, dtype).unsqueeze(-3)
+        return self._drive_blocks(blocks, [t0 for t0, _ in spans], dtype)
 
     # ---- cached pieces ----------------------------------------------------------------------
 
@@ -285,9 +267,9 @@ class ScaleInvariantMeasure(Encoder):
             hit = self._cache.put(full_key, build().to(device=device, dtype=dtype))
         return hit
 
-    def _by_ratio(self, spans: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Per-span matrices for spans (t0, t1): (k, 2, N, N) [M(r), (1 - r) T(r)] for β = 0,
-        else (k, 1, N, N) [M(r)]. Keyed by the reduced fraction t0/t1; misses built in one batch."""
+    def _by_ratio(self, spans: Sequence[Span], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        """Per-span matrices for spans (t0, t1): (2, N, N) [M(r), (1 - r) T(r)] for β = 0, else
+        (1, N, N) [M(r)], each. Keyed by the reduced fraction t0/t1; misses built in one batch."""
         device = torch.device(device)
         keys = []
         for t0, t1 in spans:
@@ -300,47 +282,39 @@ class ScaleInvariantMeasure(Encoder):
             built = self._ratio_matrices(ratios, shift=self.uniform_weight).to(device=device, dtype=dtype)
             for k, mats in zip(missing, built):
                 found[k] = self._cache.put(k, mats)
-        return torch.stack([found[k] for k in keys])
+        return [found[k] for k in keys]
 
     def _own_input(self, length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """U(0, L) (N, L): the projection of a block onto its own span (β = 0)."""
         return self._cached(("U", 0, length), dtype, device, lambda: self.block_input(0, length))
 
-    def _drive(self, x: Tensor, t0: int, length: int, mats: Tensor) -> Tensor:
-        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C) in the dtype of ``mats`` (from
-        :meth:`_by_ratio`); the tokens are projected in their own dtype."""
-        dtype, device = x.dtype, x.device
-        t1 = t0 + length
+    def _drive(self, x: Tensor, t0: int, length: int, dtype: torch.dtype) -> Tensor:
+        """U(t0, t0 + L) x: (..., L, C) -> (..., N, C) in ``dtype``; the tokens are projected in
+        their own dtype. For β = 0 as (1 - r) T(r) (U(0, L) x): in a stream every block has a new
+        ratio, and T(r) (N, N) then meets the N x C projection instead of forming U (N, L)."""
+        device, t1 = x.device, t0 + length
         if self.uniform_weight:
-            own = (self._own_input(length, dtype, device) @ x).to(mats.dtype)  # (..., N, C)
-            return own if t0 == 0 else mats[1] @ own
-        return (self._cached(("U", t0, t1), dtype, device, lambda: self.block_input(t0, t1)) @ x).to(mats.dtype)
+            own = (self._own_input(length, x.dtype, device) @ x).to(dtype)  # (..., N, C)
+            return own if t0 == 0 else self._by_ratio([(t0, t1)], dtype, device)[0][1] @ own
+        return (self._cached(("U", t0, t1), x.dtype, device, lambda: self.block_input(t0, t1)) @ x).to(dtype)
 
-    def _drive_blocks(self, blocks: Tensor, starts: list[int], mats: Tensor) -> Tensor:
+    def _drive_blocks(self, blocks: Tensor, starts: list[int], dtype: torch.dtype) -> Tensor:
         """U(s_i, s_i + L) x_i for equal blocks (..., nb, L, C) -> (..., nb, N, C), as :meth:`_drive`."""
-        dtype, device, length = blocks.dtype, blocks.device, blocks.shape[-2]
+        device, length = blocks.device, blocks.shape[-2]
         if self.uniform_weight:
             # U(s_i, s_i + L) = (1 - r_i) T(r_i) U(0, L), formed first (and cached: training
             # repeats the same block starts): the tokens then meet one matrix per block, and the
             # backward has no (N, N) product on the token side
-            inputs = self._cached(("W", starts[0], len(starts), length), dtype, device,
-                                  lambda: mats[:, 1] @ self._own_input(length, mats.dtype, device))  # (nb, N, L)
+            def build() -> Tensor:
+                shifts = torch.stack([m[1] for m in self._by_ratio([(s, s + length) for s in starts], dtype, device)])
+                return shifts @ self._own_input(length, dtype, device)  # (nb, N, L)
+
+            inputs = self._cached(("W", tuple(starts), length), blocks.dtype, device, build)
         else:
             inputs = torch.stack(
                 [
-                    self._cached(("U", s, s + length), dtype, device, lambda s=s: self.block_input(s, s + length))
+                    self._cached(("U", s, s + length), blocks.dtype, device, lambda s=s: self.block_input(s, s + length))
                     for s in starts
                 ]
             )  # (nb, N, L)
-        return (inputs.to(dtype) @ blocks).to(mats.dtype)
-
-    def _check_stream(self, state: Tensor, x: Tensor, t0: object) -> int:
-        """Validates the shapes of ``state`` and ``x``; returns ``t0`` as an int >= 0."""
-        if x.dim() < 2 or x.shape[-2] < 1:
-            raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
-        if state.dim() < 2 or state.shape[-2] != self.order or state.shape[-1] != x.shape[-1]:
-            raise ValueError(
-                f"state must be (..., N, C) = (..., {self.order}, {x.shape[-1]}) for x of shape "
-                f"{tuple(x.shape)}, got {tuple(state.shape)}"
-            )
-        return _position(t0, "t0")
+        return (inputs @ blocks).to(dtype)

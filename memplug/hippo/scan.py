@@ -1,26 +1,65 @@
-"""Block linear recurrences ``c_{i+1} = A_i c_i + u_i``, sequential and parallel.
+"""Block linear recurrences ``c_{i+1} = A_i c_i + u_i``, and the block scan every measure runs.
 
 An encoder's states at block boundaries obey such a recurrence: ``A_i`` is the block
-transition (N, N) and ``u_i`` the block's own contribution (N, C). Both forms return every
-state after each step and are tested equal:
+transition (N, N) (the state map over the block with no input) and ``u_i`` the block's own
+contribution (N, C). Two forms return every state after each step and are tested equal:
 
-- :func:`linear_recurrence_sequential`: one matmul per step, O(nb N² C) work; the cheapest
-  when kernel launches are cheap (CPU).
+- :func:`linear_recurrence_sequential`: one matmul per step, O(nb N² C) work, the least work;
+  with constant transitions each step is one in-place multiply-add (one kernel).
 - :func:`linear_recurrence_parallel`: Hillis-Steele doubling on the associative composition
   ``(A2, u2) ∘ (A1, u1) = (A2 A1, A2 u1 + u2)``; ceil(log2 nb) rounds of batched matmuls,
-  O(nb log nb (N³ + N² C)) work; fewer, larger kernels (GPU).
+  O(nb log nb (N³ + N² C)) work; fewer, larger kernels when each step alone is too small to
+  fill an accelerator.
 
 Shapes: ``A`` (..., nb, N, N), ``u`` (..., nb, N, C), ``c0`` (..., N, C) or ``None`` (zero);
 the batch dims of ``A`` may be fewer than those of ``u`` (one set of transitions shared by every
 sequence). The result is (..., nb, N, C): entry ``i`` is the state after step ``i``.
+
+The block scan. Both measure bases (:mod:`memplug.hippo.scale_invariant`,
+:mod:`memplug.hippo.time_invariant`) cut a token stream into blocks the same way and differ only
+in their matrices; :func:`block_scan` and :func:`block_update` are that common skeleton. A
+measure gives them a :class:`BlockRecurrence`: the transitions of spans of tokens and the
+contribution of each span's tokens.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
-__all__ = ["linear_recurrence", "linear_recurrence_parallel", "linear_recurrence_sequential"]
+from ..util.checks import positive_int
+
+__all__ = [
+    "BlockRecurrence",
+    "Span",
+    "block_scan",
+    "block_update",
+    "check_stream",
+    "linear_recurrence",
+    "linear_recurrence_parallel",
+    "linear_recurrence_sequential",
+    "token_position",
+    "SCAN_METHODS",
+    "PARALLEL_BELOW",
+]
+
+SCAN_METHODS = ("auto", "sequential", "parallel")
+
+#: ``method="auto"`` runs the doubling scan on an accelerator when one sequential step is smaller
+#: than this many multiply-adds (batch x N² x C): such a step cannot fill the device, and the
+#: doubling's log2(nb) batched rounds launch fewer kernels. Above it a step fills the device,
+#: and the doubling's extra work (N³ products, log2(nb) passes) costs more than it saves: at
+#: N = 1024 it does several times the sequential work. An estimate from the kernel counts and
+#: sizes, not a GPU measurement (``benchmarks/gpu_speed.sh`` times both methods).
+PARALLEL_BELOW = 2**27
+
+#: (t0, t1): the tokens t0 .. t1 - 1 of a stream.
+Span = tuple[int, int]
 
 
 def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
@@ -38,8 +77,8 @@ def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None)
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time.
 
     With constant transitions (``A`` needs no gradient: every built-in encoder) the steps run in
-    :class:`_ConstantTransitionScan`, whose backward is the reverse recurrence written out: the
-    same matmuls as autograd's, without one graph node per step and per slice.
+    :class:`_ConstantTransitionScan`: the states are written in place into one buffer, one
+    multiply-add per step, and its backward is the reverse recurrence written out the same way.
     """
     _check(A, u, c0)
     batch, (N, C) = u.shape[:-3], u.shape[-2:]
@@ -48,8 +87,10 @@ def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None)
     c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
     if A.requires_grad:
         states = _steps(A, u, c)
+    elif c is None:
+        states = _ConstantTransitionScan.apply(A, u)
     else:
-        states = _ConstantTransitionScan.apply(A, u, c if c is not None else u.new_zeros(u.shape[0], N, C))
+        states = _ConstantTransitionScan.apply(A, u, c)
     return states.reshape(*batch, *states.shape[-3:])
 
 
@@ -64,29 +105,32 @@ def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
 
 
 class _ConstantTransitionScan(torch.autograd.Function):
-    """:func:`_steps` for transitions without gradient. With ``g_i`` the total gradient of state
-    ``i`` and ``G_i`` the gradient it receives directly: ``g_i = G_i + A_{i+1}^T g_{i+1}``, the
-    gradient of ``u_i`` is ``g_i`` and that of ``c0`` is ``A_0^T g_0``."""
+    """The sequential recurrence for transitions without gradient. With ``g_i`` the total
+    gradient of state ``i`` and ``G_i`` the gradient it receives directly:
+    ``g_i = G_i + A_{i+1}^T g_{i+1}``, the gradient of ``u_i`` is ``g_i`` and that of ``c0`` is
+    ``A_0^T g_0``. Both directions copy their input once, then each step is one multiply-add
+    written in place (one kernel: no separate sum, no stack of the steps)."""
 
     @staticmethod
-    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor) -> Tensor:
+    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
+        # A (B, nb, N, N) (possibly expanded), u (B, nb, N, C), c0 (B, N, C) or None
         ctx.save_for_backward(A)
-        states, c = [], c0
-        for a, step in zip(A.unbind(-3), u.unbind(-3)):
-            c = torch.baddbmm(step, a, c)
-            states.append(c)
-        return torch.stack(states, dim=-3)
+        ctx.has_start = c0 is not None
+        states = u.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
+        if c0 is not None:
+            states[:, 0].baddbmm_(A[:, 0], c0)
+        for i in range(1, states.shape[1]):
+            states[:, i].baddbmm_(A[:, i], states[:, i - 1])
+        return states
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor]:
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None]:
         (A,) = ctx.saved_tensors
-        At = A.mT  # (B, nb, N, N)
-        g = grad[:, -1]
-        grads = [g]
-        for i in range(grad.shape[1] - 2, -1, -1):
-            g = torch.baddbmm(grad[:, i], At[:, i + 1], g)
-            grads.append(g)
-        return None, torch.stack(grads[::-1], dim=1), At[:, 0] @ g
+        At = A.mT  # (B, nb, N, N), a view
+        g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
+        for i in range(g.shape[1] - 2, -1, -1):
+            g[:, i].baddbmm_(At[:, i + 1], g[:, i + 1])
+        return None, g, (At[:, 0] @ g[:, 0] if ctx.has_start else None)
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
@@ -113,13 +157,110 @@ def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -
 def linear_recurrence(A: Tensor, u: Tensor, c0: Tensor | None = None, method: str = "auto") -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i``.
 
-    ``method``: ``"sequential"``, ``"parallel"``, or ``"auto"`` (sequential on the CPU, where
-    it does the least work; parallel on accelerators, where it launches fewer kernels).
+    ``method``: ``"sequential"``, ``"parallel"``, or ``"auto"``: sequential, except on an
+    accelerator when one step is smaller than :data:`PARALLEL_BELOW` multiply-adds (then the
+    doubling scan's fewer, larger kernels pay for its extra work).
     """
     if method == "auto":
-        method = "sequential" if u.device.type == "cpu" else "parallel"
+        method = _auto_method(u)
     if method == "sequential":
         return linear_recurrence_sequential(A, u, c0)
     if method == "parallel":
         return linear_recurrence_parallel(A, u, c0)
-    raise ValueError(f"method must be 'auto', 'sequential' or 'parallel', got {method!r}")
+    raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
+
+
+def _auto_method(u: Tensor) -> str:
+    if u.device.type == "cpu" or u.shape[-3] < 2:
+        return "sequential"
+    n, channels = u.shape[-2:]
+    per_step = math.prod(u.shape[:-3]) * n * n * channels  # multiply-adds of one step
+    return "parallel" if per_step < PARALLEL_BELOW else "sequential"
+
+
+# ---- the block scan of a measure --------------------------------------------------------------
+
+
+class BlockRecurrence(Protocol):
+    """What a measure gives :func:`block_scan`: its order and, for spans of tokens, the
+    transitions and the tokens' contributions. The measures cache both (training repeats the
+    same spans at every step)."""
+
+    order: int
+
+    def span_transitions(self, spans: Sequence[Span], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(k, N, N): for each span, the state map from its start to its end with no input."""
+
+    def span_drive(self, blocks: Tensor, spans: Sequence[Span], dtype: torch.dtype) -> Tensor:
+        """(..., k, L, C) tokens of k spans of equal length L -> (..., k, N, C) in ``dtype``: each
+        span's tokens projected onto the state at the span's end. The tokens are projected in
+        their own dtype (bf16 keys under autocast take a bf16 matmul with float32 accumulation,
+        like every other projection of a model) and the result is cast to ``dtype``."""
+
+
+def token_position(value: object, arg: str) -> int:
+    """An int >= 0 from an int-like (Python, NumPy or 0-d integer tensor): a token position."""
+    try:
+        pos = operator.index(value.item() if isinstance(value, Tensor) and value.numel() == 1 else value)
+    except TypeError:
+        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {value!r}") from None
+    if pos < 0:
+        raise ValueError(f"{arg} must be an int >= 0 (a token position), got {pos}")
+    return pos
+
+
+def check_stream(order: int, x: Tensor, t0: object, state: Tensor | None = None) -> int:
+    """Validates tokens ``x`` (..., L, C), L >= 1, and a state (..., N, C) for them; returns
+    ``t0`` as an int >= 0."""
+    if x.dim() < 2 or x.shape[-2] < 1:
+        raise ValueError(f"x must be (..., L, C) with L >= 1, got shape {tuple(x.shape)}")
+    if state is not None and (state.dim() < 2 or state.shape[-2] != order or state.shape[-1] != x.shape[-1]):
+        raise ValueError(
+            f"state must be (..., N, C) = (..., {order}, {x.shape[-1]}) for x of shape "
+            f"{tuple(x.shape)}, got {tuple(state.shape)}"
+        )
+    return token_position(t0, "t0")
+
+
+def block_update(measure: BlockRecurrence, state: Tensor, x: Tensor, t0: object) -> Tensor:
+    """The state (..., N, C) at ``t0 + L`` after the tokens ``x`` (..., L, C) at positions
+    ``t0 ..``: ``A state + drive``, in the promoted dtype of state and x."""
+    t0 = check_stream(measure.order, x, t0, state)
+    dtype = torch.promote_types(state.dtype, x.dtype)
+    span = [(t0, t0 + x.shape[-2])]
+    transition = measure.span_transitions(span, dtype, x.device)[0]  # (N, N)
+    return transition @ state.to(dtype) + measure.span_drive(x.unsqueeze(-3), span, dtype).squeeze(-3)
+
+
+def block_scan(
+    measure: BlockRecurrence, x: Tensor, block: int, t0: object = 0, state: Tensor | None = None, method: str = "auto"
+) -> Tensor:
+    """States after every block of ``block`` tokens (the last may be shorter): (..., nb, N, C).
+
+    ``x`` (..., T, C) holds the tokens at positions ``t0 ..``; ``state`` (..., N, C) the state at
+    ``t0`` (``None``: the empty state). Every block's contribution comes from one batched call
+    (:meth:`BlockRecurrence.span_drive`), then :func:`linear_recurrence` runs the transitions
+    in the promoted dtype of state and x (x's dtype without a state). Equal to repeated
+    :func:`block_update`.
+    """
+    t0 = check_stream(measure.order, x, t0, state)
+    positive_int("block", block)
+    if method not in SCAN_METHODS:
+        raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
+    dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
+    full, rest = divmod(x.shape[-2], block)
+    parts = []  # (spans, tokens (..., k, L, C)): the full blocks, then the shorter last one
+    if full:
+        spans = [(t0 + i * block, t0 + (i + 1) * block) for i in range(full)]
+        parts.append((spans, x[..., : full * block, :].unflatten(-2, (full, block))))
+    if rest:
+        start = t0 + full * block
+        parts.append(([(start, start + rest)], x[..., full * block :, :].unsqueeze(-3)))
+    transitions = [measure.span_transitions(spans, dtype, x.device) for spans, _ in parts]  # (k, N, N) each
+    drives = [measure.span_drive(tokens, spans, dtype) for spans, tokens in parts]  # (..., k, N, C) each
+    return linear_recurrence(
+        transitions[0] if len(parts) == 1 else torch.cat(transitions),  # no copy for one part
+        drives[0] if len(parts) == 1 else torch.cat(drives, dim=-3),
+        None if state is None else state.to(dtype),
+        method=method,
+    )

@@ -33,12 +33,13 @@ class FouT(TimeInvariantMeasure):
         order: N, coefficients per channel.
         window: θ, the window in tokens (> 0): the state describes ``[max(0, t - θ), t]``.
         cache_size: block transitions ``(Ā^L, K)`` kept per block length L (an LRU of this many).
+        **kwargs: ``scan_method`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
     """
 
     name = "fout"
 
-    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8) -> None:
-        super().__init__(order, window, cache_size)
+    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8, **kwargs) -> None:
+        super().__init__(order, window, cache_size, **kwargs)
 
     def _layout(self, dtype: torch.dtype, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Frequency k (N,), sine mask (N,) and ``B~`` (N,) of the interleaved state
@@ -49,7 +50,7 @@ class FouT(TimeInvariantMeasure):
         scale[0] = 1.0
         return freq.to(dtype), sine, scale * ~sine
 
-    def transition(self) -> tuple[Tensor, Tensor]:
+    def ode_matrices(self) -> tuple[Tensor, Tensor]:
         freq, _, weight = self._layout(torch.float64)
         cos = torch.arange(0, self.order - 1, 2)  # c_k that have their s_k in the state
         J = torch.zeros(self.order, self.order, dtype=torch.float64)

@@ -34,6 +34,7 @@ from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 from memplug.hippo.discretize import DISCRETIZATIONS
 from memplug.hippo.legendre import shifted_legendre, shifted_legendre_antiderivative, shifted_legendre_derivative
 from memplug.hippo.quadrature import shifted_gauss_legendre
+from memplug.hippo.scan import check_stream
 
 __all__ = ["LegS", "legs_matrices"]
 
@@ -97,7 +98,7 @@ class LegS(ScaleInvariantMeasure):
     def update(self, state: Tensor, x: Tensor, t0: int) -> Tensor:
         if self.discretization == "exact":
             return super().update(state, x, t0)
-        t0 = self._check_stream(state, x, t0)
+        t0 = check_stream(self.order, x, t0, state)
         dtype = torch.promote_types(state.dtype, x.dtype)
         c, x = state.to(dtype), x.to(dtype)
         for lo in range(0, x.shape[-2], _STEP_CHUNK):
@@ -139,11 +140,8 @@ class LegS(ScaleInvariantMeasure):
                 return first_a, first_b[None]
             a_rest, b_rest = DISCRETIZATIONS["zoh"](A, B, torch.log(ends[1:] / starts[1:]))
             return torch.cat([first_a, a_rest]), torch.cat([first_b[None], b_rest])
-        rule = DISCRETIZATIONS[self.discretization]
-        # one step per call: a batch of torch.linalg.solve is wrong for N >= 160 on 2 CPU threads
-        # (torch 2.13 with MKL: 4e-3 errors or a pivot error), and a single solve is not
-        steps = [rule(A / t, B / t, h) for t in ends.tolist()]
-        return torch.stack([a for a, _ in steps]), torch.stack([b for _, b in steps])
+        # every step at once: (A/t, B/t) for the S step ends t (the rules solve one matrix at a time)
+        return DISCRETIZATIONS[self.discretization](A / ends[:, None, None], B / ends[:, None], h)
 
 
 @memplug.hookimpl

@@ -32,14 +32,15 @@ class LegT(TimeInvariantMeasure):
         order: N, coefficients per channel.
         window: θ, the window in tokens (> 0): the state describes ``[max(0, t - θ), t]``.
         cache_size: block transitions ``(Ā^L, K)`` kept per block length L (an LRU of this many).
+        **kwargs: ``scan_method`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
     """
 
     name = "legt"
 
-    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8) -> None:
-        super().__init__(order, window, cache_size)
+    def __init__(self, order: int = 64, window: float = 1024.0, cache_size: int = 8, **kwargs) -> None:
+        super().__init__(order, window, cache_size, **kwargs)
 
-    def transition(self) -> tuple[Tensor, Tensor]:
+    def ode_matrices(self) -> tuple[Tensor, Tensor]:
         n = torch.arange(self.order, dtype=torch.float64)
         root = (2 * n + 1).sqrt()  # (N,)
         diff = n[:, None] - n[None, :]  # (N, N): n - k

@@ -130,8 +130,9 @@ class ElasticMemory(Memory):
         return {"coef": coef}
 
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
-        # one block: states (B, 1, N, Hkv*2D); its basis is cached under (t, 1 block, length unused)
-        return self._read(state["coef"].unsqueeze(1), t, q.dtype, (t, 1, 0))
+        # one block: its basis is cached under (t, 1 block, length unused)
+        coef = rearrange(state["coef"], "b n c -> 1 n (b c)")  # (1, N, B*Hkv*2D)
+        return self._read(coef, t, q.dtype, (t, 1, 0), batch=q.shape[0])
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
@@ -141,28 +142,35 @@ class ElasticMemory(Memory):
     def forward_blocks(
         self, state: dict[str, Tensor], q: Tensor, k: Tensor, v: Tensor, t0: int, complete: int
     ) -> tuple[MemoryRead, dict[str, Tensor]]:
-        nb, length = k.shape[2], k.shape[3]
-        coef = state["coef"]  # (B, N, Hkv*2D)
-        states = [coef.unsqueeze(1)]  # (B, 1, N, Hkv*2D): the state at the first block's start
+        # The batch joins the channels: the encoder sees one signal of B*Hkv*2D channels, so
+        # every block transition meets one (N, B*C) matrix (one matmul per block, not B), and
+        # the transitions are never broadcast over the batch.
+        batch, nb, length = k.shape[0], k.shape[2], k.shape[3]
+        coef = rearrange(state["coef"], "b n c -> n (b c)")  # (N, B*C)
+        states = [coef.unsqueeze(0)]  # (1, N, B*C): the state at the first block's start
         if complete:
             with torch.autocast(k.device.type, enabled=False):
                 kv = [k[:, :, :complete], v[:, :, :complete]]
-                x = rearrange(kv, "kv b h n l d -> b (n l) (h kv d)")  # (B, c*L, Hkv*2D)
-                states.append(self.encoder.scan(x, length, t0, coef))  # (B, c, N, Hkv*2D): after each block
-        states = torch.cat(states, dim=1)  # (B, c+1, N, Hkv*2D)
+                x = rearrange(kv, "kv b h n l d -> (n l) (b h kv d)")  # (c*L, B*C)
+                # at t0 = 0 the transition from the start is M(0) = 0: the start state adds nothing
+                states.append(self.encoder.scan(x, length, t0, coef if t0 else None))  # (c, N, B*C)
+        states = torch.cat(states)  # (c+1, N, B*C): the states at every block start, then after the last
         starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
-        read = self._read(states[:, :nb], starts, q.dtype, (t0, nb, length))
-        return read, {"coef": states[:, complete].clone()}  # not a view that keeps every block's state
+        read = self._read(states[:nb], starts, q.dtype, (t0, nb, length), batch=batch)
+        # a copy, not a view that keeps every block's state alive
+        final = rearrange(states[complete], "n (b c) -> b n c", b=batch).clone(memory_format=torch.contiguous_format)
+        return read, {"coef": final}
 
-    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype, when: tuple[int, int, int]) -> MemoryRead:
-        """Samples of the states at block times ``t``: states (B, nb, N, Hkv*2D), t (nb,) or int;
+    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype, when: tuple[int, int, int],
+              batch: int) -> MemoryRead:
+        """Samples of the states at block times ``t``: states (nb, N, B*Hkv*2D), t (nb,) or int;
         ``when`` = (first block time, nb, block length) names those times for the basis cache."""
         t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
         with torch.autocast(states.device.type, enabled=False):
             # read in the samples' dtype: they join bf16 keys under autocast either way
-            samples = self._sample(states.to(dtype), t, when)  # (B, nb, P, Hkv*2D)
-        samples = rearrange(samples.to(dtype), "b n p (h kv d) -> kv b h n p d", h=self.kv_heads, kv=2)
-        keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each
+            samples = self._sample(states.to(dtype), t, when)  # (nb, P, B*Hkv*2D)
+        samples = rearrange(samples.to(dtype), "n p (b h kv d) -> kv b h n p d", b=batch, h=self.kv_heads, kv=2)
+        keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each, views
         slots = samples.shape[-2]
         bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
         bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
