@@ -275,7 +275,7 @@ def test_backbone_loads_a_saved_model_directory(tmp_path):
     assert memplug.make_backbone("hf", model=hf).hf is hf
     built = memplug.build_model("hf", memory=None, block=64, backbone_options=dict(model=str(tmp_path)))
     torch.testing.assert_close(built(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
-    with pytest.raises(FileNotFoundError, match="model directory or a .gguf"):
+    with pytest.raises(FileNotFoundError, match="must be a model directory, a .gguf file or a hub name"):
         HFBackbone(f"{tmp_path}/missing")
 
 

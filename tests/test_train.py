@@ -21,7 +21,8 @@ import sys
 import pytest
 import safetensors.torch
 import torch
-from train_helpers import make_corpus, set_args, start_training, tiny_config, tiny_overrides, wait_for
+from train_helpers import make_corpus, set_args, start_training, tiny_config, tiny_llama_folder, tiny_overrides,
+                           wait_for
 
 from memplug.app.checkpoint import (
     CheckpointError,
@@ -231,18 +232,11 @@ def test_compiled_training_matches_eager(tmp_path):
 
 
 def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from memplug.app.config import load_config
-    from memplug.data.tokenizers import BPETokenizer
     from memplug.app.train import backbone_overrides
 
-    src = make_corpus(tmp_path / "src")
-    bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
-    llama = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
-    folder = tmp_path / "llama"
-    transformers.LlamaForCausalLM(llama).save_pretrained(folder)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
+    folder = tiny_llama_folder(tmp_path)
     config = load_config(None, [*tiny_overrides(tmp_path), *backbone_overrides(f"hf:{folder}"), "train.steps=2",
                                 "train.warmup=1"])
     assert config.model.backbone == {"name": "hf", "model": str(folder)} and config.data.tokenizer == "hf"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import make_corpus, tiny_config, tiny_overrides
+from train_helpers import tiny_config, tiny_llama_folder, tiny_overrides
 
 import memplug.app.train as train_module
 from memplug.app.train import train
@@ -152,18 +152,11 @@ def test_bf16_training_is_finite_and_learns_like_float32(tmp_path):
 
 
 def test_hf_backbone_learns_with_its_own_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from memplug.app.config import load_config
     from memplug.app.train import backbone_overrides
-    from memplug.data.tokenizers import BPETokenizer
 
-    src = make_corpus(tmp_path / "src")
-    bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
-    llama = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
-    folder = tmp_path / "llama"
-    transformers.LlamaForCausalLM(llama).save_pretrained(folder)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
+    folder = tiny_llama_folder(tmp_path)
     config = load_config(None, [*tiny_overrides(tmp_path), *backbone_overrides(f"hf:{folder}"), "train.warmup=2"])
     result = train(config)
     # untrained, the random model's loss is ln(300) = 5.70 (5.71 at step 1); six steps reach ~5.39

@@ -16,12 +16,13 @@ from torch import nn
 
 from ..core.model import MemoryModel, build_model
 from ..core.pretrained import is_pretrained, load_tokenizer, read_pretrained
+from ..core.trainable import LoraOptions, TrainableSummary, set_trainable
 from ..data.prepare import Prepared, make_tokenizer
 from ..data.tokenizers import BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
 
-__all__ = ["build_model_and_tokenizer", "load_trained"]
+__all__ = ["apply_trainable", "build_model_and_tokenizer", "load_trained"]
 
 
 def build_model_and_tokenizer(
@@ -62,6 +63,18 @@ def build_model_and_tokenizer(
     return model, tokenizer
 
 
+def apply_trainable(model: nn.Module, config: Config) -> TrainableSummary:
+    """Freeze ``model`` to ``config.train.trainable`` (adding LoRA adapters for ``"lora"``): the
+    module structure a run trained and its checkpoints hold. Errors are :class:`ConfigError` on
+    ``train.trainable``."""
+    tc = config.train
+    lora = LoraOptions(rank=tc.lora_rank, alpha=tc.lora_alpha) if tc.trainable == "lora" else None
+    try:
+        return set_trainable(model, tc.trainable, lora)
+    except (ValueError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"train.trainable: {exc}") from None
+
+
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Any]:
     """A trained model, its tokenizer and its :class:`~memplug.app.config.Config` from a checkpoint
     folder (verified; see :func:`memplug.app.checkpoint.read_checkpoint`) or a pretrained folder
@@ -74,6 +87,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
                               "(a model saved with model.save_pretrained(folder) loads from that folder)")
     config = Config.from_dict(ckpt.config)
     model, tokenizer = build_model_and_tokenizer(config, None, tokenizer_json=ckpt.text("tokenizer.json"))
+    apply_trainable(model, config)  # LoRA adapters are part of what was trained
     ckpt.load_model(model)
     return model.to(device), tokenizer, config
 

@@ -2,7 +2,10 @@
 
 Layout of ``<run>/checkpoints/step_0000100/``::
 
-    model.safetensors   weights (safetensors; tied weights stored once)
+    model.safetensors   weights (safetensors; tied weights stored once); a run that trains only
+                        some tensors of a pretrained model stores only those, with the
+                        SHA-256 of the base weights they apply to (meta.json: "tensors":
+                        "trained", "base_sha256")
     optimizer.pt        optimizer state (torch.save), when given
     rng.pt              Python, NumPy, torch (and CUDA) generator states, as tensors and lists
     meta.json           step, the experiment config, caller metadata, and the size and
@@ -35,9 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from ..core.pretrained import weights_sha256
 from ..util.atomic import atomic_directory, follow_umask, recover_interrupted
 
 __all__ = [
@@ -119,12 +123,24 @@ def _torch_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
-    """``save_model``, with the file's permissions following the umask (safetensors writes 0600)
-    and its I/O failures (a full disk) raised as the ``OSError`` they are: safetensors reports
-    them as ``SafetensorError('... I/O error: ... (os error 28)')``."""
+def base_sha256(model: nn.Module) -> str | None:
+    """The SHA-256 of the base weights ``model``'s backbone was loaded with (a pretrained model
+    loaded by name or path), or None when its weights come from nowhere else (its own init)."""
+    digests = getattr(getattr(unwrap(model), "backbone", None), "base_digests", None)
+    return None if digests is None else weights_sha256(digests)
+
+
+def _save_weights(model: nn.Module, path: Path, tensors: list[str] | None = None) -> None:
+    """``save_model`` (or the state-dict entries named ``tensors`` only), with the file's
+    permissions following the umask (safetensors writes 0600) and its I/O failures (a full disk)
+    raised as the ``OSError`` they are: safetensors reports them as
+    ``SafetensorError('... I/O error: ... (os error 28)')``."""
     try:
-        save_model(unwrap(model), str(path))
+        if tensors is None:
+            save_model(unwrap(model), str(path))
+        else:
+            state = unwrap(model).state_dict()
+            save_file({name: state[name].detach().contiguous().cpu() for name in tensors}, str(path))
         follow_umask(path)
     except SafetensorError as exc:
         code = re.search(r"os error (\d+)", str(exc))
@@ -152,16 +168,27 @@ def save_checkpoint(
     rng: dict[str, Any] | None = None,
     files: dict[str, bytes] | None = None,
     meta: dict[str, Any] | None = None,
+    tensors: list[str] | None = None,
 ) -> Path:
     """Write ``directory`` atomically and return it.
 
     ``files`` are extra named blobs stored and verified like the rest (a trained tokenizer);
-    ``meta`` is caller metadata merged into ``meta.json``. Raises ``OSError`` when the disk is
-    full or the folder is not writable; the previous contents of ``directory`` then stay.
+    ``meta`` is caller metadata merged into ``meta.json``. ``tensors``: store only these
+    state-dict entries (the trained ones) of a model whose backbone has base weights
+    (:func:`base_sha256`), recorded so that loading checks the base first. Raises ``OSError``
+    when the disk is full or the folder is not writable; the previous contents of ``directory``
+    then stay.
     """
     directory = Path(directory)
+    partial: dict[str, Any] = {}
+    if tensors is not None:
+        base = base_sha256(model)
+        if base is None:
+            raise ValueError("tensors: storing only some tensors needs a backbone loaded from base weights "
+                             "(a pretrained model); this one has none to load them over")
+        partial = {"tensors": "trained", "base_sha256": base}
     with atomic_directory(directory) as tmp:
-        _save_weights(model, tmp / "model.safetensors")
+        _save_weights(model, tmp / "model.safetensors", tensors)
         blobs = dict(files or {})
         if optimizer is not None:
             blobs["optimizer.pt"] = _torch_bytes(optimizer.state_dict())
@@ -176,6 +203,7 @@ def save_checkpoint(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "torch": torch.__version__,
             **(meta or {}),
+            **partial,
             "config": config,
             "files": listing,
         }
@@ -211,10 +239,29 @@ class Checkpoint:
         except UnicodeDecodeError:
             raise CheckpointError(f"checkpoint {self.path}: {name} is not UTF-8 text") from None
 
+    @property
+    def partial(self) -> bool:
+        """Whether only the trained tensors are stored (over base weights loaded elsewhere)."""
+        return self.meta.get("tensors") == "trained"
+
     def load_model(self, model: nn.Module, strict: bool = True) -> None:
-        """Load the weights into ``model`` (built from :attr:`config`); shapes must match."""
+        """Load the weights into ``model`` (built from :attr:`config`); shapes must match. A
+        :attr:`partial` checkpoint loads its tensors over the model's base weights after checking
+        that they are the base it was trained from."""
+        path = str(self.path / "model.safetensors")
         try:
-            load_model(unwrap(model), str(self.path / "model.safetensors"), strict=strict)
+            if not self.partial:
+                load_model(unwrap(model), path, strict=strict)
+                return
+            expected, found = self.meta.get("base_sha256"), base_sha256(model)
+            if found != expected:
+                raise CheckpointError(f"checkpoint {self.path} stores trained tensors over base weights with SHA-256 "
+                                      f"{str(expected)[:12]}..., but this model's base has "
+                                      f"{found[:12] + '...' if found else 'none'}: load the same base model")
+            unexpected = unwrap(model).load_state_dict(load_file(path), strict=False).unexpected_keys
+            if unexpected:
+                raise CheckpointError(f"checkpoint {self.path} does not fit this model: it holds {sorted(unexpected)[:5]}, "
+                                      "which this model does not have")
         except SafetensorError as exc:
             raise CheckpointError(f"checkpoint {self.path}: model.safetensors is not a safetensors file ({exc})") from None
         except RuntimeError as exc:  # torch's message lists every mismatch, one per line

@@ -96,6 +96,15 @@ class TrainConfig:
         default="auto", metadata=_meta("bf16 autocast or float32; auto: bf16 where the device computes it fast"))
     compile: bool = field(default=False, metadata=_meta("torch.compile the model"))
     bptt: int = field(default=0, metadata=_meta("truncated-BPTT segment in tokens (0: whole sequence)", 0))
+    trainable: Literal["all", "memory", "lora"] = field(
+        default="all", metadata=_meta("what trains: all; memory (gates, sample positions, offsets, a memory's own "
+                                      "weights); lora (LoRA adapters on the attention projections + memory)"))
+    lora_rank: int = field(default=8, metadata=_meta("LoRA rank (trainable = lora)", 1))
+    lora_alpha: float = field(default=16.0, metadata=_meta("LoRA alpha; the adapters scale by alpha / rank", 0, True))
+    memory_lr: float = field(
+        default=0.0, metadata=_meta("peak learning rate of the memory parameters (0: train.lr)", 0, hi=FLOAT32_MAX))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_meta("recompute each layer in the backward pass (less memory, ~1/3 more compute)"))
     seed: int = field(default=0, metadata=_meta("seed of initialisation and data order", 0))
     device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
 

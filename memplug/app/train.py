@@ -46,15 +46,17 @@ from torch import nn
 from ..core.contracts import Dataset, SourceMissingError
 from ..core.hookspecs import hookimpl
 from ..core import manager
+from ..core.trainable import TrainableSummary, is_memory_parameter
 from ..data import Prepared, TokenizedSplit, get_dataset, prepare
 from ..data.tokenizers import BPETokenizer, Tokenizer
 from ..data.windows import WindowSampler, eval_starts, gather
 from .arguments import one_line
-from .build import build_model_and_tokenizer
+from .build import apply_trainable, build_model_and_tokenizer
 from .checkpoint import (
     STEP_DIR,
     Checkpoint,
     CheckpointError,
+    base_sha256,
     capture_rng,
     latest_checkpoint,
     list_checkpoints,
@@ -104,13 +106,19 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float) ->
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: matrices (and embeddings) decay, vectors (norms, biases, gates) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def param_groups(model: nn.Module, weight_decay: float, memory_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: matrices (and embeddings) decay, vectors (norms,
+    biases, gates) do not; the memory's parameters (:func:`is_memory_parameter`) run at
+    ``memory_lr_scale`` times the learning rate (each group's ``lr_scale``). Empty groups are left out."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for memory in (False, True):
+        for matrix in (True, False):
+            params = [p for n, p in named if is_memory_parameter(n) == memory and (p.ndim >= 2) == matrix]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay if matrix else 0.0,
+                               "lr_scale": memory_lr_scale if memory else 1.0})
+    return groups
 
 
 def check_components(config: Config) -> Dataset:
@@ -200,7 +208,7 @@ def _check_compatible(config: Config, saved: dict[str, Any], path: Path) -> None
         keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         if keys:
             raise CheckpointError(f"cannot resume from {path}: [{section}] differs from the config ({', '.join(keys)})")
-    for key in ("batch_size", "seed"):
+    for key in ("batch_size", "seed", "trainable", "lora_rank"):  # the last two shape the trained tensors
         if saved["train"][key] != now["train"][key]:
             raise CheckpointError(f"cannot resume from {path}: train.{key} was {saved['train'][key]}, "
                                   f"the config says {now['train'][key]}")
@@ -254,6 +262,8 @@ class TrainResult:
     checkpoint: Path | None = None
     interrupted: bool = False
     rank: int = 0
+    #: what trained: the mode and the trainable and total parameter counts (TrainableSummary.to_dict())
+    trainable: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,6 +275,7 @@ class _Built:
     tokenizer: Tokenizer
     train: TokenizedSplit
     validation: TokenizedSplit
+    trainable: TrainableSummary
 
 
 def _build(config: Config, dataset: Dataset, ckpt: Checkpoint | None) -> _Built:
@@ -272,8 +283,9 @@ def _build(config: Config, dataset: Dataset, ckpt: Checkpoint | None) -> _Built:
     prepared = prepare_data(config, dataset)
     tokenizer_json = ckpt.text("tokenizer.json") if ckpt is not None else None
     model, tokenizer = build_model_and_tokenizer(config, prepared, tokenizer_json)
+    trainable = apply_trainable(model, config)
     return _Built(prepared, model, tokenizer, prepared.split("train").tokens(tokenizer),
-                  prepared.split("validation").tokens(tokenizer))
+                  prepared.split("validation").tokens(tokenizer), trainable)
 
 
 class _Trainer:
@@ -290,7 +302,15 @@ class _Trainer:
         self.sampler = _windows("train", lambda: WindowSampler(built.train, seq, tc.seed))
         starts = _windows("validation", lambda: eval_starts(built.validation, seq, config.log.eval_windows))
         self.val_windows = gather(built.validation.tokens, starts, seq + 1)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+        self.trainable = built.trainable
+        memory_lr_scale = tc.memory_lr / tc.lr if tc.memory_lr else 1.0
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc.weight_decay, memory_lr_scale), lr=tc.lr,
+                                           betas=tc.betas)
+        if tc.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        # A partial run over pretrained weights stores only what it trains (and the base's SHA-256).
+        self.stored = ([n for n, p in self.model.named_parameters() if p.requires_grad]
+                       if tc.trainable != "all" and base_sha256(self.model) is not None else None)
         start = 0
         if ckpt is not None:
             ckpt.load_model(self.model)
@@ -303,14 +323,15 @@ class _Trainer:
             self.runner = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if tc.compile:
             self.runner = torch.compile(self.runner)
-        self.result = TrainResult(start_step=start, step=start, rank=info.rank)
+        self.result = TrainResult(start_step=start, step=start, rank=info.rank, trainable=self.trainable.to_dict())
         self.ckpt_dir = config.out_dir / "checkpoints"
         self.log = (TrainLog(config.out_dir, start if ckpt is not None else None, config.log.tensorboard)
                     if info.main else None)
         self.files = {"tokenizer.json": self.tokenizer.to_json().encode()} if isinstance(self.tokenizer, BPETokenizer) else {}
         self.meta = {"dataset": built.prepared.dataset, "world_size": info.world,
                      "splits": {s: built.prepared.split(s).hash for s in ("train", "validation", "test")},
-                     "precision": {"name": self.precision.name, "reason": self.precision.reason}}
+                     "precision": {"name": self.precision.name, "reason": self.precision.reason},
+                     "trainable": self.trainable.to_dict()}
         self.t0 = self.t_log = time.perf_counter()
         self.interval_losses: list[float] = []
 
@@ -324,7 +345,7 @@ class _Trainer:
         tc = self.config.train
         lr = lr_at(step, tc.steps, tc.lr, tc.warmup, tc.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         rank = self.info.rank
         rows = self.sampler.batch(step, tc.batch_size)[rank * self.share : (rank + 1) * self.share]  # (share, S+1)
         loss = all_mean(self._accumulate(rows), self.info)
@@ -376,7 +397,8 @@ class _Trainer:
             try:
                 save_checkpoint(path, self.model, step=step, config=self.config.to_dict(), optimizer=self.optimizer,
                                 rng=capture_rng(), files=self.files,
-                                meta=self.meta | {"tokens": step * tc.batch_size * self.config.data.seq_len})
+                                meta=self.meta | {"tokens": step * tc.batch_size * self.config.data.seq_len},
+                                tensors=self.stored)
                 prune_checkpoints(self.ckpt_dir, self.config.log.keep)
             except OSError as exc:
                 raise OutputError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
@@ -511,6 +533,7 @@ def _train(config: Config, info: DistInfo, dataset: Dataset, resume: bool | str 
         started = True
         if info.main:
             log.info("train: precision %s", trainer.precision)
+            log.info("train: %s", trainer.trainable)
         return trainer.run()
     finally:
         if folder is not None:

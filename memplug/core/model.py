@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops.loss import causal_lm_loss
 from ..util.checks import positive_int
@@ -141,6 +142,8 @@ class MemoryModel(nn.Module):
                                "attention": attention if isinstance(attention, str) else attention.name,
                                "gate": gate, "sink": sink}
         self._state_config = self._describe_state()
+        #: recompute each layer in the backward pass instead of keeping its activations
+        self.gradient_checkpointing = False
 
     @staticmethod
     def _layer_index(i: int, n: int) -> int:
@@ -263,10 +266,12 @@ class MemoryModel(nn.Module):
         h = self.backbone.embed(input_ids)  # (B, T, d)
         if input_ids.shape[0]:
             caches = []
-            for i, layer in enumerate(self.attn):
-                q, k, v = self.backbone.attention_inputs(i, h)  # (B, H, T, D), (B, Hkv, T, D) x2
-                out, cache = layer(q, k, v, state.layers[i], state.position, self.backbone.rotate)
-                h = self.backbone.attention_output(i, h, out)  # (B, T, d)
+            recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+            for i in range(len(self.attn)):
+                if recompute:  # the layer runs again in the backward pass (same dropout draws)
+                    h, cache = checkpoint(self._layer, i, h, state.layers[i], state.position, use_reentrant=False)
+                else:
+                    h, cache = self._layer(i, h, state.layers[i], state.position)
                 caches.append(cache)
         else:  # no rows: nothing to attend to, and the layers cannot cut zero rows into blocks
             caches = [dict(layer) for layer in state.layers]
@@ -278,6 +283,29 @@ class MemoryModel(nn.Module):
                                                                  self._state_config)
         output = ModelOutput(logits, loss, new_state)
         return output.to_tuple() if return_dict is False else output
+
+    def _layer(self, i: int, h: Tensor, layer_state: dict[str, Tensor], position: int) -> tuple[Tensor, dict]:
+        """Layer ``i``: hidden states (B, T, d) and its stream state -> (B, T, d) and its new state."""
+        q, k, v = self.backbone.attention_inputs(i, h)  # (B, H, T, D), (B, Hkv, T, D) x2
+        out, cache = self.attn[i](q, k, v, layer_state, position, self.backbone.rotate)
+        return self.backbone.attention_output(i, h, out), cache  # (B, T, d)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute each layer during the backward pass (activation memory of one layer instead of
+        all, for about a third more compute), as ``transformers`` models do. Only
+        ``use_reentrant=False`` is supported (the only kind that passes the stream state through)."""
+        if (gradient_checkpointing_kwargs or {}).get("use_reentrant", False):
+            raise ValueError("gradient_checkpointing_kwargs: use_reentrant=True is not supported; memplug recomputes "
+                             "layers with use_reentrant=False")
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every layer's activations again (the default)."""
+        self.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
 
     @staticmethod
     def _check_attention_mask(attention_mask: Any, input_ids: Tensor) -> None:
