@@ -109,6 +109,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
+    p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths (default: the preset's)")
     p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
     p.add_argument("--dataset", default="literature")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
@@ -123,6 +125,18 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
         preset = replace(preset, steps=args.steps)
+    if args.eval_tokens is not None:
+        if args.eval_tokens < 2 * preset.block:
+            p.error(f"--eval-tokens must be >= {2 * preset.block} (two blocks), got {args.eval_tokens}")
+        preset = replace(preset, eval_tokens=args.eval_tokens)
+    if args.probe_lengths is not None:
+        try:
+            lengths = tuple(int(n) for n in args.probe_lengths.split(","))
+        except ValueError:
+            lengths = ()
+        if not lengths or min(lengths) < 2 * preset.block:
+            p.error(f"--probe-lengths must be comma-separated integers >= {2 * preset.block}, got {args.probe_lengths!r}")
+        preset = replace(preset, probe_lengths=lengths)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
