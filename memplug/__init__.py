@@ -64,7 +64,6 @@ if TYPE_CHECKING:
         make_retriever,
         register,
     )
-    from .backbones.hf import attach
     from .core.model import MemoryModel, build_model, from_pretrained
     from .core.registry import PluginError, UnknownComponentError
     from .core.state import ModelOutput, ModelState

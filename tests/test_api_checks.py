@@ -35,7 +35,7 @@ def test_encoder_int_options_refuse_bools():
 
 @pytest.mark.parametrize("retriever", ["uniform", "warped", "learned", "jittered"])
 def test_retriever_samples_refuse_bools(retriever):
-    with pytest.raises(ValueError, match="samples must be an int >= 1, got True"):
+    with pytest.raises(ValueError, match="samples must be a positive int, got True"):
         memplug.make_retriever(retriever, samples=True)
 
 

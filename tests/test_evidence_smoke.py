@@ -174,7 +174,7 @@ def test_attention_backends_smoke(tmp_path):
     sdpa = {r["dtype"]: r for r in rows if r["backend"] == "sdpa"}
     assert sdpa["fp32"]["status"] == "ok" and sdpa["fp32"]["max_abs_error"] < 1e-5
     assert sdpa["bf16"]["max_abs_error"] < 5e-2
-    assert {r["status"] for r in rows if r["backend"] == "flash"} == {"not supported here"}
+    assert {r["status"] for r in rows if r["backend"] == "xformers"} == {"not supported here"}
     with pytest.raises(ValueError, match="CALLSxBLOCKxSLOTS"):
         attention_backends.parse_shape("8x128")
 

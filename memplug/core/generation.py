@@ -21,7 +21,6 @@ from torch import Tensor
 from ..util.checks import non_negative_int
 
 if TYPE_CHECKING:
-    from .model import MemoryModel
     from .state import ModelState
 
 __all__ = ["filter_logits", "generate"]
@@ -71,7 +70,7 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float) -> None
 
 @torch.no_grad()
 def generate(
-    model: MemoryModel,
+    model: torch.nn.Module,  # a MemoryModel (its module imports this one)
     input_ids: Tensor,
     max_new_tokens: int | None = None,
     *,

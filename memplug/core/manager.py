@@ -69,7 +69,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "memplug.plugins.attention.sdpa",
     "memplug.plugins.attention.flex",
     "memplug.plugins.attention.xformers",
-    "memplug.plugins.attention.flash",
     "memplug.backbones.tiny",
     "memplug.backbones.hf",
     "memplug.data.literature",

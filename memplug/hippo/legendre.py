@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..util.checks import positive_int
+
 __all__ = [
     "jacobi",
     "legendre",
@@ -35,8 +37,7 @@ __all__ = [
 
 
 def _check(n: int, beta: float | None = None) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n (the number of degrees) must be an int >= 1, got {n!r}")
+    positive_int("n (the number of degrees)", n)
     if beta is not None and not (math.isfinite(beta) and beta > -1):
         raise ValueError(f"beta must be a finite number > -1, got {beta!r}")
 

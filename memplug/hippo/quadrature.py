@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..util.checks import positive_int
 from .legendre import jacobi
 
 __all__ = ["gauss_jacobi", "gauss_legendre", "shifted_gauss_jacobi", "shifted_gauss_legendre"]
@@ -28,8 +29,7 @@ _NEWTON_STEPS = 2
 
 
 def _check(n: int, alpha: float, beta: float) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n (the number of nodes) must be an int >= 1, got {n!r}")
+    positive_int("n (the number of nodes)", n)
     for arg, v in (("alpha", alpha), ("beta", beta)):
         if not (math.isfinite(v) and v > -1):
             raise ValueError(f"{arg} must be a finite number > -1, got {v!r}")

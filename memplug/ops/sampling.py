@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..util.checks import positive_int
+
 __all__ = ["midpoints", "place", "check_samples"]
 
 
 def check_samples(samples: object) -> int:
     """``samples`` as an int >= 1, else a ValueError naming it."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    positive_int("samples", samples)
     return samples
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.tokenizers import Tokenizer
+from ..util.checks import positive_int
 from .base import Probe, ProbeSample
 from .haystack import Haystack
 from .readers import Reader
@@ -87,10 +88,8 @@ def run_probes(
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depths must lie in [0, 1] (0: the start of the context, 1: its end), got {depth!r}")
     for length in lengths:
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"lengths must be positive ints (tokens), got {length!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+        positive_int("lengths (tokens)", length)
+    positive_int("samples", samples)
     haystack = Haystack(tokenizer, dataset, split, dataset_options)
     longest = max(lengths)
     if longest > len(haystack.tokens):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import string
 
+from ..util.checks import positive_int
 from .base import Needle, Probe, ProbeSample, digits
 
 __all__ = ["VariableTracking"]
@@ -35,8 +36,7 @@ class VariableTracking(Probe):
 
     def __init__(self, candidates: int = 4, hops: int = 4) -> None:
         super().__init__(candidates)
-        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
-            raise ValueError(f"hops must be an int >= 1, got {hops!r}")
+        positive_int("hops", hops)
         self.hops = hops
 
     def _chain(self, names: list[str], value: str, start: float, rng: random.Random) -> list[Needle]:
