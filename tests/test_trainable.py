@@ -103,3 +103,24 @@ def test_all_mode_trains_everything():
     m = model()
     summary = set_trainable(m, "all")
     assert summary.trainable == summary.total and all(p.requires_grad for p in m.parameters())
+
+
+def test_merged_lora_keeps_the_outputs_and_saves_like_any_model(tmp_path):
+    from memplug.core.model import from_pretrained
+    from memplug.core.trainable import merge_lora
+
+    m = model()
+    set_trainable(m, "lora", LoraOptions(rank=2))
+    with torch.no_grad():  # adapters that do something (peft starts B at zero)
+        for name, p in m.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.5)
+    x = torch.randint(0, 256, (1, 40))
+    adapted = m(x).logits
+    with pytest.raises(ValueError, match="holds LoRA adapters.*merge_lora"):
+        m.save_pretrained(tmp_path / "unmerged")
+    assert merge_lora(m) == 2 * 4  # wq, wk, wv, wo in both layers
+    assert not any(".lora_" in n or "base_layer" in n for n in m.state_dict())
+    torch.testing.assert_close(m(x).logits, adapted, atol=1e-5, rtol=1e-5)
+    m.save_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(from_pretrained(tmp_path / "merged")(x).logits, m.eval()(x).logits, atol=0, rtol=0)

@@ -52,6 +52,7 @@ from .pretrained import (
     write_pretrained,
 )
 from .state import ModelOutput, ModelState, config_mismatch
+from .trainable import has_lora
 
 __all__ = ["MemoryModel", "MemorySpec", "RetrieverSwap", "build_model", "from_pretrained"]
 
@@ -400,6 +401,9 @@ class MemoryModel(nn.Module):
         before is replaced; any other non-empty folder is refused unless ``overwrite=True``.
         Read it back with :func:`from_pretrained`.
         """
+        if has_lora(self):
+            raise ValueError("this model holds LoRA adapters, which its options do not record: fold them into the "
+                             "weights first with memplug.core.trainable.merge_lora(model), then save")
         table = self.spec()
         state = self.state_dict()
         base = self._base_digests()

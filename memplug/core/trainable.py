@@ -22,7 +22,8 @@ from torch import nn
 
 from ..util.checks import positive_int
 
-__all__ = ["TRAINABLE", "LoraOptions", "TrainableSummary", "add_lora", "is_memory_parameter", "set_trainable"]
+__all__ = ["TRAINABLE", "LoraOptions", "TrainableSummary", "add_lora", "has_lora", "is_memory_parameter", "merge_lora",
+           "set_trainable"]
 
 #: What ``train.trainable`` accepts.
 TRAINABLE = ("all", "memory", "lora")
@@ -89,6 +90,29 @@ def add_lora(model: nn.Module, options: LoraOptions) -> list[str]:
                         target_modules=targets)
     inject_adapter_in_model(config, backbone)
     return sorted({name.rsplit(".lora_", 1)[0] for name, _ in backbone.named_parameters() if LORA_MARK in name})
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether ``model`` holds LoRA adapters (of :func:`add_lora`)."""
+    return any(LORA_MARK in name for name, _ in model.named_parameters())
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA adapter of ``model.backbone`` into the weight it adapts (``W + B A * alpha
+    / rank``) and put the plain linear module back, as peft's ``merge_and_unload`` does; returns
+    how many modules were merged. The outputs do not change (up to rounding); the model then
+    saves and loads like any other (its changed projection weights are stored)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    backbone = model.backbone
+    merged = 0
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(backbone.get_submodule(parent) if parent else backbone, child, module.get_base_layer())
+            merged += 1
+    return merged
 
 
 def set_trainable(model: nn.Module, mode: str, lora: LoraOptions | None = None) -> TrainableSummary:
