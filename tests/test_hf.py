@@ -192,11 +192,11 @@ def test_causality(elastic_model):
             assert not torch.allclose(logits[:, j], base[:, j])
 
 
-@pytest.mark.parametrize("sink", [0, 1])
-def test_gated_memory_attaches_without_harm(sink):
+@pytest.mark.parametrize("name,sink", [("llama-gqa", 0), ("llama-gqa", 1), ("qwen3", 1), ("gpt_neox", 1)])
+def test_gated_memory_attaches_without_harm(name, sink):
     """attach(..., gate=True) gives the local-window model's logits until training opens the gate,
-    with or without a sink; the result is in the HF model's mode."""
-    hf = tiny_hf("llama-gqa").eval()
+    with or without a sink, in each family; the result is in the HF model's mode."""
+    hf = tiny_hf(name).eval()
     ids = ids_for(2, 100, seed=8)
     with torch.no_grad():
         local = attach(hf, memory=None, block=16, sink=sink)(ids).logits

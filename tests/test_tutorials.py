@@ -42,5 +42,17 @@ def test_compare_memories_tutorial_runs(tmp_path):
     assert rows[0][3] in ("+0.000", "-0.000")  # masking "none", which holds nothing, changes nothing
 
 
+def test_attach_and_finetune_tutorial_runs(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    result = run_page(DOCS / "attach-and-finetune.md", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gap = float(re.search(r"local window at initialisation: (\S+)", result.stdout).group(1))
+    assert gap < 1e-5  # what the page says
+    stored = re.search(r"^stored: (.*)$", result.stdout, re.M).group(1)
+    assert stored == "['attn.0.gate', 'attn.1.gate']"
+
+
 def test_every_tutorial_is_tested():
-    assert sorted(p.name for p in DOCS.glob("*.md")) == ["compare-memories.md", "custom-sampler.md"]
+    assert sorted(p.name for p in DOCS.glob("*.md")) == ["attach-and-finetune.md", "compare-memories.md",
+                                                          "custom-sampler.md"]
