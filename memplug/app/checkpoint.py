@@ -23,7 +23,6 @@ object (the SHA-256 in meta.json cannot vouch for them: it sits in the same fold
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from ..core.pretrained import weights_sha256
+from ..core.pretrained import file_sha256, weights_sha256
 from ..util.atomic import atomic_directory, follow_umask, recover_interrupted
 
 __all__ = [
@@ -107,14 +106,6 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -196,7 +187,7 @@ def save_checkpoint(
             blobs["rng.pt"] = _torch_bytes(rng)
         for name, data in blobs.items():
             (tmp / name).write_bytes(data)
-        listing = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        listing = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         record = {
             "format": FORMAT,
             "step": step,
@@ -314,7 +305,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
             raise CheckpointError(
                 f"checkpoint {path} is truncated or corrupted: {name} has {size} bytes, meta.json says {info['bytes']}"
             )
-        if verify and _sha256(file) != info["sha256"]:
+        if verify and file_sha256(file) != info["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupted: the SHA-256 of {name} does not match meta.json")
     return Checkpoint(path, meta)
 

@@ -43,6 +43,7 @@ __all__ = [
     "FORMAT",
     "WEIGHTS_NAME",
     "backbone_table",
+    "file_sha256",
     "is_pretrained",
     "load_tokenizer",
     "read_pretrained",
@@ -205,7 +206,7 @@ def write_pretrained(
     with atomic_directory(directory) as tmp:
         save_file(kept, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         kind = _save_tokenizer(tokenizer, tmp)
-        full = {**record, "aliases": aliases, "tokenizer": kind, "weights_sha256": _file_sha256(tmp / WEIGHTS_NAME)}
+        full = {**record, "aliases": aliases, "tokenizer": kind, "weights_sha256": file_sha256(tmp / WEIGHTS_NAME)}
         (tmp / CONFIG_NAME).write_text(json.dumps(check_json("the model record", full), indent=1))
     return directory
 
@@ -229,13 +230,14 @@ def read_tensors(directory: str | Path, record: Mapping[str, Any], device: str |
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is incomplete: {WEIGHTS_NAME} is missing")
-    if _file_sha256(path) != record["weights_sha256"]:
+    if file_sha256(path) != record["weights_sha256"]:
         raise ValueError(f"{path} is corrupted: its SHA-256 does not match {CONFIG_NAME}")
     tensors = load_file(str(path), device=str(device))
     return tensors | {alias: tensors[name] for alias, name in record.get("aliases", {}).items()}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
