@@ -10,6 +10,11 @@ hits them alike; the ratio to the bare model is the median of per-round ratios.
 
     python benchmarks/throughput.py --memories none,elastic --scale 1x --modes eager,compiled
 
+``--count-ops`` also profiles one eager step per arm (torch.profiler) and counts the operator
+calls that compute (views, reshapes and the calls inside another operator left out): on a GPU
+each is about one kernel launch, so on a CPU the count stands in for the launches a GPU step
+would make.
+
 Writes ``docs/results/throughput.md``, ``.json`` (machine, date, command) and ``.png``.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections import Counter
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +42,38 @@ def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryMode
         "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads),
         **build_options(name, scale, args.block),
     ).to(args.device)
+
+
+#: aten operators that only re-describe memory (views, reshapes, dtype look-ups) or dispatch to
+#: another operator that is counted instead: no kernel of their own.
+NO_KERNEL = frozenset({
+    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided", "aten::transpose", "aten::t",
+    "aten::select", "aten::slice", "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::permute",
+    "aten::alias", "aten::detach", "aten::unbind", "aten::split", "aten::_unsafe_view", "aten::empty",
+    "aten::empty_like", "aten::empty_strided", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg",
+    "aten::numpy_T", "aten::mT", "aten::contiguous", "aten::matmul", "aten::chunk", "aten::narrow", "aten::to",
+    "aten::_to_copy", "aten::unflatten", "aten::flatten", "aten::result_type", "aten::is_nonzero", "aten::item",
+    "aten::_local_scalar_dense", "aten::expand_as", "aten::view_as", "aten::detach_", "aten::set_",
+    "aten::promote_types", "aten::pad",
+})
+
+
+def count_ops(step: Callable[[], None]) -> Counter:
+    """Operator calls of one ``step()`` that compute: aten operators outside :data:`NO_KERNEL`
+    and not called from inside another such operator, by name."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+
+    def inside_another(event: Any) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::") and parent.name not in NO_KERNEL:
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return Counter(e.name for e in prof.events()
+                   if e.name.startswith("aten::") and e.name not in NO_KERNEL and not inside_another(e))
 
 
 def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | None, ids: torch.Tensor):
@@ -77,6 +115,8 @@ def main() -> None:
                    help="bf16 autocast or float32; auto (default): bf16 where the device computes it fast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the computing operator calls of one eager step per arm (torch.profiler)")
     p.add_argument("--out", default="docs/results/throughput")
     args = p.parse_args()
     started = time.perf_counter()
@@ -103,6 +143,8 @@ def main() -> None:
                     step()
                 arms[(name, scale)] = dict(step=step, warmup_s=time.perf_counter() - start, times=[],
                                            params=sum(q.numel() for q in model.parameters()))
+                if args.count_ops and mode == "eager":
+                    arms[(name, scale)]["ops"] = count_ops(step)
                 print(f"{mode} {name} {scale}x: warm-up {arms[(name, scale)]['warmup_s']:.1f}s", flush=True)
         for _ in range(args.rounds):
             for arm in arms.values():
@@ -118,7 +160,9 @@ def main() -> None:
                              median_ratio_to_none=None if base is None else statistics.median(base["times"]) / median,
                              paired_ratio_to_none=None if base is None else statistics.median(
                                  b / a for a, b in zip(arm["times"], base["times"])),
-                             step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"]))
+                             step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"],
+                             ops_per_step=sum(arm["ops"].values()) if "ops" in arm else None,
+                             top_ops=arm["ops"].most_common(5) if "ops" in arm else None))
             print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
                   + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of none"), flush=True)
 
@@ -139,6 +183,13 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['memory']} | {r['scale']}x | {r['parameters']:,} | {r['step_s']:.3f} | "
                      f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | **{fmt(r['paired_ratio_to_none'])}** | "
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
+    counted = [r for r in rows if r["ops_per_step"] is not None]
+    if counted:
+        lines += ["", "Operator calls that compute, in one eager training step (the stand-in for GPU kernel launches):",
+                  "", "| memory | scale | operator calls per step | most called |", "|---|---|---|---|"]
+        for r in counted:
+            top = ", ".join(f"{name.removeprefix('aten::')} {n}" for name, n in r["top_ops"])
+            lines.append(f"| {r['memory']} | {r['scale']}x | {r['ops_per_step']} | {top} |")
     out = Path(args.out)
     data = dict(config=config, results=rows)
     common.report(out.parent, out.name, "\n".join(lines), data, figure(data),

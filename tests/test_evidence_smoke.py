@@ -255,3 +255,16 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
     assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 4
     text = (tmp_path / "out" / "retrofit_finetune.md").read_text()
     assert "on perplexity beyond the window" in text
+
+
+def test_count_ops_counts_computing_calls_once():
+    import throughput
+
+    a, b = torch.randn(8, 4), torch.randn(4, 3)
+
+    def step():
+        c = (a @ b).view(2, 12).t().contiguous()  # one matmul, the rest re-describes or copies
+        (c * 2).sum()
+
+    # the copy inside clone, the views and matmul's dispatch to mm are not counted again
+    assert throughput.count_ops(step) == {"aten::mm": 1, "aten::clone": 1, "aten::mul": 1, "aten::sum": 1}
