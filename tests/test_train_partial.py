@@ -97,6 +97,8 @@ def test_memory_learning_rate_applies_to_memory_parameters_only(tmp_path):
         assert len(in_memory) == 1
         assert group["lr_scale"] == (10.0 if in_memory.pop() else 1.0)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # at the same rate the memory is no group of its own: the optimizer state of earlier runs still fits
+    assert [g["weight_decay"] for g in param_groups(model, 0.1)] == [0.1, 0.0]
 
 
 def test_gradient_checkpointing_recomputes_layers_to_the_same_gradients():

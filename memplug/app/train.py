@@ -109,12 +109,15 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float) ->
 def param_groups(model: nn.Module, weight_decay: float, memory_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups of the trainable parameters: matrices (and embeddings) decay, vectors (norms,
     biases, gates) do not; the memory's parameters (:func:`is_memory_parameter`) run at
-    ``memory_lr_scale`` times the learning rate (each group's ``lr_scale``). Empty groups are left out."""
+    ``memory_lr_scale`` times the learning rate (each group's ``lr_scale``). Empty groups are left
+    out; at scale 1 the memory is not a group of its own (the layout of earlier checkpoints)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    split = memory_lr_scale != 1.0
     groups = []
-    for memory in (False, True):
+    for memory in (False, True) if split else (None,):
         for matrix in (True, False):
-            params = [p for n, p in named if is_memory_parameter(n) == memory and (p.ndim >= 2) == matrix]
+            params = [p for n, p in named
+                      if (memory is None or is_memory_parameter(n) == memory) and (p.ndim >= 2) == matrix]
             if params:
                 groups.append({"params": params, "weight_decay": weight_decay if matrix else 0.0,
                                "lr_scale": memory_lr_scale if memory else 1.0})
