@@ -21,8 +21,8 @@ import sys
 import pytest
 import safetensors.torch
 import torch
-from train_helpers import make_corpus, set_args, start_training, tiny_config, tiny_llama_folder, tiny_overrides,
-                           wait_for
+from train_helpers import (make_corpus, set_args, start_training, tiny_config, tiny_llama_folder, tiny_overrides,
+                           wait_for)
 
 from memplug.app.checkpoint import (
     CheckpointError,

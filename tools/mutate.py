@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,7 @@ VIOLATIONS = "tests/test_kit_violations.py::test_the_kit_names_the_one_broken_in
 MUTATIONS: list[Mutation] = [
     # -- training loop: exact resume, truncated BPTT --------------------------------------------
     m("resume-rng", "exact resume", TRAIN,
-      "        restore_rng(ckpt.rng())\n", "",
+      "            restore_rng(ckpt.rng())\n", "",
       f"{EXACT}::test_resume_with_a_random_retriever_gives_the_same_losses_bit_for_bit"),
     m("resume-optimizer", "exact resume", TRAIN,
       "            ckpt.load_optimizer(self.optimizer)\n", "",
@@ -292,17 +293,25 @@ def apply(tree: Path, mutation: Mutation) -> str | None:
     if not path.is_file():
         return None
     text = path.read_text()
-    if text.count(mutation.old) != 1:
+    if occurrences(text, mutation.old) != 1:
         return None
     path.write_text(text.replace(mutation.old, mutation.new))
     return text
+
+
+def occurrences(text: str, old: str) -> int:
+    """How often ``old`` occurs in ``text``; a snippet that starts with indentation counts only at
+    the start of a line (inside a more indented line it would change the indentation, not the code)."""
+    if not old[:1].isspace():
+        return text.count(old)
+    return len(re.findall(r"(?m)^" + re.escape(old), text))
 
 
 def mutate(tree: Path, mutation: Mutation, timeout: float) -> Outcome:
     path = tree / mutation.file
     original = apply(tree, mutation)
     if original is None:
-        found = path.read_text().count(mutation.old) if path.is_file() else 0
+        found = occurrences(path.read_text(), mutation.old) if path.is_file() else 0
         return Outcome(mutation, "not applied", detail=f"snippet found {found} times in {mutation.file}, expected once")
     start = time.perf_counter()
     try:
