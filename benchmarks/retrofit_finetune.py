@@ -200,13 +200,20 @@ def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, see
 
 
 @torch.no_grad()
-def stream_nll(reader: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token loss (nats) of ``ids`` (T,) read in one stream: (T - 1,) float64.
-    A reader with a limit (full attention) reads only its first ``limit`` tokens."""
+def stream_nll(reader: Any, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Per-token next-token loss (nats) of ``ids`` (T,) read in one stream, ``chunk`` tokens per
+    read with the state carried: (T - 1,) float64. Only one chunk's logits exist at a time (the
+    whole stream's would be T x vocab floats: 6 GB for 32k tokens of SmolLM2's vocabulary). A
+    reader with a limit (full attention) reads only its first ``limit`` tokens."""
     if reader.limit is not None:
         ids = ids[: reader.limit + 1]
-    logits, _ = reader.read(ids[:-1])  # (T - 1, vocab)
-    return F.cross_entropy(logits, ids[1:].to(logits.device), reduction="none").double().cpu()
+    inputs, targets = ids[:-1], ids[1:]
+    nll, state = [], None
+    for start in range(0, inputs.shape[0], chunk):
+        logits, state = reader.read(inputs[start : start + chunk], state)  # (chunk, vocab)
+        part = targets[start : start + chunk].to(logits.device)
+        nll.append(F.cross_entropy(logits, part, reduction="none").double().cpu())
+    return torch.cat(nll)
 
 
 def ppl(nll: torch.Tensor) -> float:
@@ -229,7 +236,7 @@ def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTo
         result["training"] = finetune(model, mode, data["train"], p, args.seed, precision, args.device)
     reader = HFCausalLMReader(model, p.chunk) if model is hf else MemoryModelReader(model, p.chunk)
     with autocast(args.device, precision):
-        nll = stream_nll(reader, data["eval"])
+        nll = stream_nll(reader, data["eval"], p.chunk)
         probes = run_probes(reader, tokenizer, [make_probe("passkey")], list(p.probe_lengths), list(p.probe_depths),
                             samples=p.probe_samples, dataset=args.dataset, split="test", seed=args.seed,
                             dataset_options=args.dataset_option)
