@@ -267,7 +267,9 @@ def row(result: dict[str, Any], p: Preset, eval_len: int) -> dict[str, Any]:
 def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
     """The three goals, as sentences with their numbers (only for arms that ran)."""
     lines = []
-    local, control, full = rows.get("local"), rows.get("local+sink trained (LoRA)"), rows.get("full attention")
+    # the untrained local baseline: with the sink when it ran (the trained arms keep the sink too)
+    local = rows.get("local+sink") or rows.get("local")
+    control, full = rows.get("local+sink trained (LoRA)"), rows.get("full attention")
     for trained in ("elastic+gate trained (memory)", "elastic+gate trained (LoRA)"):
         r = rows.get(trained)
         if r is None:
@@ -282,7 +284,7 @@ def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
             gap = local["256-8191"] - full["256-8191"]
             share = (local["256-8191"] - r["256-8191"]) / gap if gap > 0 else float("nan")
             lines.append(f"- **{trained}** recovers {share:.0%} of the local-to-full gap inside 8k (positions "
-                         f"{p.block}-8191: local {local['256-8191']:.3f}, full {full['256-8191']:.3f}, "
+                         f"{p.block}-8191: {local['arm']} {local['256-8191']:.3f}, full {full['256-8191']:.3f}, "
                          f"this arm {r['256-8191']:.3f}); the goal is at least 50%.")
         if local is not None:
             keys = [k for k in r if k.startswith("passkey ")]
@@ -291,7 +293,7 @@ def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
             if mine and theirs:
                 a, b = sum(mine) / len(mine), sum(theirs) / len(theirs)
                 lines.append(f"- **{trained}** passkey accuracy beyond the window, mean over lengths: {a:.2f} "
-                             f"against local {b:.2f}: {'better' if a > b else 'NOT better'}.")
+                             f"against {local['arm']} {b:.2f}: {'better' if a > b else 'NOT better'}.")
     return lines
 
 
