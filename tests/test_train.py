@@ -421,8 +421,9 @@ def test_a_diverging_run_stops_and_saves_nothing_of_it(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", *set_args(tiny_overrides(tmp_path)), "--set", "train.lr=1e30", "--set", "train.warmup=1",
                  "--overwrite"]) == 1
-    precision, error = capsys.readouterr().err.splitlines()
-    assert precision.startswith("memplug train: precision") and error.startswith("memplug train: error: training diverged")
+    precision, trainable, error = capsys.readouterr().err.splitlines()
+    assert precision.startswith("memplug: train: precision") and "parameters trainable (" in trainable
+    assert error.startswith("memplug train: error: training diverged")
 
 
 def test_weights_that_stopped_being_finite_are_never_saved(tmp_path, monkeypatch):
