@@ -241,7 +241,7 @@ def test_hf_backbone_trains_with_its_own_tokenizer(tmp_path):
                                 "train.warmup=1"])
     assert config.model.backbone == {"name": "hf", "model": str(folder)} and config.data.tokenizer == "hf"
     result = train(config)
-    assert result.losses[2] < math.log(300) + 1
+    assert abs(result.losses[1] - math.log(300)) < 0.1  # the random model's guess over the HF tokenizer's 300 ids
     _, tokenizer, _ = load_trained(result.checkpoint)
     assert tokenizer.name == "hf" and tokenizer.vocab_size == 300
 
