@@ -150,3 +150,9 @@ def test_bptt_on_a_hugging_face_backbone_streams_the_exact_loss(tmp_path):
     whole = train(hf_config(tmp_path, "name=whole", "train.steps=1"))
     segments = train(hf_config(tmp_path, "name=bptt", "train.steps=1", "train.bptt=64"))
     assert segments.losses[1] == pytest.approx(whole.losses[1], abs=1e-5)
+
+
+def test_resume_refuses_another_trainable_set(tmp_path):
+    run = train(hf_config(tmp_path, "name=first", "train.trainable=memory"))
+    with pytest.raises(CheckpointError, match="train.trainable was memory, the config says lora"):
+        train(hf_config(tmp_path, "name=other", "train.trainable=lora"), resume=run.checkpoint)

@@ -211,7 +211,8 @@ def _check_compatible(config: Config, saved: dict[str, Any], path: Path) -> None
         keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         if keys:
             raise CheckpointError(f"cannot resume from {path}: [{section}] differs from the config ({', '.join(keys)})")
-    for key in ("batch_size", "seed", "trainable", "lora_rank"):  # the last two shape the trained tensors
+    shaping = ("trainable", "lora_rank") if now["train"]["trainable"] == "lora" else ("trainable",)
+    for key in ("batch_size", "seed", *shaping):  # trainable (and a LoRA rank) shape the trained tensors
         if saved["train"][key] != now["train"][key]:
             raise CheckpointError(f"cannot resume from {path}: train.{key} was {saved['train'][key]}, "
                                   f"the config says {now['train'][key]}")

@@ -44,7 +44,7 @@ from memplug.core.model import MemoryModel
 from memplug.core.state import ModelState
 
 from . import strategies as mst
-from .runner import Invariant, Mismatch, expect_close, run_invariants, subject
+from .runner import Invariant, Mismatch, expect_close, expect_gradient, run_invariants, subject
 
 __all__ = ["Harness", "check_memory", "memory_invariants", "tiny_backbone"]
 
@@ -264,12 +264,7 @@ def gradient_reach(h: Harness, case: SequenceCase) -> None:
     logits = h.forward(ids).logits  # (B, T, vocab)
     F.cross_entropy(logits.flatten(0, 1), torch.roll(ids, -1, dims=1).flatten()).backward()
     for name, p in h.trainable():
-        if p.grad is None:
-            raise Mismatch(f"parameter {name} got no gradient")
-        if not torch.isfinite(p.grad).all():
-            raise Mismatch(f"parameter {name} got a non-finite gradient")
-        if not p.grad.abs().max() > 0:
-            raise Mismatch(f"parameter {name} got an all-zero gradient")
+        expect_gradient(name, p.grad)
     h.model.zero_grad(set_to_none=True)
     if not h.stateful:
         return

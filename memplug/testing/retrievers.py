@@ -36,7 +36,7 @@ from torch import Tensor
 from memplug.core.contracts import Encoder, Retriever
 
 from . import strategies as mst
-from .runner import Invariant, Mismatch, component, expect_close, run_invariants, subject
+from .runner import Invariant, Mismatch, component, expect_close, expect_gradient, run_invariants, subject
 
 __all__ = ["check_retriever", "default_encoders", "retriever_invariants"]
 
@@ -180,12 +180,7 @@ def gradients(h: Harness, case: ReadCase) -> None:
     for name, q in h.retriever.named_parameters():
         if not q.requires_grad:
             continue
-        if q.grad is None:
-            raise Mismatch(f"parameter {name!r} got no gradient from read")
-        if not torch.isfinite(q.grad).all():
-            raise Mismatch(f"parameter {name!r} got a non-finite gradient")
-        if not q.grad.abs().max() > 0:
-            raise Mismatch(f"parameter {name!r} got an all-zero gradient")
+        expect_gradient(repr(name), q.grad, " from read")
     h.retriever.zero_grad(set_to_none=True)
 
 

@@ -24,7 +24,8 @@ from memplug.core.contracts import Component
 
 __all__ = [
     "Invariant", "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error",
-    "expect_close", "run_invariant", "run_invariants",
+    "expect_close",
+    "expect_gradient", "run_invariant", "run_invariants",
 ]
 
 Case = TypeVar("Case")
@@ -93,6 +94,17 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     diff = (actual.detach().to(torch.float64) - expected.detach().to(torch.float64)).abs().max().item()
     scale = expected.detach().to(torch.float64).abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+def expect_gradient(name: str, grad: Tensor | None, source: str = "") -> None:
+    """Raise :class:`Mismatch` unless parameter ``name`` got a gradient (``source``: from what)
+    that is finite and not all zero."""
+    if grad is None:
+        raise Mismatch(f"parameter {name} got no gradient{source}")
+    if not torch.isfinite(grad).all():
+        raise Mismatch(f"parameter {name} got a non-finite gradient")
+    if not grad.abs().max() > 0:
+        raise Mismatch(f"parameter {name} got an all-zero gradient")
 
 
 def expect_close(actual: Tensor, expected: Tensor, tolerance: float, what: str) -> None:
