@@ -29,6 +29,7 @@ import common
 import torch
 from common import Preset
 
+from memplug.app.demo import REGIME
 from memplug.tasks import Mixture, PasskeyTask, RecallTask, RegimeTask
 from memplug.tasks.base import Task
 
@@ -47,6 +48,11 @@ PRESETS = {
     # the cpu preset's model with twice the sequence and the batch: four times the scored answers per step
     "wide": Preset(d_model=128, n_layers=2, n_heads=4, block=64, length=1024, batch=16, budget=1800, eval_batches=8,
                    steps=300),
+    # exactly the demo's regime part (memplug demo): its model, data shape and steps; scale 4 at block
+    # 64 is the demo's elastic order and samples (64)
+    "demo": Preset(d_model=REGIME.d_model, n_layers=REGIME.n_layers, n_heads=REGIME.n_heads, block=REGIME.block,
+                   length=REGIME.length, batch=REGIME.batch, lr=REGIME.lr, steps=REGIME.steps, budget=3600,
+                   eval_batches=16),
     "gpu": Preset(d_model=256, n_layers=4, n_heads=4, block=64, length=2048, batch=32, budget=15, eval_batches=8),
 }
 CONTROL_LEARNED = 0.9
