@@ -2,6 +2,9 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
+#   bash benchmarks/gpu_sweep.sh speed   # at most 8 min (the steps' limits; not yet run on a GPU): training
+#                                        # throughput of the tiny (eager with a kernel profile, compiled), 85M and
+#                                        # SmolLM2 (SMOLLM2=hf:PATH for another copy) models, and the two scans at 16x
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
 #                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
 #
@@ -69,7 +72,23 @@ mps_stop() { [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mp
 # the CPU preset's models and step counts on the GPU (--budget caps each arm's seconds)
 CPU_SIZED=(--preset cpu --device "$DEVICE" --out "$RESULTS")
 
-if [ "${1:-}" = check ]; then
+if [ "${1:-}" = speed ]; then
+  # The speed tables, the GPU to ourselves, one after another (each row a paired ratio in one run).
+  tp=(python benchmarks/throughput.py --device "$DEVICE" --rounds 7 --warmup 2)
+  tiny=(--seq 4096 --batch 8 --block 256)
+  step 80 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
+    --count-ops --out "$RESULTS/throughput_tiny_eager"
+  step 120 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x,16x --modes compiled \
+    --out "$RESULTS/throughput_tiny_compiled"
+  for method in sequential parallel; do  # the block scan's two methods at 16x, where auto picks between them
+    step 50 "throughput_scan_$method" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale 16x --modes eager \
+      --scan-method "$method" --out "$RESULTS/throughput_scan_$method"
+  done
+  step 90 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
+    --memories none,knn,elastic --scale 1x,4x --modes eager --out "$RESULTS/throughput_85m"
+  step 90 throughput_smollm2 "${tp[@]}" --backbone "${SMOLLM2:-hf:smollm2}" --block 256 --seq 2048 --batch 4 \
+    --memories hf,none,elastic --scale 1x --modes eager --count-ops --out "$RESULTS/throughput_smollm2"
+elif [ "${1:-}" = check ]; then
   tmp=$(mktemp -d)
   job 170 pytest_all python -m pytest -q -x -n 6 -p no:cacheprovider tests
   step 90 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py

@@ -15,6 +15,18 @@ calls that compute (views, reshapes and the calls inside another operator left o
 each is about one kernel launch, so on a CPU the count stands in for the launches a GPU step
 would make.
 
+On a CUDA device it also counts the kernels one eager step launches and their summed time
+(torch.profiler's CUDA activity).
+
+``--backbone hf:smollm2`` (or ``hf:PATH`` to a Hugging Face model folder) times a pretrained
+model instead of the tiny one, fully trained (every weight takes a gradient): the arm ``hf`` is
+the unmodified Hugging Face model (full causal attention, the baseline of the ratios when it
+runs), ``none`` the model attached with the local window of ``--block`` tokens and no memory, and
+each memory the model attached with it in every layer:
+
+    python benchmarks/throughput.py --backbone hf:smollm2 --memories hf,none,elastic --block 256 \
+        --seq 2048 --batch 4 --modes eager --device cuda
+
 Writes ``docs/results/throughput.md``, ``.json`` (machine, date, command) and ``.png``.
 """
 
@@ -34,14 +46,36 @@ import common
 import memplug
 from memory_configs import build_options, parse_scales
 from memplug.app.precision import PRECISIONS, resolve_precision
+from memplug.hippo.scan import SCAN_METHODS
 
 
-def build(name: str, scale: int, args: argparse.Namespace) -> memplug.MemoryModel:
+def build(name: str, scale: int, args: argparse.Namespace, hf: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The arm ``name`` at ``scale``: on the tiny backbone, or around the pretrained ``hf`` (the
+    arm ``hf`` is that model itself; the others attach to it, sharing its weights)."""
+    if name == "hf":
+        if hf is None:
+            raise SystemExit("--memories: the arm 'hf' needs --backbone hf:MODEL")
+        return hf
     torch.manual_seed(0)
-    return memplug.build_model(
-        "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads),
-        **build_options(name, scale, args.block),
-    ).to(args.device)
+    options = build_options(name, scale, args.block)
+    if name == "elastic" and args.scan_method != "auto":
+        options["memory_options"].setdefault("encoder_options", {})["scan_method"] = args.scan_method
+    if hf is None:
+        return memplug.build_model(
+            "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers,
+                                                            n_heads=args.heads),
+            **options,
+        ).to(args.device)
+    from memplug.backbones.hf import attach
+
+    return attach(hf, block=args.block, **options).to(args.device)
+
+
+def load_pretrained(spec: str, device: torch.device) -> torch.nn.Module:
+    """``hf:smollm2`` or ``hf:PATH`` -> the Hugging Face model, in training mode, on ``device``."""
+    from memplug.backbones.hf import HFBackbone
+
+    return HFBackbone(spec.removeprefix("hf:")).hf.to(device).train()
 
 
 #: aten operators that only re-describe memory (views, reshapes, dtype look-ups) or dispatch to
@@ -76,7 +110,16 @@ def count_ops(step: Callable[[], None]) -> Counter:
                    if e.name.startswith("aten::") and e.name not in NO_KERNEL and not inside_another(e))
 
 
-def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | None, ids: torch.Tensor):
+def count_kernels(step: Callable[[], None]) -> tuple[int, float, Counter]:
+    """CUDA kernels one ``step()`` launches: (count, summed kernel time in ms, count by name)."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels), sum(e.device_time for e in kernels) / 1000, Counter(e.name for e in kernels)
+
+
+def make_step(model: torch.nn.Module, compiled: bool, dtype: torch.dtype | None, ids: torch.Tensor):
     """A training step (forward + backward). For ``compiled``, one eager step runs first: it fills
     the encoders' transition caches, so the compiled graph only looks them up (tracing their
     construction takes minutes and recompiles when the cache changes)."""
@@ -100,10 +143,12 @@ def make_step(model: memplug.MemoryModel, compiled: bool, dtype: torch.dtype | N
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--memories", default="none,elastic")
+    p.add_argument("--memories", default="none,elastic",
+                   help="arms: none (no memory), memory names, and hf (the unmodified model of --backbone hf:...)")
+    p.add_argument("--backbone", default="tiny", help="tiny (sized by --d-model etc.), hf:smollm2 or hf:PATH")
     p.add_argument("--scale", default="1x", help="memory budget multiples, e.g. 1x,16x")
     p.add_argument("--modes", default="eager,compiled")
-    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--d-model", type=int, default=256, help="tiny backbone only (also --layers, --heads)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--block", type=int, default=256)
@@ -115,6 +160,8 @@ def main() -> None:
                    help="bf16 autocast or float32; auto (default): bf16 where the device computes it fast")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
+    p.add_argument("--scan-method", default="auto", choices=SCAN_METHODS,
+                   help="how elastic's encoder runs the block recurrence (default auto: by size and device)")
     p.add_argument("--count-ops", action="store_true",
                    help="also count the computing operator calls of one eager step per arm (torch.profiler)")
     p.add_argument("--out", default="docs/results/throughput")
@@ -127,7 +174,13 @@ def main() -> None:
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     precision = resolve_precision(args.dtype, args.device)
     dtype = precision.dtype
-    ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
+    if args.backbone != "tiny" and not args.backbone.startswith("hf:"):
+        raise SystemExit(f"--backbone must be tiny, hf:smollm2 or hf:PATH, got {args.backbone!r}")
+    hf = None if args.backbone == "tiny" else load_pretrained(args.backbone, args.device)
+    vocab = 256 if hf is None else hf.config.vocab_size
+    ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
+    cuda = args.device.type == "cuda"
+    baseline = "hf" if "hf" in names else "none"  # the ratios' reference: the unmodified model when it runs
 
     rows = []
     for mode in [m.strip() for m in args.modes.split(",")]:
@@ -135,8 +188,8 @@ def main() -> None:
             raise ValueError(f"--modes takes eager and/or compiled, got {mode!r}")
         arms = {}
         for name in names:
-            for scale in ([1] if name == "none" else scales):
-                model = build(name, scale, args)
+            for scale in ([1] if name in ("none", "hf") else scales):
+                model = build(name, scale, args, hf)
                 start = time.perf_counter()
                 step = make_step(model, mode == "compiled", dtype, ids)
                 for _ in range(args.warmup):
@@ -145,13 +198,15 @@ def main() -> None:
                                            params=sum(q.numel() for q in model.parameters()))
                 if args.count_ops and mode == "eager":
                     arms[(name, scale)]["ops"] = count_ops(step)
+                    if cuda:
+                        arms[(name, scale)]["kernels"] = count_kernels(step)
                 print(f"{mode} {name} {scale}x: warm-up {arms[(name, scale)]['warmup_s']:.1f}s", flush=True)
         for _ in range(args.rounds):
             for arm in arms.values():
                 start = time.perf_counter()
                 arm["step"]()
                 arm["times"].append(time.perf_counter() - start)
-        base = arms.get(("none", 1))
+        base = arms.get((baseline, 1))
         for (name, scale), arm in arms.items():
             best, median = min(arm["times"]), statistics.median(arm["times"])
             rows.append(dict(mode=mode, memory=name, scale=scale, step_s=best, median_step_s=median,
@@ -162,20 +217,26 @@ def main() -> None:
                                  b / a for a, b in zip(arm["times"], base["times"])),
                              step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"],
                              ops_per_step=sum(arm["ops"].values()) if "ops" in arm else None,
-                             top_ops=arm["ops"].most_common(5) if "ops" in arm else None))
+                             top_ops=arm["ops"].most_common(5) if "ops" in arm else None,
+                             kernels_per_step=arm["kernels"][0] if "kernels" in arm else None,
+                             kernel_ms=arm["kernels"][1] if "kernels" in arm else None,
+                             top_kernels=arm["kernels"][2].most_common(5) if "kernels" in arm else None))
             print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
-                  + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of none"), flush=True)
+                  + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of {baseline}"), flush=True)
 
     config = {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "out"}
+    model_line = (f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads" if hf is None else
+                  f"{args.backbone} ({sum(q.numel() for q in hf.parameters()):,} parameters, every one trained; "
+                  "`hf`: the unmodified model, full causal attention)")
     lines = [
-        f"Tiny backbone d={args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, "
+        f"{model_line}, block {args.block}, "
         f"sequence {args.seq}, batch {args.batch}, {precision.name} on {args.device}, "
-        f"{torch.get_num_threads()} torch thread(s); forward + backward per step; {args.rounds} interleaved steps per arm after "
+        f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}; forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
-        f"median over rounds of (none's step time / this arm's step time) within the same round.\n",
+        f"median over rounds of ({baseline}'s step time / this arm's step time) within the same round.\n",
         "| mode | memory | scale | parameters | step s (fastest) | step s (median) | tokens/s (fastest) | "
-        "ratio to none (paired) | ratio (fastest) | ratio (medians) |",
+        f"ratio to {baseline} (paired) | ratio (fastest) | ratio (medians) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
@@ -190,16 +251,23 @@ def main() -> None:
         for r in counted:
             top = ", ".join(f"{name.removeprefix('aten::')} {n}" for name, n in r["top_ops"])
             lines.append(f"| {r['memory']} | {r['scale']}x | {r['ops_per_step']} | {top} |")
+    profiled = [r for r in rows if r["kernels_per_step"] is not None]
+    if profiled:
+        lines += ["", "CUDA kernels of one eager training step (torch.profiler):", "",
+                  "| memory | scale | kernels per step | kernel time (ms) | most launched |", "|---|---|---|---|---|"]
+        for r in profiled:
+            top = ", ".join(f"{name[:40]} {n}" for name, n in r["top_kernels"])
+            lines.append(f"| {r['memory']} | {r['scale']}x | {r['kernels_per_step']} | {r['kernel_ms']:.1f} | {top} |")
     out = Path(args.out)
-    data = dict(config=config, results=rows)
+    data = dict(config=config, baseline=baseline, results=rows)
     common.report(out.parent, out.name, "\n".join(lines), data, figure(data),
                   title="Training throughput: memory models against the bare model", seconds=time.perf_counter() - started,
                   precision=precision)
 
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:
-    """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the bare model,
-    or its tokens/s when the run had no bare arm."""
+    """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the baseline
+    (the unmodified pretrained model, else the bare model), or its tokens/s when neither ran."""
     rows = data["results"]
     paired = all(r["paired_ratio_to_none"] is not None for r in rows)
 
@@ -210,7 +278,8 @@ def figure(data: dict[str, Any]) -> Callable[[Any], None]:
             plt.axvline(1.0, color="black", linewidth=0.8)
         plt.gca().invert_yaxis()
         plt.yticks(fontsize=7)
-        plt.xlabel("training throughput / bare model's (paired; higher is faster)" if paired
+        baseline = {"hf": "the unmodified model's"}.get(data.get("baseline", "none"), "bare model's")
+        plt.xlabel(f"training throughput / {baseline} (paired; higher is faster)" if paired
                    else "training tokens/s (fastest step)")
         plt.title(f"{data['config'].get('device', 'cpu')}, sequence {data['config']['seq']}, "
                   f"batch {data['config']['batch']}", fontsize=9)

@@ -268,3 +268,24 @@ def test_count_ops_counts_computing_calls_once():
 
     # the copy inside clone, the views and matmul's dispatch to mm are not counted again
     assert throughput.count_ops(step) == {"aten::mm": 1, "aten::clone": 1, "aten::mul": 1, "aten::sum": 1}
+
+
+def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatch):
+    import throughput
+    from train_helpers import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path)
+    monkeypatch.setattr(sys, "argv", [
+        "throughput.py", "--backbone", f"hf:{folder}", "--memories", "hf,none,elastic", "--scale", "1x",
+        "--block", "32", "--seq", "96", "--batch", "1", "--modes", "eager", "--rounds", "2", "--warmup", "1",
+        "--threads", "1", "--dtype", "fp32", "--count-ops", "--out", str(tmp_path / "out" / "throughput")])
+    throughput.main()
+    data = _outputs(tmp_path / "out", "throughput")["data"]
+    rows = {r["memory"]: r for r in data["results"]}
+    assert set(rows) == {"hf", "none", "elastic"} and data["baseline"] == "hf"
+    assert rows["hf"]["paired_ratio_to_none"] == 1.0  # the ratios are to the unmodified model
+    # the attached arms hold the HF model's own weights (elastic adds none), not copies ...
+    assert rows["none"]["parameters"] == rows["elastic"]["parameters"] == rows["hf"]["parameters"]
+    # ... and the hf arm is the HF model's own forward, not the attached window
+    assert rows["hf"]["ops_per_step"] != rows["none"]["ops_per_step"]
+    assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()

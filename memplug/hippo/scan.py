@@ -55,7 +55,7 @@ SCAN_METHODS = ("auto", "sequential", "parallel")
 #: doubling's log2(nb) batched rounds launch fewer kernels. Above it a step fills the device,
 #: and the doubling's extra work (N³ products, log2(nb) passes) costs more than it saves: at
 #: N = 1024 it does several times the sequential work. An estimate from the kernel counts and
-#: sizes, not a GPU measurement (``benchmarks/gpu_speed.sh`` times both methods).
+#: sizes, not a GPU measurement (``bash benchmarks/gpu_sweep.sh speed`` times both methods at 16x).
 PARALLEL_BELOW = 2**27
 
 #: (t0, t1): the tokens t0 .. t1 - 1 of a stream.
