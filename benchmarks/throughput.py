@@ -110,6 +110,16 @@ def count_ops(step: Callable[[], None]) -> Counter:
                    if e.name.startswith("aten::") and e.name not in NO_KERNEL and not inside_another(e))
 
 
+def count_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one ``step()`` in matrix products and attention (torch's
+    FlopCounterMode: 2 per multiply-add; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def count_kernels(step: Callable[[], None]) -> tuple[int, float, Counter]:
     """CUDA kernels one ``step()`` launches: (count, summed kernel time in ms, count by name)."""
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -198,6 +208,7 @@ def main() -> None:
                                            params=sum(q.numel() for q in model.parameters()))
                 if args.count_ops and mode == "eager":
                     arms[(name, scale)]["ops"] = count_ops(step)
+                    arms[(name, scale)]["flops"] = count_flops(step)
                     if cuda:
                         arms[(name, scale)]["kernels"] = count_kernels(step)
                 print(f"{mode} {name} {scale}x: warm-up {arms[(name, scale)]['warmup_s']:.1f}s", flush=True)
@@ -218,6 +229,8 @@ def main() -> None:
                              step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"],
                              ops_per_step=sum(arm["ops"].values()) if "ops" in arm else None,
                              top_ops=arm["ops"].most_common(5) if "ops" in arm else None,
+                             flops_per_step=arm.get("flops"),
+                             flop_ceiling=base["flops"] / arm["flops"] if base and "flops" in base else None,
                              kernels_per_step=arm["kernels"][0] if "kernels" in arm else None,
                              kernel_ms=arm["kernels"][1] if "kernels" in arm else None,
                              top_kernels=arm["kernels"][2].most_common(5) if "kernels" in arm else None))
@@ -246,11 +259,15 @@ def main() -> None:
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
     counted = [r for r in rows if r["ops_per_step"] is not None]
     if counted:
-        lines += ["", "Operator calls that compute, in one eager training step (the stand-in for GPU kernel launches):",
-                  "", "| memory | scale | operator calls per step | most called |", "|---|---|---|---|"]
+        lines += ["", "One eager training step: operator calls that compute (the stand-in for GPU kernel launches) "
+                  "and the FLOPs of its matrix products and attention. The FLOP ceiling is "
+                  f"{baseline}'s FLOPs / the arm's: the ratio the arm would reach if time went with those FLOPs.",
+                  "", "| memory | scale | operator calls per step | GFLOP per step | FLOP ceiling | most called |",
+                  "|---|---|---|---|---|---|"]
         for r in counted:
             top = ", ".join(f"{name.removeprefix('aten::')} {n}" for name, n in r["top_ops"])
-            lines.append(f"| {r['memory']} | {r['scale']}x | {r['ops_per_step']} | {top} |")
+            lines.append(f"| {r['memory']} | {r['scale']}x | {r['ops_per_step']} | {r['flops_per_step'] / 1e9:.1f} | "
+                         f"{fmt(r['flop_ceiling'])} | {top} |")
     profiled = [r for r in rows if r["kernels_per_step"] is not None]
     if profiled:
         lines += ["", "CUDA kernels of one eager training step (torch.profiler):", "",

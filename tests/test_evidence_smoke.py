@@ -268,6 +268,7 @@ def test_count_ops_counts_computing_calls_once():
 
     # the copy inside clone, the views and matmul's dispatch to mm are not counted again
     assert throughput.count_ops(step) == {"aten::mm": 1, "aten::clone": 1, "aten::mul": 1, "aten::sum": 1}
+    assert throughput.count_flops(step) == 2 * 8 * 4 * 3  # the matmul's multiply-adds; elementwise not counted
 
 
 def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatch):
@@ -288,4 +289,6 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     assert rows["none"]["parameters"] == rows["elastic"]["parameters"] == rows["hf"]["parameters"]
     # ... and the hf arm is the HF model's own forward, not the attached window
     assert rows["hf"]["ops_per_step"] != rows["none"]["ops_per_step"]
+    # the memory's reads and scans are work beyond the window's: its FLOP ceiling is below 1
+    assert rows["hf"]["flop_ceiling"] == 1.0 and rows["elastic"]["flop_ceiling"] < rows["none"]["flop_ceiling"]
     assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()
