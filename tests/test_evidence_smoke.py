@@ -292,3 +292,14 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     # the memory's reads and scans are work beyond the window's: its FLOP ceiling is below 1
     assert rows["hf"]["flop_ceiling"] == 1.0 and rows["elastic"]["flop_ceiling"] < rows["none"]["flop_ceiling"]
     assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()
+
+
+def test_retrofit_verdicts_judge_only_trained_arms():
+    import retrofit_finetune
+
+    local = {"arm": "local", "beyond window": 48.0, "256-8191": 47.0}
+    untrained = retrofit_finetune.verdicts({"local": local, "elastic": {**local, "arm": "elastic"}}, None)
+    assert len(untrained) == 1 and "none is judged" in untrained[0]  # a report of untrained arms says so
+    trained = {**local, "arm": "elastic+gate trained (memory)", "beyond window": 47.5}
+    judged = retrofit_finetune.verdicts({"local": local, trained["arm"]: trained}, None)
+    assert judged == ["- **elastic+gate trained (memory)** beats local (48.000) on perplexity beyond the window: 47.500."]
