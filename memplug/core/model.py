@@ -99,7 +99,9 @@ class MemoryModel(nn.Module):
             from the end).
         span: ``"block"`` or ``"previous"``, the local keys of every layer (see :class:`MemoryAttention`).
         attention: ``"auto"``, a backend name or an ``AttentionBackend``, for every layer.
-        gate: open each memory layer through a zero-initialised per-head gate (layers with a memory only).
+        gate: open each memory layer through a zero-initialised per-head gate (layers with a memory only);
+            for attaching to a model that works without the memory: from scratch it slows or stops
+            the memory's learning, since a closed gate passes it no gradient at first.
         sink: how many of the stream's first tokens every layer keeps visible.
     """
 
