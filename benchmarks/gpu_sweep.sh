@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
 #   bash benchmarks/gpu_sweep.sh speed   # at most 8 min (the steps' limits; not yet run on a GPU): training
-#                                        # throughput of the tiny (eager with a kernel profile, compiled), 85M and
+#                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
 #                                        # SmolLM2 (SMOLLM2=hf:PATH for another copy) models, and the two scans at 16x
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
 #                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
@@ -78,7 +78,7 @@ if [ "${1:-}" = speed ]; then
   tiny=(--seq 4096 --batch 8 --block 256)
   step 80 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
     --count-ops --out "$RESULTS/throughput_tiny_eager"
-  step 120 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x,16x --modes compiled \
+  step 120 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
     --out "$RESULTS/throughput_tiny_compiled"
   for method in sequential parallel; do  # the block scan's two methods at 16x, where auto picks between them
     step 50 "throughput_scan_$method" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale 16x --modes eager \
