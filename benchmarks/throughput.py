@@ -184,8 +184,10 @@ def main() -> None:
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     precision = resolve_precision(args.dtype, args.device)
     dtype = precision.dtype
-    if args.backbone != "tiny" and not args.backbone.startswith("hf:"):
+    if args.backbone != "tiny" and (not args.backbone.startswith("hf:") or args.backbone == "hf:"):
         raise SystemExit(f"--backbone must be tiny, hf:smollm2 or hf:PATH, got {args.backbone!r}")
+    if args.scan_method != "auto" and "elastic" not in names:
+        raise SystemExit(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
     hf = None if args.backbone == "tiny" else load_pretrained(args.backbone, args.device)
     vocab = 256 if hf is None else hf.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)

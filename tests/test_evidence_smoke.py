@@ -303,3 +303,16 @@ def test_retrofit_verdicts_judge_only_trained_arms():
     trained = {**local, "arm": "elastic+gate trained (memory)", "beyond window": 47.5}
     judged = retrofit_finetune.verdicts({"local": local, trained["arm"]: trained}, None)
     assert judged == ["- **elastic+gate trained (memory)** beats local (48.000) on perplexity beyond the window: 47.500."]
+
+
+@pytest.mark.parametrize("bad, named", [(["--backbone", "hf:"], "--backbone"),
+                                         (["--backbone", "gpt2"], "--backbone"),
+                                         (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method")])
+def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch):
+    import throughput
+
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *bad, "--out", str(tmp_path / "throughput")])
+    with pytest.raises(SystemExit) as exc:
+        throughput.main()
+    assert str(exc.value).startswith(named) and "\n" not in str(exc.value)
+    assert not (tmp_path / "throughput.md").exists()

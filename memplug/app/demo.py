@@ -78,8 +78,9 @@ class Setup:
 #: (benchmarks/regime_seeds.py --preset demo counts the seeds; the claims page has the table): 16
 #: sequences of 1024 tokens give about 170 scored answers per step; with a quarter of that, some
 #: seeds never left the plateau in 600 steps. A width of 64 keeps a step near half a second on two
-#: AVX2 cores in float32, so its 450 steps (at 300, seed 0 ended only 0.4 bits below the block-alone
-#: oracle) and the rest of the demo fit in a quarter of an hour there.
+#: AVX2 cores in float32, so its 450 steps (300 left a smaller margin below the block-alone oracle in
+#: a run not kept; ``--steps 300`` of that script measures it) and the rest of the demo fit in a
+#: quarter of an hour there.
 REGIME = Setup(d_model=64, n_layers=2, n_heads=4, block=64, length=1024, batch=16, steps=450)
 CODE = Setup(d_model=128, n_layers=2, n_heads=4, block=128, length=1024, batch=8, steps=200)
 

@@ -24,8 +24,7 @@ from memplug.core.contracts import Component
 
 __all__ = [
     "Invariant", "InvariantViolation", "Mismatch", "component", "subject", "kit_settings", "relative_error",
-    "expect_close",
-    "expect_gradient", "run_invariant", "run_invariants",
+    "expect_close", "expect_gradient", "run_invariant", "run_invariants",
 ]
 
 Case = TypeVar("Case")
