@@ -164,10 +164,12 @@ def parameters(model: torch.nn.Module) -> int:
 
 
 def train(model: MemoryModel, task: Task, p: Preset, seed: int, seconds: float | None = None,
-          steps: int | None = None, label: str = "") -> TaskRun:
-    """``train_on_task`` for the preset's steps and budget (or ``seconds`` / ``steps``), no progress bar."""
+          steps: int | None = None, label: str = "",
+          on_step: Callable[[int, float], None] | None = None) -> TaskRun:
+    """``train_on_task`` for the preset's steps and budget (or ``seconds`` / ``steps``), no progress
+    bar; ``on_step(step, loss)`` runs after every step."""
     run = train_on_task(model, task, length=p.length, batch=p.batch, lr=p.lr, seconds=seconds or p.budget,
-                        steps=steps or p.steps, seed=seed, precision=p.precision, progress=False)
+                        steps=steps or p.steps, seed=seed, precision=p.precision, progress=False, on_step=on_step)
     print(f"  trained {label or 'arm'}: {run.steps} steps in {run.seconds:.0f} s, last loss "
           f"{sum(run.losses[-10:]) / max(1, len(run.losses[-10:])):.3f}", flush=True)
     return run

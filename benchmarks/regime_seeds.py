@@ -10,9 +10,11 @@ with the memory masked (the same weights, block-local attention). A seed **learn
 the memory costs at least ``--learned-bits`` (0.3 by default): the model then answers from what its
 memory keeps. The table counts, per arm, the seeds that learned.
 
-The arms are the tries of what might make learning reliable: the zero-initialised gate and
-memory-logit offsets (a constant added to every memory slot's logit), against melodi (which has a
-learned gate of its own) and no memory.
+The arms are the tries of what might make learning reliable: the zero-initialised gate,
+memory-logit offsets (a constant added to every memory slot's logit), a warm-up of the memory path
+(an offset that starts high and falls to zero early in training: the memory carries most of the
+attention, and so of the gradient, while the model is young) and sampled keys normalised to unit
+RMS, against melodi (which has a learned gate of its own) and no memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import common
 import torch
 from tasks_suite import PRESETS
 
+from memplug.plugins.memories.elastic import ElasticMemory
 from memplug.tasks import RegimeTask, ScoredOnly
 
 #: arm -> (memory spec, extra build options: memory options and the layer options of common.LAYER_OPTIONS)
@@ -33,9 +36,27 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "elastic gate": ("elastic", {"gate": True}),
     "elastic offset +2": ("elastic", {"logit_offset": 2.0}),
     "elastic offset -ln P": ("elastic", {"logit_offset": "-lnP"}),
+    "elastic warm-up": ("elastic", {"logit_offset": 4.0}),
+    "elastic normalised keys": ("elastic", {"normalize_keys": True}),
     "melodi": ("melodi", {}),
     "none": ("none", {}),
 }
+
+#: arm -> (steps, in which its elastic memories' logit offset falls linearly from the arm's
+#: option to 0, where it then stays)
+WARMUPS: dict[str, int] = {"elastic warm-up": 200}
+
+
+def anneal(model: torch.nn.Module, start: float, steps: int):
+    """``on_step`` for training: after step s, every elastic memory's logit offset is
+    ``start * max(0, 1 - s / steps)``."""
+    memories = [m for m in model.modules() if isinstance(m, ElasticMemory)]
+
+    def on_step(step: int, loss: float) -> None:
+        for memory in memories:
+            memory.logit_offset = start * max(0.0, 1.0 - step / steps)
+
+    return on_step
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -63,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learned = 0
         for seed in seeds:
             model = common.build(task.vocab_size, spec, p, seed, args.device, **extra)
-            run = common.train(model, ScoredOnly(task), p, seed, label=f"{arm}, seed {seed}")
+            on_step = anneal(model, extra["logit_offset"], WARMUPS[arm]) if arm in WARMUPS else None
+            run = common.train(model, ScoredOnly(task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
             losses[f"{arm}, seed {seed}"] = run.losses
             with_memory = common.collect(model, task, p)
             late = with_memory["position"] >= skip
@@ -87,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     intro = (f"Hidden-regime task, {common.effort(p)} of training per (arm, seed), loss on the scored tokens; "
              f"bits per regime-dependent token (answers at positions >= {skip}). A seed learned when masking the "
              f"memory costs at least {args.learned_bits} bits. Memory in layers {list(p.layers)} at {p.scale}x "
-             "the memory budget. Arm options: " + "; ".join(f"`{a}`: {ARMS[a][0]} {ARMS[a][1]}" for a in arms) + ".")
+             "the memory budget. Arm options: " + "; ".join(f"`{a}`: {ARMS[a][0]} {ARMS[a][1]}" for a in arms) + "."
+             + "".join(f" `{a}`: the logit offset falls linearly to 0 over the first {WARMUPS[a]} steps, then stays 0."
+                       for a in arms if a in WARMUPS))
     markdown = (intro + "\n\n" + common.table(summary, ["arm", "learned", "mean bits", "best bits", "worst bits"])
                 + "\n\n" + common.table(rows, ["arm", "seed", "bits", "masked bits", "masking costs", "learned",
                                                "steps"]) + "\n\n" + oracles)

@@ -74,6 +74,20 @@ def test_empty_memory_hidden_and_logit_offset():
     assert ElasticMemory.__init__.__defaults__ is not None and memory().logit_offset == 0.0
 
 
+def test_normalize_keys_rescales_keys_only():
+    """Each sampled key keeps its direction at unit RMS over D; values and bias are untouched."""
+    q, k, v = blocks(2)
+    state = memory().init_state(2, torch.float32, torch.device("cpu"))
+    plain, _ = memory().forward_blocks(state, q, k, v, 0, 3)
+    normed, _ = memory(normalize_keys=True).forward_blocks(state, q, k, v, 0, 3)
+    keys, ref = normed.keys[:, :, 1:], plain.keys[:, :, 1:]  # block 0's memory is empty
+    torch.testing.assert_close(keys.pow(2).mean(-1), torch.ones(keys.shape[:-1]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(keys, ref / ref.pow(2).mean(-1, keepdim=True).sqrt(), rtol=0, atol=1e-4)
+    assert normed.keys[:, :, 0].abs().max() == 0  # the empty memory stays zero, not NaN
+    torch.testing.assert_close(normed.values, plain.values, rtol=0, atol=0)
+    torch.testing.assert_close(normed.bias, plain.bias, rtol=0, atol=0)
+
+
 def test_sample_positions():
     q, k, v = blocks(1)
     state = memory().init_state(2, torch.float32, torch.device("cpu"))
@@ -96,6 +110,8 @@ def test_option_errors():
         ElasticMemory(logit_offset="lnP")
     with pytest.raises(ValueError, match="max_distance"):
         ElasticMemory(max_distance=0)
+    with pytest.raises(ValueError, match="normalize_keys"):
+        ElasticMemory(normalize_keys="rms")
     with pytest.raises(ValueError, match="encoder options"):
         ElasticMemory(encoder=memplug.make_encoder("legs", order=4), order=8)
     mem = memplug.make_memory("elastic", encoder=memplug.make_encoder("legt", order=8, window=100.0),

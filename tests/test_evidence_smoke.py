@@ -223,6 +223,28 @@ def test_regime_seeds_smoke(tmp_path):
     assert [s["learned"] for s in result["summary"]] == ["0 of 2", "0 of 2"]
 
 
+def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
+    """The warm-up arm trains with its offset falling to 0 and is scored at 0; the anneal itself
+    reaches every elastic layer and stops at 0."""
+    import common
+    import regime_seeds
+    from tasks_suite import PRESETS
+
+    from memplug.plugins.memories.elastic import ElasticMemory
+
+    model = common.build(16, "elastic", PRESETS["smoke"], 0, torch.device("cpu"), logit_offset=4.0)
+    step = regime_seeds.anneal(model, 4.0, 10)
+    memories = [m for m in model.modules() if isinstance(m, ElasticMemory)]
+    assert memories
+    for s, want in ((1, 3.6), (5, 2.0), (10, 0.0), (12, 0.0)):
+        step(s, 0.0)
+        assert [m.offset() for m in memories] == pytest.approx([want] * len(memories))
+    result = regime_seeds.main(["--preset", "smoke", "--out", str(tmp_path), "--seeds", "0",
+                                "--arms", "elastic warm-up,elastic normalised keys"])
+    assert [r["arm"] for r in result["rows"]] == ["elastic warm-up", "elastic normalised keys"]
+    assert "falls linearly to 0 over the first 200 steps" in (tmp_path / "regime_seeds.md").read_text()
+
+
 def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
     """The whole retrofit experiment on a tiny random Llama and a tiny corpus: every arm runs,
     the gated arm is the local+sink arm until trained, full attention is n/a past its positions."""

@@ -26,7 +26,10 @@ to every memory logit, parameter-free. ``-ln P`` gives the P samples together th
 about one key at the start, meant to help early learning, but it stopped the model from
 learning to use its memory on the regime (gist) task (the ``ablations`` table of docs/results:
 a memory gain of 0.005 bits where the default's is 1.04), so the default is 0; pass
-``logit_offset="-lnP"`` or a float.
+``logit_offset="-lnP"`` or a float. ``normalize_keys=True`` rescales every sampled key to unit
+RMS over its D channels (values unchanged), parameter-free: a polynomial reconstruction is a
+smoothed average of the history, so its keys are shorter than raw keys, and shorter the more
+varied the history; normalised, a sample's logit measures direction only.
 
 Elastic adds no parameters of its own (a learned retriever brings its own).
 """
@@ -73,6 +76,7 @@ class ElasticMemory(Memory):
         positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
         max_distance: with ``positions="sample"``, clip the distance to the block start.
         logit_offset: 0.0 (default), a float, or ``"-lnP"``; added to every memory logit.
+        normalize_keys: rescale every sampled key to unit RMS over its D channels.
     """
 
     name = "elastic"
@@ -88,6 +92,7 @@ class ElasticMemory(Memory):
         positions: str = "none",
         max_distance: float | None = None,
         logit_offset: float | str = 0.0,
+        normalize_keys: bool = False,
     ) -> None:
         super().__init__()
         enc_opts = dict(encoder_options or {}) | ({} if order is None else {"order": order})
@@ -100,12 +105,15 @@ class ElasticMemory(Memory):
             raise ValueError(f"max_distance must be > 0 or None, got {max_distance!r}")
         if isinstance(logit_offset, str) and logit_offset != LOG_P:
             raise ValueError(f"logit_offset must be a float or {LOG_P!r}, got {logit_offset!r}")
+        if not isinstance(normalize_keys, bool):
+            raise ValueError(f"normalize_keys must be True or False, got {normalize_keys!r}")
         self.positions, self.max_distance, self.logit_offset = positions, max_distance, logit_offset
+        self.normalize_keys = normalize_keys
         # read bases of a fixed retriever by block times: training reads the same ones every step
         self._bases = TensorLRU(BASIS_CACHE_BYTES)
 
     def extra_repr(self) -> str:
-        return f"positions={self.positions!r}, logit_offset={self.logit_offset!r}"
+        return f"positions={self.positions!r}, logit_offset={self.logit_offset!r}, normalize_keys={self.normalize_keys}"
 
     @classmethod
     def budget(cls, slots: int) -> dict[str, Any]:
@@ -171,6 +179,8 @@ class ElasticMemory(Memory):
             samples = self._sample(states.to(dtype), t, when)  # (nb, P, B*Hkv*2D)
         samples = rearrange(samples.to(dtype), "n p (b h kv d) -> kv b h n p d", b=batch, h=self.kv_heads, kv=2)
         keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each, views
+        if self.normalize_keys:
+            keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
         bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
         bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
