@@ -112,12 +112,33 @@ def count_ops(step: Callable[[], None]) -> Counter:
 
 def count_flops(step: Callable[[], None]) -> int:
     """Floating-point operations of one ``step()`` in matrix products and attention (torch's
-    FlopCounterMode: 2 per multiply-add; elementwise work is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    FlopCounterMode: 2 per multiply-add; elementwise work is not counted). Its registry lacks the
+    in-place products (elastic's block scan runs as ``baddbmm_``) and the CPU's fused attention;
+    they are added here with the formulas of their out-of-place and GPU forms."""
+    from torch.utils import flop_counter as fc
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    same_as = {
+        aten.baddbmm_: aten.baddbmm,
+        aten.addmm_: aten.addmm,
+        aten._scaled_dot_product_flash_attention_for_cpu: aten._scaled_dot_product_flash_attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: aten._scaled_dot_product_flash_attention_backward,
+    }
+    missing = {op: _registered(fc.flop_registry[like]) for op, like in same_as.items()}
+    with fc.FlopCounterMode(display=False, custom_mapping=missing) as counter:
         step()
     return counter.get_total_flops()
+
+
+def _registered(formula: Callable[..., int]) -> Callable[..., int]:
+    """A formula from torch's flop registry (it already takes the op's arguments), marked so that
+    FlopCounterMode's ``custom_mapping`` does not wrap it a second time."""
+
+    def counted(*args: Any, **kwargs: Any) -> int:
+        return formula(*args, **kwargs)
+
+    counted._get_raw = True  # type: ignore[attr-defined]
+    return counted
 
 
 def count_kernels(step: Callable[[], None]) -> tuple[int, float, Counter]:

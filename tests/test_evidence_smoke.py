@@ -293,6 +293,23 @@ def test_count_ops_counts_computing_calls_once():
     assert throughput.count_flops(step) == 2 * 8 * 4 * 3  # the matmul's multiply-adds; elementwise not counted
 
 
+def test_count_flops_sees_in_place_products_and_cpu_attention():
+    """The block scan's in-place multiply-adds and the CPU's fused attention are counted like their
+    out-of-place forms (torch's registry alone counts neither: the scan would look free)."""
+    import throughput
+
+    state, a, b = torch.zeros(2, 5, 3), torch.randn(2, 5, 4), torch.randn(2, 4, 3)
+    assert throughput.count_flops(lambda: state.baddbmm_(a, b)) == 2 * 2 * 5 * 4 * 3
+    assert throughput.count_flops(lambda: state[0].addmm_(a[0], b[0])) == 2 * 5 * 4 * 3
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
+
+    def attend():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+
+    # forward q k^T and p v: 2 x (2 heads x 8 x 8 x 4) multiply-adds; the backward twice that
+    assert throughput.count_flops(attend) == 2 * (2 * 2 * 8 * 8 * 4) * (1 + 2.5)
+
+
 def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatch):
     import throughput
     from train_helpers import tiny_llama_folder

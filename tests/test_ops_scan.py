@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reference import linear_recurrence as reference
 
+from memplug.hippo import scan
 from memplug.hippo.scan import linear_recurrence, linear_recurrence_parallel, linear_recurrence_sequential
 
 
@@ -63,6 +64,39 @@ def test_transitions_with_gradient_get_it(case):
         assert seq[0] is not None and par[0] is not None
     # None: A never acts (nb = 1, no c0)
     torch.testing.assert_close(*(torch.zeros_like(A) if g[0] is None else g[0] for g in (seq, par)), rtol=1e-10, atol=1e-10)
+
+
+@given(recurrences(), st.integers(1, 3))
+def test_lower_triangular_steps_equal_dense(case, rows):
+    """``lower=True`` with row chunks of 1..3 (so N up to 6 splits into several) gives the dense
+    scan's states and gradients for lower-triangular transitions; split into chunks, it never
+    reads the blocks right of a chunk's last row (garbage there must not leak in)."""
+    A, u, c0 = case
+    lower = A.tril()
+    n = A.shape[-1]
+    chunk_end = (torch.arange(n) // rows + 1) * rows  # per row: one past its chunk's last row
+    skipped = (torch.arange(n)[None, :] >= chunk_end[:, None]) & (n > rows)  # one chunk is the dense call
+    garbage = lower.masked_fill(skipped, float("nan"))
+    weight = lambda out: (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()  # noqa: E731
+    results = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan, "TRIANGULAR_ROWS", rows)
+        for transitions, flag in ((lower, False), (garbage, True)):
+            leaves = [transitions] + [None if x is None else x.detach().clone().requires_grad_() for x in (u, c0)]
+            out = linear_recurrence_sequential(*leaves, lower=flag)
+            weight(out).backward()
+            results.append([out] + [x.grad for x in leaves[1:] if x is not None])
+    for dense, skipped in zip(*results):
+        torch.testing.assert_close(skipped, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_scale_invariant_transitions_are_lower_triangular():
+    from memplug.hippo.scale_invariant import ScaleInvariantMeasure
+
+    for beta in (0.0, 1.5):
+        m = ScaleInvariantMeasure(order=24, beta=beta)
+        M = m.transition(torch.tensor([0.25, 7 / 8]))
+        assert m.lower_triangular and (M.triu(1) == 0).all() and (M.diagonal(dim1=-2, dim2=-1) > 0).all()
 
 
 def test_float32_and_auto_method():

@@ -97,6 +97,11 @@ class ScaleInvariantMeasure(Encoder):
             ``"parallel"``).
     """
 
+    #: M(r) is lower triangular when q_n has degree n (the default family): q_n(r u) is then a
+    #: polynomial of degree n in u, orthogonal to every q_m with m > n. The block scan skips the
+    #: zeros. A subclass whose basis is not graded by degree sets this to False.
+    lower_triangular = True
+
     def __init__(
         self, order: int = 64, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
     ) -> None:
@@ -166,7 +171,10 @@ class ScaleInvariantMeasure(Encoder):
         points = [r * nodes] + ([r + (1 - r) * nodes] if shift else [])
         q = self.family(torch.cat(points, dim=-2))  # (..., 1|2, N nodes, N)
         scale = torch.cat([r ** (self.beta + 1)] + ([1 - r] if shift else []), dim=-1)  # (..., 1, 1|2)
-        return scale.mT[..., None] * (q.mT @ self._weighted_nodes())
+        mats = scale.mT[..., None] * (q.mT @ self._weighted_nodes())
+        if self.lower_triangular:  # what the quadrature leaves above the diagonal is rounding
+            mats[..., 0, :, :] = mats[..., 0, :, :].tril()
+        return mats
 
     def block_input(self, t0: int, t1: int) -> Tensor:
         """U(t0, t1) (N, L): the exact projection of tokens t0 .. t1-1 onto the state at t1, from

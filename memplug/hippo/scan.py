@@ -5,7 +5,10 @@ transition (N, N) (the state map over the block with no input) and ``u_i`` the b
 contribution (N, C). Two forms return every state after each step and are tested equal:
 
 - :func:`linear_recurrence_sequential`: one matmul per step, O(nb N² C) work, the least work;
-  with constant transitions each step is one in-place multiply-add (one kernel).
+  with constant transitions each step is one in-place multiply-add (one kernel). With
+  ``lower=True`` (lower-triangular transitions, as every scale-invariant measure has) a step
+  multiplies by the nonzero part only: rows in chunks of :data:`TRIANGULAR_ROWS`, each against
+  the columns up to its last row, about (k + 1) / 2k of the dense work for k chunks.
 - :func:`linear_recurrence_parallel`: Hillis-Steele doubling on the associative composition
   ``(A2, u2) ∘ (A1, u1) = (A2 A1, A2 u1 + u2)``; ceil(log2 nb) rounds of batched matmuls,
   O(nb log nb (N³ + N² C)) work; fewer, larger kernels when each step alone is too small to
@@ -46,6 +49,7 @@ __all__ = [
     "token_position",
     "SCAN_METHODS",
     "PARALLEL_BELOW",
+    "TRIANGULAR_ROWS",
 ]
 
 SCAN_METHODS = ("auto", "sequential", "parallel")
@@ -57,6 +61,11 @@ SCAN_METHODS = ("auto", "sequential", "parallel")
 #: N = 1024 it does several times the sequential work. An estimate from the kernel counts and
 #: sizes, not a GPU measurement (``bash benchmarks/gpu_sweep.sh speed`` times both methods at 16x).
 PARALLEL_BELOW = 2**27
+
+#: Rows per chunk when a sequential step skips the zeros of a lower-triangular transition: at N =
+#: 1024, 8 chunks do 9/16 of the dense multiply-adds in matmuls still large enough to run at full
+#: speed; at N <= 128 the step stays one dense call.
+TRIANGULAR_ROWS = 128
 
 #: (t0, t1): the tokens t0 .. t1 - 1 of a stream.
 Span = tuple[int, int]
@@ -73,12 +82,15 @@ def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
         raise ValueError(f"c0 must be (..., N, C) = (..., {u.shape[-2]}, {u.shape[-1]}), got {tuple(c0.shape)}")
 
 
-def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
+def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None, lower: bool = False) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time.
 
     With constant transitions (``A`` needs no gradient: every built-in encoder) the steps run in
     :class:`_ConstantTransitionScan`: the states are written in place into one buffer, one
     multiply-add per step, and its backward is the reverse recurrence written out the same way.
+    ``lower=True`` promises lower-triangular transitions (zeros above the diagonal): those steps
+    then skip the zero blocks right of each row chunk. Transitions with a gradient take the dense
+    path.
     """
     _check(A, u, c0)
     batch, (N, C) = u.shape[:-3], u.shape[-2:]
@@ -87,11 +99,37 @@ def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None)
     c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
     if A.requires_grad:
         states = _steps(A, u, c)
-    elif c is None:
-        states = _ConstantTransitionScan.apply(A, u)
     else:
-        states = _ConstantTransitionScan.apply(A, u, c)
+        states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None)
     return states.reshape(*batch, *states.shape[-3:])
+
+
+def _row_chunks(n: int) -> list[tuple[int, int]] | None:
+    """Row ranges of :data:`TRIANGULAR_ROWS` covering ``n`` rows, or None when one chunk would do."""
+    if n <= TRIANGULAR_ROWS:
+        return None
+    return [(r, min(n, r + TRIANGULAR_ROWS)) for r in range(0, n, TRIANGULAR_ROWS)]
+
+
+def _multiply_add_(out: Tensor, a: Tensor, c: Tensor, chunks: list[tuple[int, int]] | None) -> None:
+    """``out += a @ c`` in place, (B, N, C) += (B, N, N) @ (B, N, C). With ``chunks`` (row ranges),
+    ``a`` is taken as lower triangular: rows r0:r1 meet only columns :r1."""
+    if chunks is None:
+        out.baddbmm_(a, c)
+        return
+    for r0, r1 in chunks:
+        out[:, r0:r1].baddbmm_(a[:, r0:r1, :r1], c[:, :r1])
+
+
+def _multiply_add_transposed_(out: Tensor, a: Tensor, g: Tensor, chunks: list[tuple[int, int]] | None) -> None:
+    """``out += a^T @ g`` in place; with ``chunks``, ``a`` is lower triangular, so ``a^T`` is upper
+    triangular: rows r0:r1 meet only rows r0: of ``g``."""
+    at = a.mT
+    if chunks is None:
+        out.baddbmm_(at, g)
+        return
+    for r0, r1 in chunks:
+        out[:, r0:r1].baddbmm_(at[:, r0:r1, r0:], g[:, r0:])
 
 
 def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
@@ -109,28 +147,32 @@ class _ConstantTransitionScan(torch.autograd.Function):
     gradient of state ``i`` and ``G_i`` the gradient it receives directly:
     ``g_i = G_i + A_{i+1}^T g_{i+1}``, the gradient of ``u_i`` is ``g_i`` and that of ``c0`` is
     ``A_0^T g_0``. Both directions copy their input once, then each step is one multiply-add
-    written in place (one kernel: no separate sum, no stack of the steps)."""
+    written in place (one kernel, or one per row chunk of a lower-triangular transition: no
+    separate sum, no stack of the steps)."""
 
     @staticmethod
-    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
+    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None, chunks: list[tuple[int, int]] | None) -> Tensor:
         # A (B, nb, N, N) (possibly expanded), u (B, nb, N, C), c0 (B, N, C) or None
         ctx.save_for_backward(A)
-        ctx.has_start = c0 is not None
+        ctx.has_start, ctx.chunks = c0 is not None, chunks
         states = u.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         if c0 is not None:
-            states[:, 0].baddbmm_(A[:, 0], c0)
+            _multiply_add_(states[:, 0], A[:, 0], c0, chunks)
         for i in range(1, states.shape[1]):
-            states[:, i].baddbmm_(A[:, i], states[:, i - 1])
+            _multiply_add_(states[:, i], A[:, i], states[:, i - 1], chunks)
         return states
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None]:
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None]:
         (A,) = ctx.saved_tensors
-        At = A.mT  # (B, nb, N, N), a view
         g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         for i in range(g.shape[1] - 2, -1, -1):
-            g[:, i].baddbmm_(At[:, i + 1], g[:, i + 1])
-        return None, g, (At[:, 0] @ g[:, 0] if ctx.has_start else None)
+            _multiply_add_transposed_(g[:, i], A[:, i + 1], g[:, i + 1], ctx.chunks)
+        start = None
+        if ctx.has_start:
+            start = torch.zeros_like(g[:, 0])
+            _multiply_add_transposed_(start, A[:, 0], g[:, 0], ctx.chunks)
+        return None, g, start, None
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
@@ -154,17 +196,20 @@ def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -
     return prod @ c0.unsqueeze(-3) + acc  # (..., nb, N, C)
 
 
-def linear_recurrence(A: Tensor, u: Tensor, c0: Tensor | None = None, method: str = "auto") -> Tensor:
+def linear_recurrence(
+    A: Tensor, u: Tensor, c0: Tensor | None = None, method: str = "auto", lower: bool = False
+) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i``.
 
     ``method``: ``"sequential"``, ``"parallel"``, or ``"auto"``: sequential, except on an
     accelerator when one step is smaller than :data:`PARALLEL_BELOW` multiply-adds (then the
-    doubling scan's fewer, larger kernels pay for its extra work).
+    doubling scan's fewer, larger kernels pay for its extra work). ``lower``: the transitions are
+    lower triangular (the sequential scan then skips their zeros; the doubling scan ignores it).
     """
     if method == "auto":
         method = _auto_method(u)
     if method == "sequential":
-        return linear_recurrence_sequential(A, u, c0)
+        return linear_recurrence_sequential(A, u, c0, lower)
     if method == "parallel":
         return linear_recurrence_parallel(A, u, c0)
     raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
@@ -187,6 +232,8 @@ class BlockRecurrence(Protocol):
     same spans at every step)."""
 
     order: int
+    #: every transition is lower triangular (the scan then skips the zeros above the diagonal)
+    lower_triangular: bool
 
     def span_transitions(self, spans: Sequence[Span], dtype: torch.dtype, device: torch.device) -> Tensor:
         """(k, N, N): for each span, the state map from its start to its end with no input."""
@@ -263,4 +310,5 @@ def block_scan(
         drives[0] if len(parts) == 1 else torch.cat(drives, dim=-3),
         None if state is None else state.to(dtype),
         method=method,
+        lower=measure.lower_triangular,
     )

@@ -53,6 +53,9 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
             ``"parallel"``).
     """
 
+    #: the transitions expm(A L / window) are dense
+    lower_triangular = False
+
     def __init__(self, order: int, window: float, cache_size: int = 8, *, scan_method: str = "auto") -> None:
         super().__init__()
         check_order(order)
