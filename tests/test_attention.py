@@ -154,6 +154,38 @@ def test_sdpa_gradients_match_reference():
         torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("lq,lk", [(16, 16), (16, 40)])
+def test_forward_causal_is_the_unhidden_trapezoid(name, lq, lk):
+    """``forward_causal`` (no mask tensor) is attention under the trapezoid with nothing hidden:
+    equal numbers of queries and keys (plain causal, SDPA's causal flag) and more keys than
+    queries (memory slots in front: bottom-right causal), in values and in gradients."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "flex" and lq != lk:
+        pytest.skip("one flex compile keeps the suite fast")
+    backend = backend_or_skip(name, device, torch.float32, True)
+    q, k, v, _ = random_case(7, n=3, heads=4, kv_heads=2, lq=lq, memory=lk - lq, local=lq, d=16)
+    leaves = [x.to(device, torch.float32).requires_grad_() for x in (q, k, v)]
+    out = backend.forward_causal(*leaves, 0.25)
+    (out * torch.linspace(-1, 1, 16, device=device)).sum().backward()
+    ref = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_out, _ = reference_attention(*ref, trapezoid_mask(lq, lk, dtype=torch.float64), 0.25)
+    (ref_out * torch.linspace(-1, 1, 16, dtype=torch.float64)).sum().backward()
+    torch.testing.assert_close(out.detach().double().cpu(), ref_out.detach(), atol=2e-5, rtol=2e-5)
+    for a, b in zip(leaves, ref):
+        torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=2e-5, rtol=2e-5)
+
+
+def test_torch_bottom_right_causal_bias_is_the_trapezoid():
+    """The GPU path of sdpa's ``forward_causal`` hands SDPA torch's ``causal_lower_right`` bias:
+    it must hide exactly what the unhidden trapezoid hides (not the top-left causal mask)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    for lq, lk in [(5, 5), (5, 12), (1, 7)]:
+        visible = causal_lower_right(lq, lk)._materialize(torch.device("cpu"))  # (Lq, Lk) bool
+        assert torch.equal(visible, trapezoid_mask(lq, lk) == 0), (lq, lk)
+
+
 def test_auto_selection_on_cpu_is_sdpa():
     assert select_attention(torch.device("cpu"), torch.float32, masked=True).name == "sdpa"
     assert select_attention(torch.device("cpu"), torch.bfloat16, masked=True).name == "sdpa"

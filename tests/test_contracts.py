@@ -38,6 +38,19 @@ def test_default_block_form_keeps_reads_after_an_empty_first_block():
     torch.testing.assert_close(state["v"], v[:, :, 2].mean(2, keepdim=True))
 
 
+def test_a_read_without_bias_stacks_as_a_zero_bias():
+    """Elastic leaves out the bias once no block is empty; stacked next to an empty block (its
+    hidden read has a -inf bias) or a read with an offset, the missing bias is zero."""
+    keys = torch.randn(1, 2, 1, 3, 4)
+    plain = MemoryRead(keys=keys, values=keys)
+    offset = MemoryRead(keys=keys, values=keys, bias=torch.full((1, 1, 1, 1, 3), -0.5))
+    read = stack_reads([MemoryRead(), plain, offset, plain])
+    assert read.bias.shape == (1, 1, 4, 1, 3)
+    assert torch.isinf(read.bias[:, :, 0]).all()
+    assert read.bias[:, :, 1].eq(0).all() and read.bias[:, :, 2].eq(-0.5).all() and read.bias[:, :, 3].eq(0).all()
+    assert stack_reads([plain, plain]).bias is None
+
+
 def test_mixed_fields_are_an_error():
     a = MemoryRead(keys=torch.zeros(1, 1, 1, 2, 3), values=torch.zeros(1, 1, 1, 2, 3))
     b = MemoryRead(output=torch.zeros(1, 1, 1, 2, 3), lse=torch.zeros(1, 1, 1, 2))

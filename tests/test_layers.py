@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from memplug.backbones.tiny import Rotary
 from memplug.core.contracts import Memory, MemoryRead
 from memplug.core.layer import MemoryAttention
-from memplug.ops.attention import reference_attention
+from memplug.ops.attention import reference_attention, trapezoid_mask
+from plugins.attention.sdpa import SDPAAttention
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,6 +189,47 @@ def test_memory_bias_per_kv_head_reaches_its_query_heads():
     local, _ = MemoryAttention(None, 8, attention="sdpa")(q, k, v, {}, 0)
     torch.testing.assert_close(out[:, :2], full[:, :2])  # query heads 0, 1 use kv head 0
     torch.testing.assert_close(out[:, 2:], local[:, 2:])  # query heads 2, 3 use kv head 1
+
+
+class CountingSDPA(SDPAAttention):
+    """sdpa, counting its masked and its mask-free (bottom-right causal) calls."""
+
+    name = "test-counting-sdpa"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {"masked": 0, "causal": 0}
+
+    def forward(self, q, k, v, mask, scale):
+        self.calls["masked"] += mask is not None
+        return super().forward(q, k, v, mask, scale)
+
+    def forward_causal(self, q, k, v, scale):
+        self.calls["causal"] += 1
+        return reference_attention(q, k, v, trapezoid_mask(q.shape[-2], k.shape[-2], dtype=q.dtype), scale)[0]
+
+
+def test_unhidden_calls_pass_no_mask():
+    """A call that hides nothing (no memory offsets, no missing previous block, no sink inside
+    the block) goes to the backend's mask-free causal call, the one that reaches a GPU's flash
+    kernel; a call that hides something keeps its mask. Values are the brute-force tests' job."""
+    q, k, v = qkv(0, 16)
+
+    def calls(layer, cache=None, t0=0):
+        layer.attention.calls.update(masked=0, causal=0)
+        layer(q, k, v, {} if cache is None else cache, t0)
+        return dict(layer.attention.calls)
+
+    assert calls(MemoryAttention(None, 8, "block", attention=CountingSDPA())) == {"masked": 0, "causal": 1}
+    previous = MemoryAttention(None, 8, "previous", attention=CountingSDPA())
+    assert calls(previous) == {"masked": 1, "causal": 0}  # the first block has no previous block
+    _, cache = previous(q, k, v, {}, 0)
+    assert calls(previous, cache, 16) == {"masked": 0, "causal": 1}
+    sink = MemoryAttention(None, 8, "block", attention=CountingSDPA(), sink=2)
+    assert calls(sink) == {"masked": 1, "causal": 0}  # block 0 holds the sink itself
+    _, cache = sink(q, k, v, {}, 0)
+    assert calls(sink, cache, 16) == {"masked": 0, "causal": 1}
+    assert calls(MemoryAttention(FullKeys(), 8, "block", attention=CountingSDPA())) == {"masked": 1, "causal": 0}
 
 
 def test_layer_errors():

@@ -26,13 +26,13 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..ops.attention import reference_attention
+from ..ops.attention import reference_attention, trapezoid_mask
 
 __all__ = [
     "Dataset",
@@ -279,17 +279,22 @@ def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
     Every field has its block axis at dim 2, except ``key_positions`` ((nb, P) or
     (B, Hkv, nb, P): dim -2) and ``gate`` (per head, shared by all blocks). An empty read (an
     empty memory, e.g. at t = 0) next to non-empty ones becomes a hidden one: zero slots with a
-    ``-inf`` bias, zero output with a ``-inf`` log-sum-exp.
+    ``-inf`` bias, zero output with a ``-inf`` log-sum-exp. A read without a bias next to one
+    with a bias gets a zero bias (the same logits).
     """
     filled = [r for r in reads if not r.is_empty]
     if not filled:
         return MemoryRead()
-    present = {f.name for f in fields(MemoryRead) if getattr(filled[0], f.name) is not None}
+    present = {f.name for f in fields(MemoryRead) if getattr(filled[0], f.name) is not None} - {"bias"}
     for r in filled:
-        mine = {f.name for f in fields(MemoryRead) if getattr(r, f.name) is not None}
+        mine = {f.name for f in fields(MemoryRead) if getattr(r, f.name) is not None} - {"bias"}
         if mine != present:
             raise ValueError(f"reads of one call must fill the same fields, got {sorted(present)} and {sorted(mine)}")
     reads = [_hidden_like(filled[0]) if r.is_empty else r for r in reads]
+    # a read without a bias has a zero one: where another read of the call has one, fill it in
+    like = next((r.bias for r in reads if r.bias is not None), None)
+    if like is not None:
+        reads = [r if r.bias is not None else replace(r, bias=torch.zeros_like(like[:, :, :1])) for r in reads]
     out = {}
     for f in fields(MemoryRead):
         items = [getattr(r, f.name) for r in reads]
@@ -350,6 +355,17 @@ class AttentionBackend(Component, abc.ABC):
         (:func:`memplug.ops.attention.reference_attention`); a backend with a fused kernel that
         returns the log-sum-exp overrides it."""
         return reference_attention(q, k, v, mask, scale)
+
+    def forward_causal(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """Attention output (N, H, Lq, D) under the bottom-right causal mask: query ``i`` sees
+        key ``j`` iff ``j <= i + Lk - Lq`` (``Lk >= Lq``; with ``Lq == Lk`` plain causal).
+
+        This is the memory layer's trapezoid when nothing is hidden (every memory slot and sink
+        column visible, the local keys causal), its most common call. The default builds that
+        mask (:func:`memplug.ops.attention.trapezoid_mask`) and calls :meth:`forward`; a backend
+        with a causal kernel overrides it and skips the mask tensor (on a GPU, the mask is what
+        keeps a call off the flash kernel)."""
+        return self.forward(q, k, v, trapezoid_mask(q.shape[-2], k.shape[-2], dtype=q.dtype, device=q.device), scale)
 
 
 class Backbone(Component, abc.ABC):

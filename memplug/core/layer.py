@@ -270,18 +270,23 @@ class MemoryAttention(nn.Module):
         k = torch.cat(keys, dim=-2)  # (B, Hkv, nb, P + S + local, D)
         v = torch.cat(values, dim=-2)
 
-        mask = trapezoid_mask(L, local, slots + fixed, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, K)
-        mask = mask.reshape(1, 1, -1, L, slots + fixed + local)  # (1, 1, nb|1, L, K)
-        if sink is not None and b0 == 0:  # the stream's first block holds the sink tokens itself
-            hide = torch.zeros(1, 1, nb, 1, slots + fixed + local, dtype=q.dtype, device=q.device)
-            hide[:, :, 0, :, slots : slots + S] = float("-inf")
-            mask = mask + hide  # (1, 1, nb, L, K)
-        if read.bias is not None and slots:
-            bias = F.pad(read.bias.to(q.dtype), (0, fixed + local))  # (B|1, Hkv|1, nb|1, 1, K): zero beyond the slots
-            if bias.shape[1] > 1:
-                bias = repeat_kv(bias.transpose(1, 2), H).transpose(1, 2)  # per query head
-            mask = mask + bias  # (B|1, H|1, nb|1, L, K)
-        mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, K)
+        hide_sink = sink is not None and b0 == 0  # the stream's first block holds the sink tokens itself
+        offsets = read.bias is not None and slots > 0
+        partial = read.output is not None and read.gate is None  # merged by log-sum-exp: needs the mask
+        mask = None  # None: nothing hidden, the backend's bottom-right causal call (no mask tensor)
+        if key_valid is not None or hide_sink or offsets or partial:
+            mask = trapezoid_mask(L, local, slots + fixed, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, K)
+            mask = mask.reshape(1, 1, -1, L, slots + fixed + local)  # (1, 1, nb|1, L, K)
+            if hide_sink:
+                hide = torch.zeros(1, 1, nb, 1, slots + fixed + local, dtype=q.dtype, device=q.device)
+                hide[:, :, 0, :, slots : slots + S] = float("-inf")
+                mask = mask + hide  # (1, 1, nb, L, K)
+            if offsets:
+                bias = F.pad(read.bias.to(q.dtype), (0, fixed + local))  # (B|1, Hkv|1, nb|1, 1, K): zero beyond the slots
+                if bias.shape[1] > 1:
+                    bias = repeat_kv(bias.transpose(1, 2), H).transpose(1, 2)  # per query head
+                mask = mask + bias  # (B|1, H|1, nb|1, L, K)
+            mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, K)
 
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
         qf = rearrange(q, "b h n l d -> (b n) h l d")  # (B*nb, H, L, D)
@@ -292,7 +297,13 @@ class MemoryAttention(nn.Module):
         def blocks(x: Tensor) -> Tensor:
             return rearrange(x, "(b n) h l d -> b h n l d", b=B)  # (B, H, nb, L, D)
 
-        if read.output is not None and read.gate is None:  # partial attention: log-sum-exp merge
+        def attend(skip: int) -> Tensor:
+            """The queries against the key columns from ``skip`` on: (B, H, nb, L, D)."""
+            if mask is None:
+                return blocks(backend.forward_causal(qf, kf[:, :, skip:], vf[:, :, skip:], scale))
+            return blocks(backend(qf, kf[:, :, skip:], vf[:, :, skip:], mask[..., skip:], scale))
+
+        if partial:
             if read.lse is None:
                 raise ValueError("a MemoryRead with `output` needs `lse` (log-sum-exp merge) or `gate` (gated mix)")
             out, lse = backend.forward_lse(qf, kf, vf, mask, scale)
@@ -300,10 +311,9 @@ class MemoryAttention(nn.Module):
             joint, _ = merge_lse(base, rearrange(lse, "(b n) h l -> b h n l", b=B),
                                  read.output.to(out.dtype), read.lse.to(lse.dtype))
         else:
-            joint = blocks(backend(qf, kf, vf, mask, scale))
+            joint = attend(0)
             # without the memory: the same call minus the slot columns (only needed for the gate)
-            base = blocks(backend(qf, kf[:, :, slots:], vf[:, :, slots:], mask[..., slots:], scale)) \
-                if self.gate is not None and slots else joint
+            base = attend(slots) if self.gate is not None and slots else joint
             if read.output is not None:
                 joint = merge_gated(read.output.to(joint.dtype), joint, read.gate)
         if self.gate is None:

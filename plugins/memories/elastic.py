@@ -182,16 +182,18 @@ class ElasticMemory(Memory):
         if self.normalize_keys:
             keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
-        bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
-        bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
+        bias = None  # nothing to add: the layer's attention then needs no mask (on a GPU, flash)
+        if self.offset() != 0 or when[0] == 0:  # an offset, or a first block at t = 0
+            bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
+            bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
+            bias = bias.reshape(1, 1, -1, 1, slots)  # (1, 1, nb, 1, P)
         key_positions = None
         if self.positions == "sample":
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
             if self.max_distance is not None:
                 rel = rel.clamp(min=-self.max_distance)
             key_positions = rel.to(torch.float32)
-        return MemoryRead(keys=keys, values=values, key_positions=key_positions,
-                          bias=bias.reshape(1, 1, -1, 1, slots))  # (1, 1, nb, 1, P)
+        return MemoryRead(keys=keys, values=values, key_positions=key_positions, bias=bias)
 
     def _sample(self, states: Tensor, t: Tensor, when: tuple[int, int, int]) -> Tensor:
         """``retriever.read(encoder, states, t)``, with the basis cached when the retriever is fixed
