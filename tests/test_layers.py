@@ -20,7 +20,7 @@ from memplug.backbones.tiny import Rotary
 from memplug.core.contracts import Memory, MemoryRead
 from memplug.core.layer import MemoryAttention
 from memplug.ops.attention import reference_attention, trapezoid_mask
-from plugins.attention.sdpa import SDPAAttention
+from memplug.core.manager import registry
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,7 +191,7 @@ def test_memory_bias_per_kv_head_reaches_its_query_heads():
     torch.testing.assert_close(out[:, 2:], local[:, 2:])  # query heads 2, 3 use kv head 1
 
 
-class CountingSDPA(SDPAAttention):
+class CountingSDPA(registry("attention").get("sdpa")):
     """sdpa, counting its masked and its mask-free (bottom-right causal) calls."""
 
     name = "test-counting-sdpa"
