@@ -216,6 +216,15 @@ def stream_nll(reader: Any, ids: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat(nll)
 
 
+def held_out_stream(prepared: Any, tokenizer: HFTokenizer, tokens: int) -> torch.Tensor:
+    """The first ``tokens + 1`` tokens of the validation split (inputs and their next tokens):
+    (tokens + 1,) int64; exits with a one-line message when the split is shorter."""
+    held_out = prepared.split("validation").tokens(tokenizer).tokens
+    if len(held_out) < tokens + 1:
+        raise SystemExit(f"the validation split has {len(held_out):,} tokens, fewer than --eval-tokens {tokens:,}")
+    return torch.as_tensor(held_out[: tokens + 1].astype("int64"))
+
+
 def ppl(nll: torch.Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
@@ -307,11 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     hf = backbone.hf.to(args.device).eval().requires_grad_(False)
     tokenizer = HFTokenizer(backbone.tokenizer)
     prepared = prepare(args.dataset, **args.dataset_option)
-    held_out = prepared.split("validation").tokens(tokenizer).tokens
-    if len(held_out) < p.eval_tokens + 1:
-        raise SystemExit(f"the validation split has {len(held_out):,} tokens, fewer than --eval-tokens {p.eval_tokens:,}")
     data = {"train": CorpusTask(prepared.split("train").tokens(tokenizer), tokenizer.vocab_size),
-            "eval": torch.as_tensor(held_out[: p.eval_tokens + 1].astype("int64"))}
+            "eval": held_out_stream(prepared, tokenizer, p.eval_tokens)}
     store = Path(args.out) / f"{args.name}.arms"
     key = fingerprint(args, p)
     for arm in args.arms:

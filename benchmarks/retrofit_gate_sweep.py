@@ -22,7 +22,7 @@ from typing import Any
 
 import common
 import torch
-from retrofit_finetune import PRESETS, RESULTS, build, ppl, stream_nll
+from retrofit_finetune import PRESETS, RESULTS, build, held_out_stream, ppl, stream_nll
 
 from memplug.app.precision import autocast, resolve_precision
 from memplug.backbones.hf import HFBackbone
@@ -58,17 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     p = PRESETS[args.preset]
     started = time.perf_counter()
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision("auto", device)
     backbone = HFBackbone(args.model)
     if backbone.tokenizer is None:
         raise SystemExit(f"--model {args.model}: the model folder has no tokenizer files")
-    backbone.hf.eval().requires_grad_(False)
-    held_out = prepare(args.dataset).split("validation").tokens(HFTokenizer(backbone.tokenizer)).tokens
-    if len(held_out) < args.eval_tokens + 1:
-        raise SystemExit(f"the validation split has {len(held_out):,} tokens, fewer than --eval-tokens {args.eval_tokens:,}")
-    ids = torch.as_tensor(held_out[: args.eval_tokens + 1].astype("int64"))
-    model = build("elastic+gate", backbone.hf, backbone, p)
+    backbone.hf.to(device).eval().requires_grad_(False)
+    ids = held_out_stream(prepare(args.dataset), HFTokenizer(backbone.tokenizer), args.eval_tokens)
+    model = build("elastic+gate", backbone.hf, backbone, p).to(device)  # the gates are made on the CPU
     rows: list[dict[str, Any]] = []
     for g in args.gates:
         for layer in model.attn:

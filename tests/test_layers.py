@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from memplug.backbones.tiny import Rotary
 from memplug.core.contracts import Memory, MemoryRead
 from memplug.core.layer import MemoryAttention
-from memplug.ops.attention import reference_attention, trapezoid_mask
 from memplug.core.manager import registry
+from memplug.ops.attention import reference_attention, trapezoid_mask
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
