@@ -109,6 +109,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
+    p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
     p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths (default: the preset's)")
     p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
@@ -125,6 +126,10 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
         preset = replace(preset, steps=args.steps)
+    if args.lr_memory is not None:
+        if not args.lr_memory > 0:
+            p.error(f"--lr-memory must be > 0, got {args.lr_memory}")
+        preset = replace(preset, lr_memory=args.lr_memory)
     if args.eval_tokens is not None:
         if args.eval_tokens < 2 * preset.block:
             p.error(f"--eval-tokens must be >= {2 * preset.block} (two blocks), got {args.eval_tokens}")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
-from memplug.core.contracts import Memory
+from memplug.core.contracts import Memory, stack_reads
 from memplug.plugins.memories.elastic import ElasticMemory
 from single_thread import one_thread  # noqa: F401
 
@@ -43,6 +43,8 @@ def test_block_form_equals_step_form(seed, t0, last_partial, positions):
     complete = 2 if last_partial else 3
     fast, fast_state = mem.forward_blocks(state, q, k, v, t0, complete)
     slow, slow_state = Memory.forward_blocks(mem, state, q, k, v, t0, complete)  # read/write per block
+    # restacked per block, a hidden first block is a -inf bias as in the step form
+    fast = stack_reads([fast.blocks(i, i + 1) for i in range(q.shape[2])])
     for name in ("keys", "values", "bias", "key_positions"):
         a, b = getattr(fast, name), getattr(slow, name)
         assert (a is None) == (b is None), name
@@ -67,10 +69,16 @@ def test_empty_memory_hidden_and_logit_offset():
     q, k, v = blocks(0)
     for option, offset in ((0.0, 0.0), ("-lnP", -math.log(6)), (1.5, 1.5)):
         mem = memory(logit_offset=option)
-        read, _ = mem.forward_blocks(mem.init_state(2, torch.float32, torch.device("cpu")), q, k, v, 0, 3)
-        assert read.bias.shape == (1, 1, 3, 1, 6)
-        assert (read.bias[:, :, 0] == float("-inf")).all()  # block 0 starts at t = 0
-        torch.testing.assert_close(read.bias[:, :, 1:], torch.full_like(read.bias[:, :, 1:], offset))
+        state = mem.init_state(2, torch.float32, torch.device("cpu"))
+        read, state = mem.forward_blocks(state, q, k, v, 0, 3)
+        assert read.first_hidden  # block 0 starts at t = 0
+        later, _ = mem.forward_blocks(state, q, k, v, 48, 3)
+        assert not later.first_hidden
+        for r in (read, later):
+            if offset == 0:
+                assert r.bias is None  # nothing to add: the layer needs no mask
+            else:
+                torch.testing.assert_close(r.bias, torch.full((1, 1, 1, 1, 6), offset))
     assert ElasticMemory.__init__.__defaults__ is not None and memory().logit_offset == 0.0
 
 

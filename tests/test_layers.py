@@ -21,6 +21,8 @@ from memplug.core.contracts import Memory, MemoryRead
 from memplug.core.layer import MemoryAttention
 from memplug.core.manager import registry
 from memplug.ops.attention import reference_attention, trapezoid_mask
+from memplug.plugins.memories.elastic import ElasticMemory
+from memplug.plugins.memories.xl import XLMemory
 from single_thread import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -221,15 +223,51 @@ def test_unhidden_calls_pass_no_mask():
         return dict(layer.attention.calls)
 
     assert calls(MemoryAttention(None, 8, "block", attention=CountingSDPA())) == {"masked": 0, "causal": 1}
+    # At the stream start only block 0 hides keys (no previous block, the sink inside it, an
+    # empty memory): it goes alone, and both calls are mask-free.
     previous = MemoryAttention(None, 8, "previous", attention=CountingSDPA())
-    assert calls(previous) == {"masked": 1, "causal": 0}  # the first block has no previous block
+    assert calls(previous) == {"masked": 0, "causal": 2}
     _, cache = previous(q, k, v, {}, 0)
     assert calls(previous, cache, 16) == {"masked": 0, "causal": 1}
     sink = MemoryAttention(None, 8, "block", attention=CountingSDPA(), sink=2)
-    assert calls(sink) == {"masked": 1, "causal": 0}  # block 0 holds the sink itself
+    assert calls(sink) == {"masked": 0, "causal": 2}
     _, cache = sink(q, k, v, {}, 0)
     assert calls(sink, cache, 16) == {"masked": 0, "causal": 1}
+    elastic = MemoryAttention(ElasticMemory(order=4, samples=4), 8, "previous", attention=CountingSDPA(), sink=2)
+    assert calls(elastic) == {"masked": 0, "causal": 2}
+    _, cache = elastic(q, k, v, {}, 0)
+    assert calls(elastic, cache, 16) == {"masked": 0, "causal": 1}
+    assert calls(MemoryAttention(ElasticMemory(order=4, samples=4, logit_offset=1.0), 8, attention=CountingSDPA())) \
+        == {"masked": 1, "causal": 0}  # an offset is a bias on the memory's logits
     assert calls(MemoryAttention(FullKeys(), 8, "block", attention=CountingSDPA())) == {"masked": 1, "causal": 0}
+    one_block = MemoryAttention(ElasticMemory(order=4, samples=4), 8, "previous", attention=CountingSDPA(), sink=2)
+    one_block.attention.calls.update(masked=0, causal=0)
+    one_block(q[:, :, :5], k[:, :, :5], v[:, :, :5], {}, 0)
+    assert one_block.attention.calls == {"masked": 0, "causal": 1}
+
+
+@given(st.integers(0, 1000), st.sampled_from([4, 7, 16]), chunkings)
+def test_xl_memory_is_previous_block_attention(seed, block, cuts):
+    """XL's slots are the previous block at its positions, with the stream's first block hidden
+    (``first_hidden``): on span "block" the layer is span "previous" attention."""
+    T = 48
+    q, k, v = qkv(seed, T)
+    rotary = Rotary(8, 100.0)
+    layer = MemoryAttention(XLMemory(block=block), block, "block", attention="sdpa")
+    out, _ = run_chunks(layer, q, k, v, cuts, rotary)
+    torch.testing.assert_close(out, brute_force(q, k, v, visibility(T, block, "previous"), rotary), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0])
+def test_first_block_sees_no_memory(offset):
+    """At t = 0 the memory is empty: block 0 attends as if there were none (offset 0: the block
+    goes alone; an offset: a mask hides its slots), the later blocks read it."""
+    q, k, v = qkv(4, 32)
+    memory = ElasticMemory(order=4, samples=4, logit_offset=offset)
+    out, _ = MemoryAttention(memory, 8, "previous", attention="sdpa", sink=2)(q, k, v, {}, 0)
+    local, _ = MemoryAttention(None, 8, "previous", attention="sdpa", sink=2)(q, k, v, {}, 0)
+    torch.testing.assert_close(out[:, :, :8], local[:, :, :8], atol=1e-12, rtol=0)
+    assert not torch.allclose(out[:, :, 8:], local[:, :, 8:])
 
 
 def test_layer_errors():

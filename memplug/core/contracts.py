@@ -155,8 +155,11 @@ class MemoryRead:
     - ``key_positions``: (nb, P) or (B, Hkv, nb, P) positions of the memory keys relative to
       the start of their block (<= 0), or ``None`` to leave them without positional encoding.
       The layer applies the backbone's rotary embedding to them.
-    - ``bias``: additive logit bias, 5-d and broadcastable to (B, Hkv, nb, 1, P); ``-inf`` hides a slot
-      (e.g. an empty memory at t = 0).
+    - ``bias``: additive logit bias, 5-d and broadcastable to (B, Hkv, nb, 1, P); ``-inf`` hides a slot.
+    - ``first_hidden``: the first block's slots are hidden, whatever ``bias`` says (an empty memory
+      at t = 0). It says with a flag what a ``-inf`` bias row would say with a tensor, so a read
+      whose other blocks need no bias leaves ``bias`` out, and the layer can run those blocks
+      without a mask. Key/value form only.
     - ``output``, ``lse``: (B, H, nb, L, D) and (B, H, nb, L): a partial attention over the
       memory and its log-sum-exp, merged with local attention as one softmax.
     - ``gate``: (H,) logits; when set, ``out = sigmoid(g) * output + (1 - sigmoid(g)) * local``
@@ -170,10 +173,26 @@ class MemoryRead:
     output: Tensor | None = None
     lse: Tensor | None = None
     gate: Tensor | None = None
+    first_hidden: bool = False
 
     @property
     def is_empty(self) -> bool:
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return all(getattr(self, f.name) is None for f in fields(self) if f.name != "first_hidden")
+
+    def blocks(self, start: int, stop: int) -> MemoryRead:
+        """The read of blocks ``start .. stop-1`` (views; the inverse of :func:`stack_reads`). A
+        block axis of size 1 (broadcast over the blocks) is kept as it is."""
+        out = {}
+        for f in fields(self):
+            x = getattr(self, f.name)
+            if f.name == "first_hidden":
+                out[f.name] = x and start == 0
+            elif x is None or f.name == "gate":
+                out[f.name] = x
+            else:
+                axis = x.dim() - 2 if f.name == "key_positions" else 2  # the block axis
+                out[f.name] = x if x.shape[axis] == 1 else x.narrow(axis, start, stop - start)
+        return MemoryRead(**out)
 
 
 class Memory(Component, abc.ABC):
@@ -278,19 +297,20 @@ def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
 
     Every field has its block axis at dim 2, except ``key_positions`` ((nb, P) or
     (B, Hkv, nb, P): dim -2) and ``gate`` (per head, shared by all blocks). An empty read (an
-    empty memory, e.g. at t = 0) next to non-empty ones becomes a hidden one: zero slots with a
-    ``-inf`` bias, zero output with a ``-inf`` log-sum-exp. A read without a bias next to one
-    with a bias gets a zero bias (the same logits).
+    empty memory, e.g. at t = 0) or a ``first_hidden`` one next to non-empty ones becomes a
+    hidden one: zero slots with a ``-inf`` bias, zero output with a ``-inf`` log-sum-exp. A read
+    without a bias next to one with a bias gets a zero bias (the same logits).
     """
-    filled = [r for r in reads if not r.is_empty]
+    filled = [r for r in reads if not r.is_empty and not r.first_hidden]
     if not filled:
         return MemoryRead()
-    present = {f.name for f in fields(MemoryRead) if getattr(filled[0], f.name) is not None} - {"bias"}
+    flags = {"bias", "first_hidden"}
+    present = {f.name for f in fields(MemoryRead) if getattr(filled[0], f.name) is not None} - flags
     for r in filled:
-        mine = {f.name for f in fields(MemoryRead) if getattr(r, f.name) is not None} - {"bias"}
+        mine = {f.name for f in fields(MemoryRead) if getattr(r, f.name) is not None} - flags
         if mine != present:
             raise ValueError(f"reads of one call must fill the same fields, got {sorted(present)} and {sorted(mine)}")
-    reads = [_hidden_like(filled[0]) if r.is_empty else r for r in reads]
+    reads = [_hidden_like(filled[0]) if r.is_empty or r.first_hidden else r for r in reads]
     # a read without a bias has a zero one: where another read of the call has one, fill it in
     like = next((r.bias for r in reads if r.bias is not None), None)
     if like is not None:
@@ -298,6 +318,8 @@ def stack_reads(reads: list[MemoryRead]) -> MemoryRead:
     out = {}
     for f in fields(MemoryRead):
         items = [getattr(r, f.name) for r in reads]
+        if f.name == "first_hidden":
+            continue  # a hidden block is a -inf bias here
         if items[0] is None:
             out[f.name] = None
         elif f.name == "gate":

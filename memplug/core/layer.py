@@ -24,9 +24,9 @@ are set (``_attend``), in this order:
 
 1. ``keys``/``values`` set: the memory slots go first in the keys of one softmax,
    ``[slots | sink | previous block | block]``; ``bias`` is added to the slots' logits (``-inf``
-   hides a slot, e.g. an empty memory) and ``key_positions`` has the slot keys rotated. (Elastic,
-   XL, full attention, kNN's joint mode.) Without keys the softmax covers the sink and the local
-   keys only.
+   hides a slot), ``first_hidden`` hides the first block's slots (an empty memory at t = 0) and
+   ``key_positions`` has the slot keys rotated. (Elastic, XL, full attention, kNN's joint mode.)
+   Without keys the softmax covers the sink and the local keys only.
 2. ``output`` set, ``gate`` not: ``output`` is a partial attention over keys outside that
    softmax and ``lse`` (required: a ``ValueError`` says so) its log-sum-exp; the two are merged
    by log-sum-exp (:func:`memplug.ops.attention.merge_lse`), which equals one softmax over both
@@ -196,7 +196,8 @@ class MemoryAttention(nn.Module):
 
         sink = self._sink(cache, k, v, b0, n)  # (sink_k, sink_v) (B, Hkv, S, D) each, or None
         out = self._attend(qb, kb, vb, read, cache, rotate, sink, b0)  # (B, H, nb, L, D)
-        out = rearrange(out, "b h n l d -> b h (n l) d")[:, :, r : r + T]  # (B, H, T, D)
+        # (B, H, T, D), stored as (B, T, H, D): the backbone's "b h t d -> b t (h d)" is then a view
+        out = rearrange(out, "b h n l d -> b (n l) h d")[:, r : r + T].transpose(1, 2)
 
         # Slices are cloned so the cache never keeps this call's whole tensors alive.
         new_cache = {MEMORY_PREFIX + name: t for name, t in mem_state.items()}
@@ -233,13 +234,15 @@ class MemoryAttention(nn.Module):
 
         Keys, in order: ``[memory slots | sink | previous block | block]``."""
         B, H, nb, L, D = qb.shape
+        if read.first_hidden and read.keys is None:
+            raise ValueError("MemoryRead.first_hidden hides memory slots: it needs `keys` (the key/value form)")
         rotate = rotate if rotate is not None else (lambda x, pos: x)
         S = self.sink
         w0 = S + (L if self.span == "previous" else 0)  # window position of the block start
         pos = torch.arange(w0, w0 + L, device=qb.device)  # (L,)
         q = rotate(qb, pos)  # (B, H, nb, L, D)
         keys, values = [rotate(kb, pos)], [vb]  # local keys, then what goes before them
-        key_valid = None
+        prev_missing = self.span == "previous" and "prev_k" not in cache  # the stream's first block has none
         if self.span == "previous":
             # Block i's previous block is block i-1; block 0's comes from the cache (absent at t = 0).
             first_k = cache.get("prev_k", torch.zeros_like(kb[:, :, 0])).to(kb.dtype)[:, :, None]  # (B, Hkv, 1, L, D)
@@ -248,9 +251,6 @@ class MemoryAttention(nn.Module):
             prev_v = torch.cat([first_v, vb[:, :, :-1]], dim=2)
             keys.insert(0, rotate(prev_k, pos - L))
             values.insert(0, prev_v)
-            if "prev_k" not in cache:
-                key_valid = torch.ones(nb, 2 * L, dtype=torch.bool, device=qb.device)
-                key_valid[0, :L] = False  # (nb, 2L): the stream's first block has no previous block
         local = sum(x.shape[-2] for x in keys)
         fixed = 0  # columns before the local keys that every query sees: memory slots, then sink
         if sink is not None:
@@ -270,45 +270,72 @@ class MemoryAttention(nn.Module):
         k = torch.cat(keys, dim=-2)  # (B, Hkv, nb, P + S + local, D)
         v = torch.cat(values, dim=-2)
 
-        hide_sink = sink is not None and b0 == 0  # the stream's first block holds the sink tokens itself
+        # What block 0 of the stream hides: its missing previous block, the sink it holds itself,
+        # its empty memory. Every later block sees every column.
+        hide_sink = sink is not None and b0 == 0
+        hide_first = read.first_hidden and slots > 0
         offsets = read.bias is not None and slots > 0
         partial = read.output is not None and read.gate is None  # merged by log-sum-exp: needs the mask
+        # When block 0 sees only its own keys, it goes alone (a square causal call on them) and
+        # the later blocks hide nothing: two mask-free calls instead of one masked one.
+        first_alone = (b0 == 0 and (prev_missing or hide_sink or hide_first) and not (offsets or partial)
+                       and (prev_missing or self.span == "block") and (hide_first or slots == 0))
         mask = None  # None: nothing hidden, the backend's bottom-right causal call (no mask tensor)
-        if key_valid is not None or hide_sink or offsets or partial:
+        if not first_alone and (prev_missing or hide_sink or hide_first or offsets or partial):
+            key_valid = None
+            if prev_missing:
+                key_valid = torch.ones(nb, 2 * L, dtype=torch.bool, device=qb.device)
+                key_valid[0, :L] = False  # (nb, 2L): the stream's first block has no previous block
             mask = trapezoid_mask(L, local, slots + fixed, key_valid, dtype=q.dtype, device=q.device)  # ([nb,] L, K)
             mask = mask.reshape(1, 1, -1, L, slots + fixed + local)  # (1, 1, nb|1, L, K)
-            if hide_sink:
+            if hide_sink or hide_first:
                 hide = torch.zeros(1, 1, nb, 1, slots + fixed + local, dtype=q.dtype, device=q.device)
-                hide[:, :, 0, :, slots : slots + S] = float("-inf")
-                mask = mask + hide  # (1, 1, nb, L, K)
+                hide[:, :, 0, :, (0 if hide_first else slots) : (slots + S if hide_sink else slots)] = float("-inf")
+                mask = mask + hide  # (1, 1, nb, L, K): block 0's hidden columns
             if offsets:
                 bias = F.pad(read.bias.to(q.dtype), (0, fixed + local))  # (B|1, Hkv|1, nb|1, 1, K): zero beyond the slots
                 if bias.shape[1] > 1:
                     bias = repeat_kv(bias.transpose(1, 2), H).transpose(1, 2)  # per query head
                 mask = mask + bias  # (B|1, H|1, nb|1, L, K)
-            mask = self._flatten_mask(mask, B, nb)  # (B*nb | 1, H|1, L, K)
+            mask = self._flatten_mask(mask, B, nb)  # (nb*B | 1, H|1, L, K)
 
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
-        qf = rearrange(q, "b h n l d -> (b n) h l d")  # (B*nb, H, L, D)
-        kf = rearrange(k, "b h n s d -> (b n) h s d")  # (B*nb, Hkv, K, D)
-        vf = rearrange(v, "b h n s d -> (b n) h s d")
         backend = self.backend(q.device, q.dtype)
+        # Blocks outer, batch inner: block 0 is the first B rows, the later blocks the rest.
+        qf = rearrange(q, "b h n l d -> (n b) h l d")  # (nb*B, H, L, D)
+        kf = rearrange(k, "b h n s d -> (n b) h s d")  # (nb*B, Hkv, K, D)
+        vf = rearrange(v, "b h n s d -> (n b) h s d")
 
         def blocks(x: Tensor) -> Tensor:
-            return rearrange(x, "(b n) h l d -> b h n l d", b=B)  # (B, H, nb, L, D)
+            return rearrange(x, "(n b) h l d -> b h n l d", b=B)  # (B, H, nb, L, D)
+
+        def call(qs: Tensor, ks: Tensor, vs: Tensor, skip: int) -> Tensor:
+            """Queries (n, H, L, D) against the key columns from ``skip`` on: (n, H, L, D)."""
+            if skip:  # (a slice even from 0 would cost its backward a copy)
+                ks, vs = ks[:, :, skip:], vs[:, :, skip:]
+            if mask is None:
+                return backend.forward_causal(qs, ks, vs, scale)
+            return backend(qs, ks, vs, mask[..., skip:] if skip else mask, scale)
+
+        if first_alone:  # split once: its backward is one concatenation per tensor
+            first, later = zip(*(x.split([B, x.shape[0] - B]) for x in (qf, kf, vf)))
 
         def attend(skip: int) -> Tensor:
             """The queries against the key columns from ``skip`` on: (B, H, nb, L, D)."""
-            if mask is None:
-                return blocks(backend.forward_causal(qf, kf[:, :, skip:], vf[:, :, skip:], scale))
-            return blocks(backend(qf, kf[:, :, skip:], vf[:, :, skip:], mask[..., skip:], scale))
+            if not first_alone:
+                return blocks(call(qf, kf, vf, skip))
+            q0, k0, v0 = first
+            head = call(q0, k0, v0, slots + fixed + local - L)  # block 0 on its own keys
+            if nb == 1:
+                return blocks(head)
+            return blocks(torch.cat([head, call(*later, skip)]))
 
         if partial:
             if read.lse is None:
                 raise ValueError("a MemoryRead with `output` needs `lse` (log-sum-exp merge) or `gate` (gated mix)")
             out, lse = backend.forward_lse(qf, kf, vf, mask, scale)
             base = blocks(out)
-            joint, _ = merge_lse(base, rearrange(lse, "(b n) h l -> b h n l", b=B),
+            joint, _ = merge_lse(base, rearrange(lse, "(n b) h l -> b h n l", b=B),
                                  read.output.to(out.dtype), read.lse.to(lse.dtype))
         else:
             joint = attend(0)
@@ -322,8 +349,8 @@ class MemoryAttention(nn.Module):
 
     @staticmethod
     def _flatten_mask(mask: Tensor, batch: int, nb: int) -> Tensor:
-        """(B|1, H|1, nb|1, L, S) -> a mask for the (B*nb)-batched call, copied only if it varies."""
+        """(B|1, H|1, nb|1, L, S) -> a mask for the (nb*B)-batched call, copied only if it varies."""
         if mask.shape[0] == 1 and mask.shape[2] == 1:
             return mask[:, :, 0]  # (1, H|1, L, S): the same for every block, broadcast
         mask = mask.expand(batch, mask.shape[1], nb, *mask.shape[3:])
-        return rearrange(mask, "b h n l s -> (b n) h l s")  # (B*nb, H|1, L, S)
+        return rearrange(mask, "b h n l s -> (n b) h l s")  # (nb*B, H|1, L, S)

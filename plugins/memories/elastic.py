@@ -11,7 +11,7 @@ other projection of the model) and accumulates them in float32.
 Reading (polynomial sampling). The queries of a block read the state at the block start at the
 retriever's P positions, ``basis(positions, t) @ state``; the P reconstructed ``[k | v]``
 vectors join the local keys in one softmax (the layer's trapezoid). A block that starts at
-t = 0 has an empty memory, hidden by a ``-inf`` bias.
+t = 0 has an empty memory, hidden (``MemoryRead.first_hidden``).
 
 Block-parallel. ``forward_blocks`` gets every block of a call at once: ``encoder.scan`` gives
 the states after each complete block, the states at the block starts are
@@ -183,17 +183,16 @@ class ElasticMemory(Memory):
             keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
         bias = None  # nothing to add: the layer's attention then needs no mask (on a GPU, flash)
-        if self.offset() != 0 or when[0] == 0:  # an offset, or a first block at t = 0
-            bias = torch.full((t.shape[0], slots), self.offset(), dtype=dtype, device=states.device)
-            bias = bias.masked_fill((t == 0).unsqueeze(-1), float("-inf"))  # an empty memory is hidden
-            bias = bias.reshape(1, 1, -1, 1, slots)  # (1, 1, nb, 1, P)
+        if self.offset() != 0:
+            bias = torch.full((1, 1, 1, 1, slots), self.offset(), dtype=dtype, device=states.device)  # every block
         key_positions = None
         if self.positions == "sample":
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
             if self.max_distance is not None:
                 rel = rel.clamp(min=-self.max_distance)
             key_positions = rel.to(torch.float32)
-        return MemoryRead(keys=keys, values=values, key_positions=key_positions, bias=bias)
+        # only the first block can start at t = 0, where the memory is empty
+        return MemoryRead(keys=keys, values=values, key_positions=key_positions, bias=bias, first_hidden=when[0] == 0)
 
     def _sample(self, states: Tensor, t: Tensor, when: tuple[int, int, int]) -> Tensor:
         """``retriever.read(encoder, states, t)``, with the basis cached when the retriever is fixed

@@ -85,7 +85,7 @@ class XLMemory(Memory):
         if empty and nb == 1:
             return MemoryRead(), new_state
         if empty:
-            # block 0 has nothing before it: zero keys, hidden by the -inf bias
+            # block 0 has nothing before it: zero keys, hidden (first_hidden)
             prev_k = torch.zeros_like(k[:, :, 0])
             prev_v = torch.zeros_like(v[:, :, 0])
         elif prev_k.shape[-2] != length:
@@ -94,11 +94,7 @@ class XLMemory(Memory):
         keys = torch.cat([prev_k.unsqueeze(2), k[:, :, : nb - 1].detach()], dim=2)
         values = torch.cat([prev_v.unsqueeze(2), v[:, :, : nb - 1].detach()], dim=2)
         positions = torch.arange(-length, 0, device=k.device, dtype=torch.float32).expand(nb, length)  # (nb, L)
-        bias = None
-        if empty:
-            bias = torch.zeros(1, 1, nb, 1, length, dtype=q.dtype, device=q.device)  # (1, 1, nb, 1, L)
-            bias[:, :, 0] = float("-inf")
-        return MemoryRead(keys=keys, values=values, key_positions=positions, bias=bias), new_state
+        return MemoryRead(keys=keys, values=values, key_positions=positions, first_hidden=empty), new_state
 
     def footprint(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> dict[str, int]:
         """A full cache: 2 L vectors (keys and values) per key/value head; needs ``block``."""
