@@ -256,6 +256,10 @@ def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTo
                             dataset_options=args.dataset_option)
     result["nll"] = nll.tolist()
     result["probes"] = probes
+    if mode is not None and ARMS[arm][0].get("memory"):
+        # the same trained weights without their memory: what the memory itself adds
+        with model.memory_masked(), autocast(args.device, precision):
+            result["masked_nll"] = stream_nll(MemoryModelReader(model, p.chunk), data["eval"], p.chunk).tolist()
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -300,6 +304,11 @@ def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
             lines.append(f"- **{trained}** recovers {share:.0%} of the local-to-full gap inside 8k (positions "
                          f"{p.block}-8191: {local['arm']} {local['256-8191']:.3f}, full {full['256-8191']:.3f}, "
                          f"this arm {r['256-8191']:.3f}); the goal is at least 50%.")
+        masked = rows.get(f"{trained}, memory masked at test")
+        if masked is not None:
+            lines.append(f"- **{trained}** with its memory masked at test (the same weights): "
+                         f"{masked['beyond window']:.3f} beyond the window, against {r['beyond window']:.3f} "
+                         f"with it: the memory itself {'helps' if r['beyond window'] < masked['beyond window'] else 'does NOT help'}.")
         if local is not None:
             keys = [k for k in r if k.startswith("passkey ")]
             mine = [r[k] for k in keys if r[k] is not None]
@@ -341,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         if result.get("fingerprint") == key:
             found[result["arm"]] = result
     rows = {arm: row(found[arm], p, p.eval_tokens) for arm in ARMS if arm in found}
+    for arm in [a for a in rows if "masked_nll" in found[a]]:
+        masked = row({**found[arm], "nll": found[arm]["masked_nll"], "arm": f"{arm}, memory masked at test"},
+                     p, p.eval_tokens)
+        rows[masked["arm"]] = {k: (None if k.startswith("passkey ") else v) for k, v in masked.items()}
     columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
     body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: LegS, N = {p.order}, "
             f"uniform P = {p.samples}, samples rotated at their positions, every layer; sink: the first {p.sink} "

@@ -269,14 +269,19 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
                             f"root={root}", "--out", str(tmp_path / "out"), "--threads", "1"])
     data = _outputs(tmp_path / "out", "retrofit_finetune")["data"]
     rows = data["rows"]
-    assert set(rows) == set(retrofit_finetune.ARMS)
+    masked = {f"elastic+gate trained ({m}), memory masked at test" for m in ("memory", "LoRA")}
+    assert set(rows) == set(retrofit_finetune.ARMS) | masked
     assert rows["elastic+gate"]["beyond window"] == pytest.approx(rows["local+sink"]["beyond window"], rel=1e-9)
+    # only the gates were trained: without its memory the arm is the local+sink model again
+    assert rows["elastic+gate trained (memory), memory masked at test"]["beyond window"] == pytest.approx(
+        rows["local+sink"]["beyond window"], rel=1e-9)
+    assert rows["elastic+gate trained (memory)"]["beyond window"] != rows["local+sink"]["beyond window"]
     assert rows["full attention"]["passkey 120"] is None  # 120 tokens > its 100 trained positions
     trained = data["arms"]["elastic+gate trained (LoRA)"]["training"]
     assert trained["summary"]["mode"] == "lora" and trained["tokens"] == 2 * 64
     assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 4
     text = (tmp_path / "out" / "retrofit_finetune.md").read_text()
-    assert "on perplexity beyond the window" in text
+    assert "on perplexity beyond the window" in text and "with its memory masked at test" in text
 
 
 def test_count_ops_counts_computing_calls_once():

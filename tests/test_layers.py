@@ -85,6 +85,38 @@ class KeysAndGate(FullKeys):
         return read
 
 
+class CountingSDPA(registry("attention").get("sdpa")):
+    """sdpa, counting its masked and its mask-free (bottom-right causal) calls; with
+    ``kernel=True`` it claims a causal kernel (as sdpa does on CUDA), so the CPU takes the
+    layer's split of the first block too."""
+
+    name = "test-counting-sdpa"
+
+    def __init__(self, kernel=True):
+        super().__init__()
+        self.kernel = kernel
+        self.calls = {"masked": 0, "causal": 0}
+
+    def forward(self, q, k, v, mask, scale):
+        self.calls["masked"] += mask is not None
+        return super().forward(q, k, v, mask, scale)
+
+    def forward_causal(self, q, k, v, scale):
+        self.calls["causal"] += 1
+        return reference_attention(q, k, v, trapezoid_mask(q.shape[-2], k.shape[-2], dtype=q.dtype), scale)[0]
+
+    def has_causal_kernel(self, device):
+        return self.kernel
+
+
+#: the CPU's sdpa (one masked call where something is hidden) and one with a causal kernel
+BACKENDS = pytest.mark.parametrize("attention", ["sdpa", CountingSDPA], ids=["sdpa", "causal-kernel"])
+
+
+def backend(attention):
+    return attention if isinstance(attention, str) else attention()
+
+
 def brute_force(q, k, v, visible, rotary=None):
     """Attention over the whole sequence with a (T, T) boolean visibility, absolute rotations."""
     if rotary is not None:
@@ -124,12 +156,13 @@ def run_chunks(layer, q, k, v, cuts, rotate):
 chunkings = st.lists(st.integers(1, 47), max_size=4)
 
 
+@BACKENDS
 @given(st.integers(0, 1000), st.sampled_from([4, 5, 16]), st.sampled_from(["block", "previous"]), chunkings)
-def test_local_attention_matches_brute_force(seed, block, span, cuts):
+def test_local_attention_matches_brute_force(attention, seed, block, span, cuts):
     T = 48
     q, k, v = qkv(seed, T)
     rotary = Rotary(8, 100.0)
-    layer = MemoryAttention(None, block, span, attention="sdpa")
+    layer = MemoryAttention(None, block, span, attention=backend(attention))
     out, _ = run_chunks(layer, q, k, v, cuts, rotary)
     ref = brute_force(q, k, v, visibility(T, block, span), rotary)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
@@ -193,24 +226,6 @@ def test_memory_bias_per_kv_head_reaches_its_query_heads():
     torch.testing.assert_close(out[:, 2:], local[:, 2:])  # query heads 2, 3 use kv head 1
 
 
-class CountingSDPA(registry("attention").get("sdpa")):
-    """sdpa, counting its masked and its mask-free (bottom-right causal) calls."""
-
-    name = "test-counting-sdpa"
-
-    def __init__(self):
-        super().__init__()
-        self.calls = {"masked": 0, "causal": 0}
-
-    def forward(self, q, k, v, mask, scale):
-        self.calls["masked"] += mask is not None
-        return super().forward(q, k, v, mask, scale)
-
-    def forward_causal(self, q, k, v, scale):
-        self.calls["causal"] += 1
-        return reference_attention(q, k, v, trapezoid_mask(q.shape[-2], k.shape[-2], dtype=q.dtype), scale)[0]
-
-
 def test_unhidden_calls_pass_no_mask():
     """A call that hides nothing (no memory offsets, no missing previous block, no sink inside
     the block) goes to the backend's mask-free causal call, the one that reaches a GPU's flash
@@ -244,27 +259,35 @@ def test_unhidden_calls_pass_no_mask():
     one_block.attention.calls.update(masked=0, causal=0)
     one_block(q[:, :, :5], k[:, :, :5], v[:, :, :5], {}, 0)
     assert one_block.attention.calls == {"masked": 0, "causal": 1}
+    # without a causal kernel (sdpa on the CPU: its bottom-right causal call builds the mask
+    # anyway) the first block is not split off: one masked call
+    no_kernel = MemoryAttention(ElasticMemory(order=4, samples=4), 8, "previous", attention=CountingSDPA(kernel=False))
+    assert calls(no_kernel) == {"masked": 1, "causal": 0}
+    assert not registry("attention").get("sdpa")().has_causal_kernel(torch.device("cpu"))
+    assert registry("attention").get("sdpa")().has_causal_kernel(torch.device("cuda"))
 
 
+@BACKENDS
 @given(st.integers(0, 1000), st.sampled_from([4, 7, 16]), chunkings)
-def test_xl_memory_is_previous_block_attention(seed, block, cuts):
+def test_xl_memory_is_previous_block_attention(attention, seed, block, cuts):
     """XL's slots are the previous block at its positions, with the stream's first block hidden
     (``first_hidden``): on span "block" the layer is span "previous" attention."""
     T = 48
     q, k, v = qkv(seed, T)
     rotary = Rotary(8, 100.0)
-    layer = MemoryAttention(XLMemory(block=block), block, "block", attention="sdpa")
+    layer = MemoryAttention(XLMemory(block=block), block, "block", attention=backend(attention))
     out, _ = run_chunks(layer, q, k, v, cuts, rotary)
     torch.testing.assert_close(out, brute_force(q, k, v, visibility(T, block, "previous"), rotary), atol=1e-10, rtol=0)
 
 
+@BACKENDS
 @pytest.mark.parametrize("offset", [0.0, 2.0])
-def test_first_block_sees_no_memory(offset):
-    """At t = 0 the memory is empty: block 0 attends as if there were none (offset 0: the block
-    goes alone; an offset: a mask hides its slots), the later blocks read it."""
+def test_first_block_sees_no_memory(attention, offset):
+    """At t = 0 the memory is empty: block 0 attends as if there were none (alone, or with its
+    slots hidden by the mask), the later blocks read it."""
     q, k, v = qkv(4, 32)
     memory = ElasticMemory(order=4, samples=4, logit_offset=offset)
-    out, _ = MemoryAttention(memory, 8, "previous", attention="sdpa", sink=2)(q, k, v, {}, 0)
+    out, _ = MemoryAttention(memory, 8, "previous", attention=backend(attention), sink=2)(q, k, v, {}, 0)
     local, _ = MemoryAttention(None, 8, "previous", attention="sdpa", sink=2)(q, k, v, {}, 0)
     torch.testing.assert_close(out[:, :, :8], local[:, :, :8], atol=1e-12, rtol=0)
     assert not torch.allclose(out[:, :, 8:], local[:, :, 8:])

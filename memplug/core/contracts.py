@@ -389,6 +389,13 @@ class AttentionBackend(Component, abc.ABC):
         keeps a call off the flash kernel)."""
         return self.forward(q, k, v, trapezoid_mask(q.shape[-2], k.shape[-2], dtype=q.dtype, device=q.device), scale)
 
+    def has_causal_kernel(self, device: torch.device) -> bool:
+        """Whether :meth:`forward_causal` runs without a mask tensor on ``device`` for every
+        shape (the default builds one: False). Only then does the memory layer split a stream's
+        first block off into a call of its own to spare the other blocks their mask; elsewhere
+        two calls cost more than one masked call."""
+        return False
+
 
 class Backbone(Component, abc.ABC):
     """A decoder-only transformer exposed layer by layer.

@@ -276,10 +276,13 @@ class MemoryAttention(nn.Module):
         hide_first = read.first_hidden and slots > 0
         offsets = read.bias is not None and slots > 0
         partial = read.output is not None and read.gate is None  # merged by log-sum-exp: needs the mask
-        # When block 0 sees only its own keys, it goes alone (a square causal call on them) and
-        # the later blocks hide nothing: two mask-free calls instead of one masked one.
+        backend = self.backend(q.device, q.dtype)
+        # When block 0 sees only its own keys, it can go alone (a square causal call on them) and
+        # the later blocks hide nothing: two mask-free calls instead of one masked one, where the
+        # backend has a causal kernel (on a GPU: flash instead of memory-efficient attention).
         first_alone = (b0 == 0 and (prev_missing or hide_sink or hide_first) and not (offsets or partial)
-                       and (prev_missing or self.span == "block") and (hide_first or slots == 0))
+                       and (prev_missing or self.span == "block") and (hide_first or slots == 0)
+                       and backend.has_causal_kernel(q.device))
         mask = None  # None: nothing hidden, the backend's bottom-right causal call (no mask tensor)
         if not first_alone and (prev_missing or hide_sink or hide_first or offsets or partial):
             key_valid = None
@@ -300,7 +303,6 @@ class MemoryAttention(nn.Module):
             mask = self._flatten_mask(mask, B, nb)  # (nb*B | 1, H|1, L, K)
 
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
-        backend = self.backend(q.device, q.dtype)
         # Blocks outer, batch inner: block 0 is the first B rows, the later blocks the rest.
         qf = rearrange(q, "b h n l d -> (n b) h l d")  # (nb*B, H, L, D)
         kf = rearrange(k, "b h n s d -> (n b) h s d")  # (nb*B, Hkv, K, D)

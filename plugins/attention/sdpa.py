@@ -55,6 +55,9 @@ class SDPAAttention(AttentionBackend):
         # the CPU has no bottom-right causal kernel (the bias would be materialized, with a warning)
         return super().forward_causal(q, k, v, scale)
 
+    def has_causal_kernel(self, device: torch.device) -> bool:
+        return device.type == "cuda" and not torch.compiler.is_compiling()
+
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, **options: Any) -> Tensor:
     """SDPA with grouped query attention: natively (``enable_gqa``) or by repeating key/value heads."""
