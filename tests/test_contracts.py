@@ -52,26 +52,20 @@ def test_a_read_without_bias_stacks_as_a_zero_bias():
     assert stack_reads([plain, plain]).bias is None
 
 
-def test_blocks_slices_a_read_and_stacking_restores_it():
-    """``blocks`` cuts every field on its block axis (keeping a broadcast one); restacked, a
-    ``first_hidden`` read is the same read with its first block hidden by a -inf bias."""
+def test_a_first_hidden_read_stacks_as_a_hidden_block():
+    """Stacked per block, a ``first_hidden`` read becomes the hidden form (zero slots, -inf bias);
+    the others keep their keys and their (broadcast) bias."""
     keys = torch.randn(2, 2, 3, 4, 5)
-    positions = -torch.rand(3, 4)
-    read = MemoryRead(keys=keys, values=2 * keys, key_positions=positions, bias=torch.full((1, 1, 1, 1, 4), 0.5),
-                      first_hidden=True)
-    tail = read.blocks(1, 3)
-    assert not tail.first_hidden and read.blocks(0, 1).first_hidden and not tail.is_empty
-    torch.testing.assert_close(tail.keys, keys[:, :, 1:])
-    torch.testing.assert_close(tail.values, 2 * keys[:, :, 1:])
-    torch.testing.assert_close(tail.key_positions, positions[1:])
-    assert tail.bias.shape == (1, 1, 1, 1, 4)  # broadcast over the blocks: kept
-    per_head = MemoryRead(keys=keys, values=keys, key_positions=-torch.rand(2, 2, 3, 4)).blocks(2, 3)
-    assert per_head.key_positions.shape == (2, 2, 1, 4)
-    stacked = stack_reads([read.blocks(i, i + 1) for i in range(3)])
+    offset = torch.full((1, 1, 1, 1, 4), 0.5)
+    reads = [MemoryRead(keys=keys[:, :, i : i + 1], values=2 * keys[:, :, i : i + 1], bias=offset, first_hidden=i == 0)
+             for i in range(3)]
+    stacked = stack_reads(reads)
     assert not stacked.first_hidden
     assert torch.isinf(stacked.bias[:, :, 0]).all() and stacked.bias[:, :, 1:].eq(0.5).all()
     assert stacked.keys[:, :, 0].eq(0).all()
     torch.testing.assert_close(stacked.keys[:, :, 1:], keys[:, :, 1:])
+    torch.testing.assert_close(stacked.values[:, :, 1:], 2 * keys[:, :, 1:])
+    assert stack_reads(reads[:1]).is_empty  # nothing but a hidden block: nothing to read
 
 
 def test_first_hidden_needs_keys():

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import memplug
-from memplug.core.contracts import Memory, stack_reads
+from memplug.core.contracts import Memory
 from memplug.plugins.memories.elastic import ElasticMemory
 from single_thread import one_thread  # noqa: F401
 
@@ -43,13 +43,19 @@ def test_block_form_equals_step_form(seed, t0, last_partial, positions):
     complete = 2 if last_partial else 3
     fast, fast_state = mem.forward_blocks(state, q, k, v, t0, complete)
     slow, slow_state = Memory.forward_blocks(mem, state, q, k, v, t0, complete)  # read/write per block
-    # restacked per block, a hidden first block is a -inf bias as in the step form
-    fast = stack_reads([fast.blocks(i, i + 1) for i in range(q.shape[2])])
-    for name in ("keys", "values", "bias", "key_positions"):
+    # the block form flags the empty first block; the step form stacks it as a -inf bias row
+    assert fast.first_hidden == (t0 == 0) and fast.bias is None
+    first = int(fast.first_hidden)
+    if first:
+        assert torch.isinf(slow.bias[:, :, 0]).all()
+    assert slow.bias is None or slow.bias[:, :, first:].eq(0).all()
+    for name in ("keys", "values", "key_positions"):
         a, b = getattr(fast, name), getattr(slow, name)
         assert (a is None) == (b is None), name
         if a is not None:
+            axis = a.dim() - 2 if name == "key_positions" else 2  # the block axis
             torch.testing.assert_close(a, b.reshape(a.shape), atol=1e-5, rtol=1e-5)
+            assert a.shape[axis] == q.shape[2]
     torch.testing.assert_close(fast_state["coef"], slow_state["coef"], atol=1e-5, rtol=1e-5)
 
 

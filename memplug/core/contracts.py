@@ -179,21 +179,6 @@ class MemoryRead:
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in fields(self) if f.name != "first_hidden")
 
-    def blocks(self, start: int, stop: int) -> MemoryRead:
-        """The read of blocks ``start .. stop-1`` (views; the inverse of :func:`stack_reads`). A
-        block axis of size 1 (broadcast over the blocks) is kept as it is."""
-        out = {}
-        for f in fields(self):
-            x = getattr(self, f.name)
-            if f.name == "first_hidden":
-                out[f.name] = x and start == 0
-            elif x is None or f.name == "gate":
-                out[f.name] = x
-            else:
-                axis = x.dim() - 2 if f.name == "key_positions" else 2  # the block axis
-                out[f.name] = x if x.shape[axis] == 1 else x.narrow(axis, start, stop - start)
-        return MemoryRead(**out)
-
 
 class Memory(Component, abc.ABC):
     """The interface a memory-augmented attention layer talks to.
