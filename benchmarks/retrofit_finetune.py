@@ -112,10 +112,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
     p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
-    p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths (default: the preset's)")
+    p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths, or 'none' for no probe (default: the preset's)")
     p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
     p.add_argument("--dataset", default="literature")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--memory-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the Elastic memory of every memory arm, over the preset's order and samples "
+                        "(encoder=legt, 'encoder_options={window=2048}')")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -135,28 +138,45 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
         if args.eval_tokens < 2 * preset.block:
             p.error(f"--eval-tokens must be >= {2 * preset.block} (two blocks), got {args.eval_tokens}")
         preset = replace(preset, eval_tokens=args.eval_tokens)
-    if args.probe_lengths is not None:
+    if args.probe_lengths == "none":
+        preset = replace(preset, probe_lengths=())
+    elif args.probe_lengths is not None:
         try:
             lengths = tuple(int(n) for n in args.probe_lengths.split(","))
         except ValueError:
             lengths = ()
         if not lengths or min(lengths) < 2 * preset.block:
-            p.error(f"--probe-lengths must be comma-separated integers >= {2 * preset.block}, got {args.probe_lengths!r}")
+            p.error(f"--probe-lengths must be 'none' or comma-separated integers >= {2 * preset.block}, "
+                    f"got {args.probe_lengths!r}")
         preset = replace(preset, probe_lengths=lengths)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         p.error(f"--arms: unknown {unknown}; known: {list(ARMS)}")
-    from memplug.app.config import parse_pairs
+    from memplug.app.config import ConfigError, parse_pairs
+    from memplug.core.manager import make_memory
 
-    args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
+    try:
+        args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
+        args.memory_option = parse_pairs(args.memory_option, "--memory-option")
+    except ConfigError as e:
+        p.error(str(e))
+    try:  # a bad option stops here, not after the model and the corpus have loaded
+        make_memory("elastic", **memory_options(preset, args))
+    except (TypeError, ValueError, KeyError) as e:
+        p.error(f"--memory-option {args.memory_option}: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     return args, preset
 
 
-def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset) -> torch.nn.Module:
+def memory_options(p: Preset, args: argparse.Namespace) -> dict[str, Any]:
+    """The Elastic options of every memory arm: the preset's N and P, then ``--memory-option``."""
+    return dict(order=p.order, samples=p.samples) | args.memory_option
+
+
+def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: argparse.Namespace) -> torch.nn.Module:
     """The arm's model around ``hf``; a trained arm gets its own copy (LoRA changes the modules)."""
     options, mode = ARMS[arm]
     if not options:  # full attention: the model as it is
@@ -166,7 +186,7 @@ def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset) -> tor
     memory = options.get("memory")
     return attach(backbone, memory=memory, block=p.block, rope="sample" if memory else "none",
                   sink=p.sink if options.get("sink") else 0, gate=options.get("gate", False),
-                  memory_options=dict(order=p.order, samples=p.samples) if memory else None)
+                  memory_options=memory_options(p, args) if memory else None)
 
 
 def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, seed: int, precision: Any,
@@ -242,7 +262,7 @@ TRAINING_FIELDS = ("seq", "batch", "steps", "warmup", "lr_lora", "lr_memory", "l
 def fingerprint(arm: str, args: argparse.Namespace, p: Preset) -> str:
     """A hash of the settings ``arm``'s result depends on: a stored result is reused only when
     they all match. An untrained arm ignores the training fields, an arm without memory the
-    memory's size and the gates' learning rate, an arm without LoRA its rank and learning rate,
+    memory's options and the gates' learning rate, an arm without LoRA its rank and learning rate,
     so changing one of those reruns only the arms that read it."""
     options, mode = ARMS[arm]
     ignored = set(TRAINING_FIELDS) if mode is None else set()
@@ -257,13 +277,15 @@ def fingerprint(arm: str, args: argparse.Namespace, p: Preset) -> str:
     preset = {k: v for k, v in asdict(p).items() if k not in ignored}
     settings = {"arm": arm, "preset": preset, "model": args.model, "dataset": args.dataset,
                 "options": args.dataset_option, "seed": args.seed}
+    if options.get("memory") and args.memory_option:
+        settings["memory"] = args.memory_option
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTokenizer, data: dict[str, Any],
             p: Preset, args: argparse.Namespace, precision: Any) -> dict[str, Any]:
     started = time.perf_counter()
-    model = build(arm, hf, backbone, p)
+    model = build(arm, hf, backbone, p, args)
     _, mode = ARMS[arm]
     result: dict[str, Any] = {"arm": arm, "trainable": mode}
     if mode is not None:
@@ -273,7 +295,7 @@ def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTo
         nll = stream_nll(reader, data["eval"], p.chunk)
         probes = run_probes(reader, tokenizer, [make_probe("passkey")], list(p.probe_lengths), list(p.probe_depths),
                             samples=p.probe_samples, dataset=args.dataset, split="test", seed=args.seed,
-                            dataset_options=args.dataset_option)
+                            dataset_options=args.dataset_option) if p.probe_lengths else {"cells": []}
     result["nll"] = nll.tolist()
     result["probes"] = probes
     if mode is not None and ARMS[arm][0].get("memory"):
@@ -379,11 +401,13 @@ def main(argv: list[str] | None = None) -> None:
                      p, p.eval_tokens)
         rows[masked["arm"]] = {k: (None if k.startswith("passkey ") else v) for k, v in masked.items()}
     columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
-    body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: LegS, N = {p.order}, "
-            f"uniform P = {p.samples}, samples rotated at their positions, every layer; sink: the first {p.sink} "
-            f"tokens. Trained arms: {p.steps} steps of {p.batch} x {p.seq} tokens of the {args.dataset} training "
-            f"split (the same tokens for every arm), AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} "
-            f"(alpha {2 * p.lora_rank}) on q/k/v/o at lr {p.lr_lora}. Perplexity by position on one stream of "
+    elastic = (f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option
+               else f"{memory_options(p, args)}")
+    body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: {elastic}, samples rotated "
+            f"at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: {p.steps} steps of "
+            f"{p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens for every arm), "
+            f"AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) on q/k/v/o at lr "
+            f"{p.lr_lora}. Perplexity by position on one stream of "
             f"{p.eval_tokens:,} held-out tokens (the validation split); full attention only inside its trained "
             f"positions. Passkey: accuracy over depths {list(p.probe_depths)}, {p.probe_samples} samples per "
             f"cell, haystack from the test split, the likeliest of 4 candidate keys (chance 0.25).\n\n"

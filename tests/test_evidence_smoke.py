@@ -359,6 +359,30 @@ def test_retrofit_arms_are_reused_only_where_their_settings_match():
     assert changed(block=8) == set(rf.ARMS) - {"full attention"}
     assert changed(eval_tokens=400) == changed(probe_samples=2) == set(rf.ARMS)
     assert len({rf.fingerprint(arm, args, p) for arm in rf.ARMS}) == len(rf.ARMS)  # arms never share a result
+    legt, _ = rf.parse(["--preset", "smoke", "--memory-option", "encoder=legt"])
+    assert {arm for arm in rf.ARMS if rf.fingerprint(arm, args, p) != rf.fingerprint(arm, legt, p)} == (
+        {"elastic", "elastic+gate"} | gated)
+
+
+def test_retrofit_without_probes_reports_perplexity_only():
+    import retrofit_finetune as rf
+
+    _, p = rf.parse(["--preset", "smoke", "--probe-lengths", "none"])
+    assert p.probe_lengths == ()
+    row = rf.row({"arm": "local", "nll": [1.0] * (p.eval_tokens - 1) + [3.0], "probes": {"cells": []}}, p, p.eval_tokens)
+    assert not [k for k in row if k.startswith("passkey")]
+    assert row["beyond window"] == pytest.approx(math.exp(1 + 2 / (p.eval_tokens - p.block)))  # one 3 among ones
+
+
+@pytest.mark.parametrize("option, says", [("encoder=nope", "unknown encoder 'nope'"), ("bogus=1", "'bogus'"),
+                                          ("order", "takes KEY=VALUE")])
+def test_retrofit_refuses_a_bad_memory_option_before_loading(option, says, capsys):
+    import retrofit_finetune as rf
+
+    with pytest.raises(SystemExit) as exc:
+        rf.parse(["--memory-option", option])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "error: --memory-option" in err and says in err
 
 
 def test_retrofit_verdicts_judge_only_trained_arms():
