@@ -113,12 +113,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
     p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths, or 'none' for no probe (default: the preset's)")
-    p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
-    p.add_argument("--dataset", default="literature")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--memory-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the Elastic memory of every memory arm, over the preset's order and samples "
-                        "(encoder=legt, 'encoder_options={window=2048}')")
+    add_data_and_memory_arguments(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -153,6 +148,28 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         p.error(f"--arms: unknown {unknown}; known: {list(ARMS)}")
+    parse_data_and_memory_options(p, args, preset)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    return args, preset
+
+
+def add_data_and_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--dataset``, ``--dataset-option`` and ``--memory-option`` (this script's and
+    ``retrofit_gate_sweep.py``'s); :func:`parse_data_and_memory_options` reads the last two."""
+    parser.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
+    parser.add_argument("--dataset", default="literature")
+    parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--memory-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the Elastic memory of every memory arm, over the preset's order and "
+                             "samples (encoder=legt, 'encoder_options={window=2048}')")
+
+
+def parse_data_and_memory_options(parser: argparse.ArgumentParser, args: argparse.Namespace, p: Preset) -> None:
+    """``args.dataset_option`` (strings) and ``args.memory_option`` (typed values) as dicts; a bad
+    pair, or a memory option Elastic refuses, stops with the parser's one-line error before
+    anything loads."""
     from memplug.app.config import ConfigError, parse_pairs
     from memplug.core.manager import make_memory
 
@@ -160,15 +177,16 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
         args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
         args.memory_option = parse_pairs(args.memory_option, "--memory-option")
     except ConfigError as e:
-        p.error(str(e))
-    try:  # a bad option stops here, not after the model and the corpus have loaded
-        make_memory("elastic", **memory_options(preset, args))
+        parser.error(str(e))
+    try:
+        make_memory("elastic", **memory_options(p, args))
     except (TypeError, ValueError, KeyError) as e:
-        p.error(f"--memory-option {args.memory_option}: {e}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    return args, preset
+        parser.error(f"--memory-option {args.memory_option}: {e}")
+
+
+def describe_memory(p: Preset, args: argparse.Namespace) -> str:
+    """The memory's settings for a report's text."""
+    return f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option else f"{memory_options(p, args)}"
 
 
 def memory_options(p: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -401,10 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                      p, p.eval_tokens)
         rows[masked["arm"]] = {k: (None if k.startswith("passkey ") else v) for k, v in masked.items()}
     columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
-    elastic = (f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option
-               else f"{memory_options(p, args)}")
-    body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: {elastic}, samples rotated "
-            f"at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: {p.steps} steps of "
+    body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: {describe_memory(p, args)}, "
+            f"samples rotated at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: {p.steps} steps of "
             f"{p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens for every arm), "
             f"AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) on q/k/v/o at lr "
             f"{p.lr_lora}. Perplexity by position on one stream of "

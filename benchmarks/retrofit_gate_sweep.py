@@ -9,8 +9,10 @@ A clear minimum inside (0, 1) says that longer or faster gate training is worth 
 minimum at 0 says the untrained memory's reads do not help this model at any mix.
 
     python benchmarks/retrofit_gate_sweep.py --gates 0,0.1,0.25,0.5,1 --eval-tokens 8192 --threads 2
+    python benchmarks/retrofit_gate_sweep.py --memory-option encoder=legt --memory-option 'encoder_options={window=2048}'
 
-The model, block, sink and memory settings are the ``--preset`` of ``retrofit_finetune.py``.
+The model, block, sink and memory settings are the ``--preset`` of ``retrofit_finetune.py``;
+``--memory-option`` changes the memory as it does there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from typing import Any
 
 import common
 import torch
-from retrofit_finetune import PRESETS, RESULTS, build, held_out_stream, ppl, stream_nll
+from retrofit_finetune import (
+    PRESETS,
+    RESULTS,
+    add_data_and_memory_arguments,
+    build,
+    describe_memory,
+    held_out_stream,
+    parse_data_and_memory_options,
+    ppl,
+    stream_nll,
+)
 
 from memplug.app.precision import autocast, resolve_precision
 from memplug.backbones.hf import HFBackbone
@@ -36,8 +48,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--gates", default="0,0.1,0.25,0.5,1", help="comma-separated gate values (real numbers)")
     p.add_argument("--eval-tokens", type=int, default=8192, help="tokens of the held-out stream")
-    p.add_argument("--model", default="smollm2", help="smollm2 (the packaged GGUF) or a Hugging Face model folder")
-    p.add_argument("--dataset", default="literature")
+    add_data_and_memory_arguments(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="retrofit_gate_sweep")
@@ -49,6 +60,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     block = PRESETS[args.preset].block
     if args.eval_tokens < 2 * block:
         p.error(f"--eval-tokens must be >= {2 * block} (two blocks), got {args.eval_tokens}")
+    parse_data_and_memory_options(p, args, PRESETS[args.preset])
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -64,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     if backbone.tokenizer is None:
         raise SystemExit(f"--model {args.model}: the model folder has no tokenizer files")
     backbone.hf.to(device).eval().requires_grad_(False)
-    ids = held_out_stream(prepare(args.dataset), HFTokenizer(backbone.tokenizer), args.eval_tokens)
-    model = build("elastic+gate", backbone.hf, backbone, p).to(device)  # the gates are made on the CPU
+    ids = held_out_stream(prepare(args.dataset, **args.dataset_option), HFTokenizer(backbone.tokenizer), args.eval_tokens)
+    model = build("elastic+gate", backbone.hf, backbone, p, args).to(device)  # the gates are made on the CPU
     rows: list[dict[str, Any]] = []
     for g in args.gates:
         for layer in model.attn:
@@ -73,13 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         with autocast(device, precision):
             nll = stream_nll(MemoryModelReader(model, p.chunk), ids, p.chunk)
-        row = {"gate": g, "0-256": ppl(nll[: p.block]), f"256-{args.eval_tokens}": ppl(nll[p.block :]),
+        row = {"gate": g, f"0-{p.block}": ppl(nll[: p.block]), f"{p.block}-{args.eval_tokens}": ppl(nll[p.block :]),
                "seconds": time.perf_counter() - t0}
         print(row, flush=True)
         rows.append(row)
-    best = min(rows, key=lambda r: r[f"256-{args.eval_tokens}"])
-    body = (f"SmolLM2 (`{args.model}`), local window {p.block} with a sink of {p.sink} tokens, Elastic (LegS, "
-            f"N = {p.order}, uniform P = {p.samples}, samples rotated at their positions) in every layer behind "
+    beyond = f"{p.block}-{args.eval_tokens}"
+    best = min(rows, key=lambda r: r[beyond])
+    body = (f"SmolLM2 (`{args.model}`), local window {p.block} with a sink of {p.sink} tokens, Elastic "
+            f"({describe_memory(p, args)}, samples rotated at their positions) in every layer behind "
             f"the per-head gate, every gate fixed at the row's value, nothing trained. Perplexity of one stream of "
             f"{args.eval_tokens:,} held-out tokens (the {args.dataset} validation split). Gate 0 is the local "
             f"window with its sink; gate 1 the ungated merge.\n\n"
@@ -87,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             + f"\n\nLowest perplexity beyond the window at gate {best['gate']:g}.")
 
     def draw(plt: Any) -> None:
-        plt.plot([r["gate"] for r in rows], [r[f"256-{args.eval_tokens}"] for r in rows], marker="o")
+        plt.plot([r["gate"] for r in rows], [r[beyond] for r in rows], marker="o")
         plt.xlabel("gate (every head, every layer)")
-        plt.ylabel(f"perplexity, positions 256-{args.eval_tokens}")
+        plt.ylabel(f"perplexity, positions {beyond}")
 
     common.report(args.out, args.name, body, {"preset": asdict(p), "rows": rows}, draw,
                   title="Retrofit: how far the gate alone takes an attached Elastic memory",

@@ -245,14 +245,11 @@ def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
     assert "falls linearly to 0 over the first 200 steps" in (tmp_path / "regime_seeds.md").read_text()
 
 
-def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
-    """The whole retrofit experiment on a tiny random Llama and a tiny corpus: every arm runs,
-    the gated arm is the local+sink arm until trained, full attention is n/a past its positions."""
+def _llama_on_a_corpus(tmp_path, monkeypatch) -> list[str]:
+    """A tiny random Llama (100 positions) with a BPE tokenizer trained on a tiny code corpus:
+    the retrofit scripts' ``--model`` and ``--dataset`` arguments for them."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("peft")
     from train_helpers import make_corpus
-
-    import retrofit_finetune
 
     from memplug.data.tokenizers import BPETokenizer
 
@@ -265,8 +262,17 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
         vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=100)).save_pretrained(folder)
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
-    retrofit_finetune.main(["--preset", "smoke", "--model", str(folder), "--dataset", "code", "--dataset-option",
-                            f"root={root}", "--out", str(tmp_path / "out"), "--threads", "1"])
+    return ["--model", str(folder), "--dataset", "code", "--dataset-option", f"root={root}"]
+
+
+def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
+    """The whole retrofit experiment on a tiny random Llama and a tiny corpus: every arm runs,
+    the gated arm is the local+sink arm until trained, full attention is n/a past its positions."""
+    pytest.importorskip("peft")
+    import retrofit_finetune
+
+    model_and_data = _llama_on_a_corpus(tmp_path, monkeypatch)
+    retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--out", str(tmp_path / "out"), "--threads", "1"])
     data = _outputs(tmp_path / "out", "retrofit_finetune")["data"]
     rows = data["rows"]
     masked = {f"elastic+gate trained ({m}), memory masked at test" for m in ("memory", "LoRA")}
@@ -336,6 +342,25 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     # the memory's reads and scans are work beyond the window's: its FLOP ceiling is below 1
     assert rows["hf"]["flop_ceiling"] == 1.0 and rows["elastic"]["flop_ceiling"] < rows["none"]["flop_ceiling"]
     assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()
+
+
+def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
+    """Every gate fixed at each value in turn, with a memory option: gate 0 is the local window
+    with its sink (the retrofit's local+sink perplexity), an open gate changes it."""
+    import retrofit_finetune
+    import retrofit_gate_sweep
+
+    model_and_data = _llama_on_a_corpus(tmp_path, monkeypatch)
+    legt = ["--memory-option", "encoder=legt", "--memory-option", "encoder_options={window=40}"]
+    retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0,1", "--eval-tokens", "300", *model_and_data, *legt,
+                              "--out", str(tmp_path / "out")])
+    closed, opened = _outputs(tmp_path / "out", "retrofit_gate_sweep")["data"]["rows"]
+    retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--arms", "local+sink", "--probe-lengths", "none",
+                            "--out", str(tmp_path / "out")])
+    local = _outputs(tmp_path / "out", "retrofit_finetune")["data"]["rows"]["local+sink"]
+    assert closed["16-300"] == pytest.approx(local["beyond window"], rel=1e-9)
+    assert opened["16-300"] != closed["16-300"] and opened["0-16"] == pytest.approx(closed["0-16"], rel=1e-9)
+    assert "'encoder': 'legt'" in (tmp_path / "out" / "retrofit_gate_sweep.md").read_text()
 
 
 def test_retrofit_arms_are_reused_only_where_their_settings_match():
