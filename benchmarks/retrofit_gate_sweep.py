@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import common
@@ -27,6 +27,7 @@ import torch
 from retrofit_finetune import (
     PRESETS,
     RESULTS,
+    Preset,
     add_data_and_memory_arguments,
     build,
     describe_memory,
@@ -43,11 +44,12 @@ from memplug.data.tokenizers import HFTokenizer
 from memplug.probes import MemoryModelReader
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--gates", default="0,0.1,0.25,0.5,1", help="comma-separated gate values (real numbers)")
     p.add_argument("--eval-tokens", type=int, default=8192, help="tokens of the held-out stream")
+    p.add_argument("--block", type=int, default=None, help="the local window's block (default: the preset's)")
     add_data_and_memory_arguments(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RESULTS))
@@ -57,18 +59,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.gates = [float(g) for g in args.gates.split(",")]
     except ValueError:
         p.error(f"--gates must be comma-separated real numbers, got {args.gates!r}")
-    block = PRESETS[args.preset].block
-    if args.eval_tokens < 2 * block:
-        p.error(f"--eval-tokens must be >= {2 * block} (two blocks), got {args.eval_tokens}")
-    parse_data_and_memory_options(p, args, PRESETS[args.preset])
+    preset = PRESETS[args.preset]
+    if args.block is not None:
+        if args.block < 1:
+            p.error(f"--block must be >= 1, got {args.block}")
+        preset = replace(preset, block=args.block)
+    if args.eval_tokens < 2 * preset.block:
+        p.error(f"--eval-tokens must be >= {2 * preset.block} (two blocks), got {args.eval_tokens}")
+    parse_data_and_memory_options(p, args, preset)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return args
+    return args, preset
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    p = PRESETS[args.preset]
+    args, p = parse(argv)
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision("auto", device)

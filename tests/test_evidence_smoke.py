@@ -361,6 +361,10 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     assert closed["16-300"] == pytest.approx(local["beyond window"], rel=1e-9)
     assert opened["16-300"] != closed["16-300"] and opened["0-16"] == pytest.approx(closed["0-16"], rel=1e-9)
     assert "'encoder': 'legt'" in (tmp_path / "out" / "retrofit_gate_sweep.md").read_text()
+    retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0", "--block", "20", "--eval-tokens", "300",
+                              *model_and_data, "--out", str(tmp_path / "out"), "--name", "wider"])
+    (wider,) = _outputs(tmp_path / "out", "wider")["data"]["rows"]
+    assert set(wider) == {"gate", "0-20", "20-300", "seconds"}
 
 
 def test_retrofit_arms_are_reused_only_where_their_settings_match():
