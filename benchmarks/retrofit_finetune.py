@@ -273,6 +273,17 @@ def ppl(nll: torch.Tensor) -> float:
     return math.exp(float(nll.mean())) if nll.numel() else float("nan")
 
 
+def by_position(nll: torch.Tensor, end: int) -> dict[str, float | None]:
+    """Perplexity in each of :data:`BUCKETS` up to ``end`` (``"a-b"`` keys); None for a bucket
+    ``nll`` (per-token losses from position 0) does not reach, as full attention past its limit."""
+    out: dict[str, float | None] = {}
+    for a, b in zip(BUCKETS, BUCKETS[1:]):
+        if a >= end:
+            break
+        out[f"{a}-{min(b, end)}"] = ppl(nll[a:b]) if nll.numel() >= min(b, end) else None
+    return out
+
+
 #: the preset's fields that only training reads
 TRAINING_FIELDS = ("seq", "batch", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
 
@@ -330,10 +341,7 @@ def row(result: dict[str, Any], p: Preset, eval_len: int) -> dict[str, Any]:
     training = result.get("training")
     out["trained"] = (f"{training['summary']['trainable']:,} params, {training['tokens']:,} tokens, "
                       f"{training['seconds'] / 60:.0f} min" if training else "no")
-    for a, b in zip(BUCKETS, BUCKETS[1:]):
-        if a >= eval_len:
-            break
-        out[f"{a}-{min(b, eval_len)}"] = ppl(nll[a:b]) if nll.numel() >= min(b, eval_len) else None
+    out.update(by_position(nll, eval_len))
     out["256-8191"] = ppl(nll[p.block:8191]) if nll.numel() >= 8191 else None
     out["beyond window"] = ppl(nll[p.block:]) if nll.numel() == eval_len else None
     for n in p.probe_lengths:

@@ -30,6 +30,7 @@ from retrofit_finetune import (
     Preset,
     add_data_and_memory_arguments,
     build,
+    by_position,
     describe_memory,
     held_out_stream,
     parse_data_and_memory_options,
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         with autocast(device, precision):
             nll = stream_nll(MemoryModelReader(model, p.chunk), ids, p.chunk)
+        # the window's first block and the rest, then fixed buckets (comparable across --block)
         row = {"gate": g, f"0-{p.block}": ppl(nll[: p.block]), f"{p.block}-{args.eval_tokens}": ppl(nll[p.block :]),
+               **by_position(nll, args.eval_tokens),
                "seconds": time.perf_counter() - t0}
         print(row, flush=True)
         rows.append(row)

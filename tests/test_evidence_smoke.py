@@ -364,7 +364,7 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0", "--block", "20", "--eval-tokens", "300",
                               *model_and_data, "--out", str(tmp_path / "out"), "--name", "wider"])
     (wider,) = _outputs(tmp_path / "out", "wider")["data"]["rows"]
-    assert set(wider) == {"gate", "0-20", "20-300", "seconds"}
+    assert set(wider) == {"gate", "0-20", "20-300", "0-256", "256-300", "seconds"}  # + fixed buckets
 
 
 def test_retrofit_arms_are_reused_only_where_their_settings_match():
