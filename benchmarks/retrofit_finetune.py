@@ -112,7 +112,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
     p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
-    p.add_argument("--probe-lengths", default=None, help="comma-separated passkey context lengths, or 'none' for no probe (default: the preset's)")
+    p.add_argument("--probe-lengths", default=None,
+                   help="comma-separated passkey context lengths, or 'none' for no probe (default: the preset's)")
     add_data_and_memory_arguments(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -428,13 +429,13 @@ def main(argv: list[str] | None = None) -> None:
         rows[masked["arm"]] = {k: (None if k.startswith("passkey ") else v) for k, v in masked.items()}
     columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
     body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: {describe_memory(p, args)}, "
-            f"samples rotated at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: {p.steps} steps of "
-            f"{p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens for every arm), "
-            f"AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) on q/k/v/o at lr "
-            f"{p.lr_lora}. Perplexity by position on one stream of "
-            f"{p.eval_tokens:,} held-out tokens (the validation split); full attention only inside its trained "
-            f"positions. Passkey: accuracy over depths {list(p.probe_depths)}, {p.probe_samples} samples per "
-            f"cell, haystack from the test split, the likeliest of 4 candidate keys (chance 0.25).\n\n"
+            f"samples rotated at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: "
+            f"{p.steps} steps of {p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens "
+            f"for every arm), AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) "
+            f"on q/k/v/o at lr {p.lr_lora}. Perplexity by position on one stream of {p.eval_tokens:,} held-out "
+            f"tokens (the validation split); full attention only inside its trained positions. Passkey: accuracy "
+            f"over depths {list(p.probe_depths)}, {p.probe_samples} samples per cell, haystack from the test split, "
+            f"the likeliest of 4 candidate keys (chance 0.25).\n\n"
             + common.table(list(rows.values()), columns)
             + "\n\n**Goals** (the experiment is judged by these):\n\n" + "\n".join(verdicts(rows, p)))
 

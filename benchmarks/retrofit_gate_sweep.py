@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     if backbone.tokenizer is None:
         raise SystemExit(f"--model {args.model}: the model folder has no tokenizer files")
     backbone.hf.to(device).eval().requires_grad_(False)
-    ids = held_out_stream(prepare(args.dataset, **args.dataset_option), HFTokenizer(backbone.tokenizer), args.eval_tokens)
+    prepared = prepare(args.dataset, **args.dataset_option)
+    ids = held_out_stream(prepared, HFTokenizer(backbone.tokenizer), args.eval_tokens)
     model = build("elastic+gate", backbone.hf, backbone, p, args).to(device)  # the gates are made on the CPU
     rows: list[dict[str, Any]] = []
     for g in args.gates:
