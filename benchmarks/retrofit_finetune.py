@@ -433,9 +433,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{p.steps} steps of {p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens "
             f"for every arm), AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) "
             f"on q/k/v/o at lr {p.lr_lora}. Perplexity by position on one stream of {p.eval_tokens:,} held-out "
-            f"tokens (the validation split); full attention only inside its trained positions. Passkey: accuracy "
-            f"over depths {list(p.probe_depths)}, {p.probe_samples} samples per cell, haystack from the test split, "
-            f"the likeliest of 4 candidate keys (chance 0.25).\n\n"
+            f"tokens (the validation split); full attention only inside its trained positions. "
+            + (f"Passkey: accuracy over depths {list(p.probe_depths)}, {p.probe_samples} samples per cell, haystack "
+               f"from the test split, the likeliest of 4 candidate keys (chance 0.25).\n\n" if p.probe_lengths
+               else "No passkey probe (`--probe-lengths none`).\n\n")
             + common.table(list(rows.values()), columns)
             + "\n\n**Goals** (the experiment is judged by these):\n\n" + "\n".join(verdicts(rows, p)))
 

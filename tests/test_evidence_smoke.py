@@ -358,6 +358,7 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--arms", "local+sink", "--probe-lengths", "none",
                             "--out", str(tmp_path / "out")])
     local = _outputs(tmp_path / "out", "retrofit_finetune")["data"]["rows"]["local+sink"]
+    assert "No passkey probe" in (tmp_path / "out" / "retrofit_finetune.md").read_text()
     assert closed["16-300"] == pytest.approx(local["beyond window"], rel=1e-9)
     assert opened["16-300"] != closed["16-300"] and opened["0-16"] == pytest.approx(closed["0-16"], rel=1e-9)
     assert "'encoder': 'legt'" in (tmp_path / "out" / "retrofit_gate_sweep.md").read_text()
