@@ -246,22 +246,14 @@ def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
 
 
 def _llama_on_a_corpus(tmp_path, monkeypatch) -> list[str]:
-    """A tiny random Llama (100 positions) with a BPE tokenizer trained on a tiny code corpus:
-    the retrofit scripts' ``--model`` and ``--dataset`` arguments for them."""
-    transformers = pytest.importorskip("transformers")
-    from train_helpers import make_corpus
-
-    from memplug.data.tokenizers import BPETokenizer
+    """The retrofit scripts' ``--model`` and ``--dataset`` arguments for a tiny random Llama with
+    100 trained positions and a tiny code corpus its tokenizer was trained on."""
+    pytest.importorskip("transformers")
+    from train_helpers import make_corpus, tiny_llama_folder
 
     monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
-    root = make_corpus(tmp_path / "src", files=20, words=1500)
-    bpe = BPETokenizer.train([p.read_text() for p in sorted(root.glob("*.py"))], 300)
-    torch.manual_seed(0)
-    folder = tmp_path / "llama"
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=100)).save_pretrained(folder)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tok).save_pretrained(folder)
+    root = make_corpus(tmp_path / "src", files=20, words=1500)  # tiny_llama_folder trains its BPE on it
+    folder = tiny_llama_folder(tmp_path, positions=100)
     return ["--model", str(folder), "--dataset", "code", "--dataset-option", f"root={root}"]
 
 
@@ -285,7 +277,7 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
     assert rows["full attention"]["passkey 120"] is None  # 120 tokens > its 100 trained positions
     trained = data["arms"]["elastic+gate trained (LoRA)"]["training"]
     assert trained["summary"]["mode"] == "lora" and trained["tokens"] == 2 * 64
-    assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 4
+    assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 2  # one gate per head (2) per layer (2)
     text = (tmp_path / "out" / "retrofit_finetune.md").read_text()
     assert "on perplexity beyond the window" in text and "with its memory masked at test" in text
 

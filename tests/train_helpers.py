@@ -22,10 +22,11 @@ def make_corpus(root: Path, files: int = 10, words: int = 500) -> Path:
     return root
 
 
-def tiny_llama_folder(tmp: Path, seed: int = 0) -> Path:
-    """A two-layer random Llama (vocabulary 300, 256 positions) saved with a BPE tokenizer trained
-    on the tiny corpus (made in ``tmp / "src"`` if absent): a Hugging Face model folder, the base
-    that ``backbone_overrides(f"hf:{folder}")`` loads. ``seed`` draws other weights."""
+def tiny_llama_folder(tmp: Path, seed: int = 0, positions: int = 256) -> Path:
+    """A two-layer random Llama (vocabulary 300, ``positions`` trained positions, 2 heads) saved
+    with a BPE tokenizer trained on the tiny corpus (made in ``tmp / "src"`` if absent): a Hugging
+    Face model folder, the base that ``backbone_overrides(f"hf:{folder}")`` loads. ``seed`` draws
+    other weights."""
     import torch
     import transformers
 
@@ -34,7 +35,7 @@ def tiny_llama_folder(tmp: Path, seed: int = 0) -> Path:
     src = tmp / "src" if (tmp / "src").is_dir() else make_corpus(tmp / "src")
     bpe = BPETokenizer.train([p.read_text() for p in sorted(src.glob("*.py"))], 300)
     llama = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=positions)
     folder = tmp / f"llama-{seed}"
     torch.manual_seed(seed)
     transformers.LlamaForCausalLM(llama).save_pretrained(folder)
