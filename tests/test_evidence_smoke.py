@@ -280,6 +280,15 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
     assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 2  # one gate per head (2) per layer (2)
     text = (tmp_path / "out" / "retrofit_finetune.md").read_text()
     assert "on perplexity beyond the window" in text and "with its memory masked at test" in text
+    # measuring differently (no probe) reruns the arm on its stored trained weights, not a new training
+    stored = tmp_path / "out" / "retrofit_finetune.arms" / "elastic_gate_trained__LoRA_.json"
+    before = json.loads(stored.read_text())
+    retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--arms", "elastic+gate trained (LoRA)",
+                            "--probe-lengths", "none", "--out", str(tmp_path / "out"), "--threads", "1"])
+    after = json.loads(stored.read_text())
+    assert after["fingerprint"] != before["fingerprint"] and after["training"]["reused"]
+    assert after["training"]["seconds"] == before["training"]["seconds"]
+    assert after["nll"] == before["nll"] and after["masked_nll"] == before["masked_nll"]
 
 
 def test_count_ops_counts_computing_calls_once():
@@ -380,6 +389,11 @@ def test_retrofit_arms_are_reused_only_where_their_settings_match():
     assert changed(sink=2) == set(rf.ARMS) - {"local", "full attention"}
     assert changed(block=8) == set(rf.ARMS) - {"full attention"}
     assert changed(eval_tokens=400) == changed(probe_samples=2) == set(rf.ARMS)
+    # the trained weights' key ignores what is measured, not how they were trained
+    weights = {arm: rf.fingerprint(arm, args, p, rf.EVAL_FIELDS) for arm in rf.ARMS}
+    assert weights == {arm: rf.fingerprint(arm, args, replace(p, eval_tokens=400, probe_lengths=(), chunk=32),
+                                           rf.EVAL_FIELDS) for arm in rf.ARMS}
+    assert all(weights[arm] != rf.fingerprint(arm, args, replace(p, steps=7), rf.EVAL_FIELDS) for arm in trained)
     assert len({rf.fingerprint(arm, args, p) for arm in rf.ARMS}) == len(rf.ARMS)  # arms never share a result
     legt, _ = rf.parse(["--preset", "smoke", "--memory-option", "encoder=legt"])
     assert {arm for arm in rf.ARMS if rf.fingerprint(arm, args, p) != rf.fingerprint(arm, legt, p)} == (
