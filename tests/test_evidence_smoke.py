@@ -468,3 +468,25 @@ def test_scan_speed_smoke(tmp_path):
     assert "3 row chunk(s) of 128: 0.6667 of the dense" in text  # (3 + 1) / (2 x 3)
     with pytest.raises(SystemExit, match="--blocks must be a positive integer"):
         scan_speed.main(["--blocks", "0", "--out", str(tmp_path)])
+
+
+def test_scan_precision_emulates_the_formats_and_ranks_the_schemes(tmp_path):
+    """TF32 keeps 11 significant bits rounded to nearest even, split parts add back to the
+    operand, and on a short LegS stream the schemes rank as their bits say: bf16x6 and 3xTF32
+    near float32, bf16x3 worse, a single bf16 or TF32 product far worse."""
+    import scan_precision as sp
+
+    one = 1.0 + 2.0**-10  # the last TF32 bit set: kept
+    tie_down, tie_up = 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11  # halfway cases round to the even neighbour
+    x = torch.tensor([one, tie_down, tie_up, -tie_up, 1.0 + 2.0**-11 + 2.0**-20])
+    assert sp.round_tf32(x).tolist() == [one, 1.0, 1.0 + 2.0**-9, -(1.0 + 2.0**-9), one]
+    y = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sum(sp.split(y, 3, sp.round_bf16)), y)  # 3 x 8 bits hold float32's 24
+    assert (sum(sp.split(y, 2, sp.round_tf32)) - y).abs().max() <= 2.0**-21 * y.abs().max()
+    errors = sp.main(["--orders", "16", "--tokens", "20000", "--block", "500", "--out", str(tmp_path)])[16]
+    base = errors["float32"]
+    assert errors["bf16x6"] < 3 * base and errors["3xTF32"] < 3 * base
+    assert 10 * base < errors["bf16x3"] < errors["TF32"] < errors["bf16"]
+    assert "| bf16x6 | 6 |" in (tmp_path / "scan_precision.md").read_text()
+    with pytest.raises(SystemExit, match="--orders must be comma-separated positive integers"):
+        sp.main(["--orders", "64,x", "--out", str(tmp_path)])
