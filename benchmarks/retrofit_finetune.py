@@ -113,6 +113,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
+    p.add_argument("--block", type=int, default=None,
+                   help="the local window's block in every arm but full attention (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
     p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
@@ -126,6 +128,10 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--name", default="retrofit_finetune")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.block is not None:
+        if args.block < 1:
+            p.error(f"--block must be >= 1, got {args.block}")
+        preset = replace(preset, block=args.block)
     if args.steps is not None:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")

@@ -400,6 +400,19 @@ def test_retrofit_arms_are_reused_only_where_their_settings_match():
         {"elastic", "elastic+gate"} | gated)
 
 
+def test_retrofit_block_sets_every_window_and_the_limits_it_implies(capsys):
+    import retrofit_finetune as rf
+
+    args, p = rf.parse(["--preset", "smoke", "--block", "40", "--probe-lengths", "80"])
+    assert p.block == 40 and p.probe_lengths == (80,)
+    assert rf.fingerprint("local", args, p) != rf.fingerprint("local", *rf.parse(["--preset", "smoke"]))
+    for bad, says in ((["--block", "0"], "--block must be >= 1, got 0"),
+                      (["--block", "40", "--probe-lengths", "79"], "integers >= 80")):
+        with pytest.raises(SystemExit):
+            rf.parse(["--preset", "smoke", *bad])
+        assert says in capsys.readouterr().err
+
+
 def test_retrofit_without_probes_reports_perplexity_only():
     import retrofit_finetune as rf
 
