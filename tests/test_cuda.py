@@ -35,6 +35,8 @@ CASES = {
                                                                encoder_options={"window": 128.0})),
     "elastic-warped": dict(memory="elastic", memory_options=dict(order=16, samples=8, retriever="warped")),
     "elastic-learned": dict(memory="elastic", memory_options=dict(order=16, samples=8, retriever="learned")),
+    "elastic-bf16x6": dict(memory="elastic", memory_options=dict(order=16, samples=8,
+                                                                 encoder_options={"scan_precision": "bf16x6"})),
     "elastic-previous-sample": dict(memory="elastic", span="previous",
                                     memory_options=dict(order=16, samples=8, positions="sample")),
 }
@@ -112,3 +114,22 @@ def test_train_command_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMPLUG_CACHE", str(tmp_path / "cache"))
     result = train(tiny_config(tmp_path, "train.steps=3", "train.warmup=1", "train.device=cuda", memory="elastic"))
     assert math.isfinite(result.evals[max(result.evals)]["bpb"])
+
+
+def test_bf16x6_scan_on_tensor_cores_keeps_float32_accuracy():
+    """The split scan's bf16 products with float32 outputs (torch.bmm's out_dtype), in triangular
+    row chunks (N = 300: three), forward and backward, as close to float64 as a float32 scan."""
+    from memplug.plugins.encoders.legs import LegS
+
+    x = torch.randn(2, 1000, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weight = torch.linspace(-1, 1, 2 * 10 * 300 * 6, dtype=torch.float64).view(2, 10, 300, 6)
+    results = {}
+    for name, dtype, device, precision in (("exact", torch.float64, "cpu", "float32"),
+                                           ("float32", torch.float32, "cuda", "float32"),
+                                           ("bf16x6", torch.float32, "cuda", "bf16x6")):
+        leaf = x.detach().to(device, dtype).requires_grad_()
+        states = LegS(300, scan_precision=precision, scan_method="sequential").scan(leaf, 100)
+        (states * weight.to(device, dtype)).sum().backward()
+        results[name] = (states.detach().cpu().double(), leaf.grad.cpu().double())
+    for exact, single, split in zip(results["exact"], results["float32"], results["bf16x6"]):
+        assert (split - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()

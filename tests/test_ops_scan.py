@@ -119,3 +119,64 @@ def test_float32_and_auto_method():
 def test_bad_shapes_and_methods_are_value_errors(A, u, kwargs):
     with pytest.raises(ValueError):
         linear_recurrence(A, u, **kwargs)
+
+
+def test_bf16x6_operands_are_the_six_products_of_the_parts():
+    """One matmul of the bf16x6 operands is the sum of the six part products, float32-exact (a
+    single bf16 product is not), and any prefix of 6m contraction columns is the product of the
+    first m columns (what a triangular step slices)."""
+    gen = torch.Generator().manual_seed(0)
+    a, c = torch.randn(2, 5, 7, generator=gen), torch.randn(2, 7, 3, generator=gen)
+    a6, c6 = scan.bf16x6_operands(a, c)
+    assert a6.dtype == c6.dtype == torch.bfloat16 and a6.shape == (2, 5, 42) and c6.shape == (2, 42, 3)
+    pa, pc = scan._bf16_parts(a, 0).float(), scan._bf16_parts(c, 0).float()  # (3, ...) each
+    assert torch.equal(pa.sum(0), a) and torch.equal(pc.sum(0), c)  # three bf16 parts hold float32
+    six = sum(pa[i] @ pc[j] for i in range(3) for j in range(3) if i + j < 3)
+    torch.testing.assert_close(a6.float() @ c6.float(), six, rtol=1e-6, atol=1e-6)
+    exact = a.double() @ c.double()
+    error = lambda x: float((x.double() - exact).norm() / exact.norm())  # noqa: E731
+    assert error(a6.float() @ c6.float()) < 4 * error(a @ c) + 1e-7 < error(a.bfloat16().float() @ c.bfloat16().float())
+    torch.testing.assert_close(a6[..., :18].float() @ c6[:, :18].float(), a[..., :3] @ c[:, :3], rtol=1e-5, atol=1e-6)
+
+
+@given(recurrences(), st.integers(1, 3), st.booleans())
+def test_bf16x6_scan_keeps_float32_accuracy(case, rows, triangular):
+    """The split scan's states and gradients are as close to the float64 ones as float32's,
+    dense or in triangular row chunks (whose skipped blocks hold NaN: never read)."""
+    A, u, c0 = case
+    n = A.shape[-1]
+    if triangular:
+        chunk_end = (torch.arange(n) // rows + 1) * rows
+        skipped = (torch.arange(n)[None, :] >= chunk_end[:, None]) & (n > rows)
+        A = A.tril()
+    weight = lambda out: (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()  # noqa: E731
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan, "TRIANGULAR_ROWS", rows)
+        for name, dtype, precision in (("exact", torch.float64, "float32"), ("float32", torch.float32, "float32"),
+                                       ("bf16x6", torch.float32, "bf16x6")):
+            transitions = A.to(dtype).masked_fill(skipped, float("nan")) if triangular else A.to(dtype)
+            leaves = [None if x is None else x.detach().to(dtype).requires_grad_() for x in (u, c0)]
+            out = linear_recurrence_sequential(transitions, leaves[0], leaves[1], lower=triangular, precision=precision)
+            weight(out).backward()
+            results[name] = [out] + [x.grad for x in leaves if x is not None]
+    for exact, single, split in zip(results["exact"], results["float32"], results["bf16x6"]):
+        gap = lambda x: (x.double() - exact).abs().max().item()  # noqa: E731
+        assert gap(split) <= 4 * gap(single) + 1e-6 * (exact.abs().max().item() + 1e-3)
+
+
+def test_bf16x6_through_an_encoder_and_its_refusals():
+    from memplug.plugins.encoders.legs import LegS
+
+    x = torch.randn(2, 700, 3, generator=torch.Generator().manual_seed(1))
+    exact = LegS(300).scan(x.double(), 100)
+    split = LegS(300, scan_precision="bf16x6").scan(x, 100)  # 300 rows: three triangular chunks of 128
+    single = LegS(300).scan(x, 100)
+    assert split.dtype == torch.float32
+    assert (split.double() - exact).abs().max() <= 4 * (single.double() - exact).abs().max() + 1e-7
+    with pytest.raises(ValueError, match="scan_precision must be one of"):
+        LegS(8, scan_precision="bf16")
+    with pytest.raises(ValueError, match="splits float32 operands"):
+        LegS(8, scan_precision="bf16x6").scan(x.double(), 100)
+    with pytest.raises(ValueError, match="needs the sequential scan"):
+        linear_recurrence(torch.zeros(3, 2, 2), torch.zeros(3, 2, 1), method="parallel", precision="bf16x6")

@@ -57,7 +57,7 @@ from ..core.contracts import Encoder, TimeLike
 from .legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
 from .order import check_order
 from .quadrature import shifted_gauss_jacobi
-from .scan import SCAN_METHODS, Span, block_scan, block_update, check_stream, token_position
+from .scan import SCAN_METHODS, SCAN_PRECISIONS, Span, block_scan, block_update, check_stream, token_position
 
 __all__ = ["ScaleInvariantMeasure", "default_cache_bytes"]
 
@@ -95,6 +95,9 @@ class ScaleInvariantMeasure(Encoder):
         scan_method: how :meth:`scan` runs the block recurrence, see
             :func:`memplug.hippo.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
             ``"parallel"``).
+        scan_precision: the products of :meth:`scan`'s sequential recurrence, ``"float32"`` or
+            ``"bf16x6"`` (float32's accuracy from bf16 tensor-core products on a GPU; see
+            :mod:`memplug.hippo.scan`).
     """
 
     #: M(r) is lower triangular when q_n has degree n (the default family): q_n(r u) is then a
@@ -103,7 +106,8 @@ class ScaleInvariantMeasure(Encoder):
     lower_triangular = True
 
     def __init__(
-        self, order: int = 64, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto"
+        self, order: int = 64, beta: float = 0.0, *, cache_bytes: int | None = None, scan_method: str = "auto",
+        scan_precision: str = "float32",
     ) -> None:
         super().__init__()
         check_order(order)
@@ -115,6 +119,9 @@ class ScaleInvariantMeasure(Encoder):
         non_negative_int("cache_bytes", cache_bytes)
         if scan_method not in SCAN_METHODS:
             raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {scan_method!r}")
+        if scan_precision not in SCAN_PRECISIONS:
+            raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {scan_precision!r}")
+        self.scan_precision = scan_precision
         self.order = order
         self.beta = beta
         self.scan_method = scan_method
@@ -226,7 +233,7 @@ class ScaleInvariantMeasure(Encoder):
         """States after every block (..., nb, N, C) (:func:`memplug.hippo.scan.block_scan`):
         every block's input term from one batched matmul (in x's dtype, as in :meth:`update`),
         then the block recurrence in the promoted dtype of state and x."""
-        return block_scan(self, x, block, t0, state, self.scan_method)
+        return block_scan(self, x, block, t0, state, self.scan_method, self.scan_precision)
 
     # ---- the block recurrence (memplug.hippo.scan.BlockRecurrence) ---------------------------
 

@@ -14,6 +14,15 @@ contribution (N, C). Two forms return every state after each step and are tested
   O(nb log nb (N³ + N² C)) work; fewer, larger kernels when each step alone is too small to
   fill an accelerator.
 
+Precision. The sequential scan with constant transitions can run its products in ``bf16x6``
+(:data:`SCAN_PRECISIONS`): each float32 operand is written as three bf16 parts, ``x = x0 + x1 +
+x2``, and the six products ``a_i c_j`` with ``i + j < 3`` are summed in float32. That is float32's
+accuracy (over the 1M-token LegS stream its error is 1.0-1.1x float32's,
+``benchmarks/scan_precision.py``) in matmuls that a GPU runs on its bf16 tensor cores, where a
+float32 product runs on none. The six products are one matmul over a six-fold contraction
+(:func:`bf16x6_operands`). On a CPU the bf16 products are emulated exactly in float32 (slower
+than float32: for tests). ``"float32"`` (the default) is the plain product.
+
 Shapes: ``A`` (..., nb, N, N), ``u`` (..., nb, N, C), ``c0`` (..., N, C) or ``None`` (zero);
 the batch dims of ``A`` may be fewer than those of ``u`` (one set of transitions shared by every
 sequence). The result is (..., nb, N, C): entry ``i`` is the state after step ``i``.
@@ -48,11 +57,14 @@ __all__ = [
     "linear_recurrence_sequential",
     "token_position",
     "SCAN_METHODS",
+    "SCAN_PRECISIONS",
+    "bf16x6_operands",
     "PARALLEL_BELOW",
     "TRIANGULAR_ROWS",
 ]
 
 SCAN_METHODS = ("auto", "sequential", "parallel")
+SCAN_PRECISIONS = ("float32", "bf16x6")
 
 #: ``method="auto"`` runs the doubling scan on an accelerator when one sequential step is smaller
 #: than this many multiply-adds (batch x N² x C): such a step cannot fill the device, and the
@@ -82,17 +94,24 @@ def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
         raise ValueError(f"c0 must be (..., N, C) = (..., {u.shape[-2]}, {u.shape[-1]}), got {tuple(c0.shape)}")
 
 
-def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None, lower: bool = False) -> Tensor:
+def linear_recurrence_sequential(
+    A: Tensor, u: Tensor, c0: Tensor | None = None, lower: bool = False, precision: str = "float32"
+) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time.
 
     With constant transitions (``A`` needs no gradient: every built-in encoder) the steps run in
     :class:`_ConstantTransitionScan`: the states are written in place into one buffer, one
     multiply-add per step, and its backward is the reverse recurrence written out the same way.
     ``lower=True`` promises lower-triangular transitions (zeros above the diagonal): those steps
-    then skip the zero blocks right of each row chunk. Transitions with a gradient take the dense
-    path.
+    then skip the zero blocks right of each row chunk. ``precision="bf16x6"`` (float32 operands
+    only) runs those products as split bf16 ones (module docstring). Transitions with a gradient
+    take the dense float32 path.
     """
     _check(A, u, c0)
+    if precision not in SCAN_PRECISIONS:
+        raise ValueError(f"precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
+    if precision != "float32" and u.dtype != torch.float32:
+        raise ValueError(f"precision {precision!r} splits float32 operands; the states are {u.dtype}")
     batch, (N, C) = u.shape[:-3], u.shape[-2:]
     A = A.expand(*batch, *A.shape[-3:]).reshape(-1, *A.shape[-3:])  # (B, nb, N, N), B = prod(batch)
     u = u.reshape(-1, *u.shape[-3:])  # (B, nb, N, C)
@@ -100,7 +119,7 @@ def linear_recurrence_sequential(A: Tensor, u: Tensor, c0: Tensor | None = None,
     if A.requires_grad:
         states = _steps(A, u, c)
     else:
-        states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None)
+        states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None, precision == "bf16x6")
     return states.reshape(*batch, *states.shape[-3:])
 
 
@@ -111,25 +130,66 @@ def _row_chunks(n: int) -> list[tuple[int, int]] | None:
     return [(r, min(n, r + TRIANGULAR_ROWS)) for r in range(0, n, TRIANGULAR_ROWS)]
 
 
-def _multiply_add_(out: Tensor, a: Tensor, c: Tensor, chunks: list[tuple[int, int]] | None) -> None:
-    """``out += a @ c`` in place, (B, N, C) += (B, N, N) @ (B, N, C). With ``chunks`` (row ranges),
-    ``a`` is taken as lower triangular: rows r0:r1 meet only columns :r1."""
-    if chunks is None:
+#: bf16x6's six products a_i c_j (i + j < 3), as the part of the left operand and of the right one
+_LEFT_PARTS, _RIGHT_PARTS = (0, 0, 1, 0, 1, 2), (0, 1, 0, 2, 1, 0)
+
+
+def _bf16_parts(x: Tensor, dim: int) -> Tensor:
+    """float32 ``x`` as three bf16 parts stacked at ``dim``: x0 = bf16(x), x1 = bf16(x - x0),
+    x2 = bf16(x - x0 - x1); x0 + x1 + x2 holds float32's 24 significant bits (each remainder is
+    exact in float32)."""
+    parts, rest = [], x
+    for _ in range(3):
+        parts.append(rest.to(torch.bfloat16))
+        rest = rest - parts[-1].float()
+    return torch.stack(parts, dim)
+
+
+def _left_operand(a: Tensor) -> Tensor:
+    """float32 (..., R, K) -> the bf16x6 left operand (..., R, 6K) (:func:`bf16x6_operands`)."""
+    return _bf16_parts(a, -1)[..., list(_LEFT_PARTS)].flatten(-2)
+
+
+def _right_operand(c: Tensor) -> Tensor:
+    """float32 (..., K, C) -> the bf16x6 right operand (..., 6K, C) (:func:`bf16x6_operands`)."""
+    return _bf16_parts(c, -2)[..., list(_RIGHT_PARTS), :].flatten(-3, -2)
+
+
+def bf16x6_operands(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 ``a`` (..., R, K) and ``c`` (..., K, C) -> bf16 ``a6`` (..., R, 6K) and ``c6``
+    (..., 6K, C) with ``a6 @ c6 = sum_{i + j < 3} a_i @ c_j`` (the parts of :func:`_bf16_parts`): the
+    six products as one matmul over a six-fold contraction. Index ``k`` of the contraction becomes
+    ``6k .. 6k + 5``, so the first ``6m`` columns of ``a6`` hold the products of ``a``'s first
+    ``m`` columns (a triangular step slices both operands alike)."""
+    return _left_operand(a), _right_operand(c)
+
+
+def _add_product_(out: Tensor, a: Tensor, c: Tensor) -> None:
+    """``out += a @ c`` in place, batched; bf16 operands (a bf16x6 pair) take float32 products
+    and sums: on CUDA one tensor-core matmul with a float32 output, elsewhere emulated exactly
+    (a bf16 x bf16 product is exact in float32)."""
+    if a.dtype != torch.bfloat16:
         out.baddbmm_(a, c)
-        return
-    for r0, r1 in chunks:
-        out[:, r0:r1].baddbmm_(a[:, r0:r1, :r1], c[:, :r1])
+    elif a.device.type == "cuda":
+        out += torch.bmm(a, c, out_dtype=torch.float32)
+    else:
+        out.baddbmm_(a.float(), c.float())
 
 
-def _multiply_add_transposed_(out: Tensor, a: Tensor, g: Tensor, chunks: list[tuple[int, int]] | None) -> None:
-    """``out += a^T @ g`` in place; with ``chunks``, ``a`` is lower triangular, so ``a^T`` is upper
-    triangular: rows r0:r1 meet only rows r0: of ``g``."""
-    at = a.mT
+def _multiply_add_(out: Tensor, a: Tensor, c: Tensor, chunks: list[tuple[int, int]] | None,
+                   upper: bool = False) -> None:
+    """``out += a @ c`` in place, (B, N, C) += (B, N, N) @ (B, N, C). With ``chunks`` (row ranges),
+    ``a`` is triangular: lower, rows r0:r1 meet only columns :r1; ``upper``, only columns r0:. A
+    bf16 ``a`` is a bf16x6 left operand (B, N, 6N), and ``c`` is split to match."""
+    k = 1
+    if a.dtype == torch.bfloat16:
+        c, k = _right_operand(c), 6
     if chunks is None:
-        out.baddbmm_(at, g)
+        _add_product_(out, a, c)
         return
     for r0, r1 in chunks:
-        out[:, r0:r1].baddbmm_(at[:, r0:r1, r0:], g[:, r0:])
+        cols = slice(k * r0, None) if upper else slice(0, k * r1)
+        _add_product_(out[:, r0:r1], a[:, r0:r1, cols], c[:, cols])
 
 
 def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
@@ -148,31 +208,36 @@ class _ConstantTransitionScan(torch.autograd.Function):
     ``g_i = G_i + A_{i+1}^T g_{i+1}``, the gradient of ``u_i`` is ``g_i`` and that of ``c0`` is
     ``A_0^T g_0``. Both directions copy their input once, then each step is one multiply-add
     written in place (one kernel, or one per row chunk of a lower-triangular transition: no
-    separate sum, no stack of the steps)."""
+    separate sum, no stack of the steps). With ``split`` the products are bf16x6 ones: the
+    transitions (or their transposes, in the backward) are split once per call, each state
+    once per step."""
 
     @staticmethod
-    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None, chunks: list[tuple[int, int]] | None) -> Tensor:
+    def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None, chunks: list[tuple[int, int]] | None,
+                split: bool) -> Tensor:
         # A (B, nb, N, N) (possibly expanded), u (B, nb, N, C), c0 (B, N, C) or None
         ctx.save_for_backward(A)
-        ctx.has_start, ctx.chunks = c0 is not None, chunks
+        ctx.has_start, ctx.chunks, ctx.split = c0 is not None, chunks, split
+        left = _left_operand(A) if split else A  # (B, nb, N, N), or (B, nb, N, 6N) bf16
         states = u.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         if c0 is not None:
-            _multiply_add_(states[:, 0], A[:, 0], c0, chunks)
+            _multiply_add_(states[:, 0], left[:, 0], c0, chunks)
         for i in range(1, states.shape[1]):
-            _multiply_add_(states[:, i], A[:, i], states[:, i - 1], chunks)
+            _multiply_add_(states[:, i], left[:, i], states[:, i - 1], chunks)
         return states
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None, None]:
         (A,) = ctx.saved_tensors
+        left = _left_operand(A.mT) if ctx.split else A.mT  # the transposes: upper triangular when A is lower
         g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         for i in range(g.shape[1] - 2, -1, -1):
-            _multiply_add_transposed_(g[:, i], A[:, i + 1], g[:, i + 1], ctx.chunks)
+            _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True)
         start = None
         if ctx.has_start:
             start = torch.zeros_like(g[:, 0])
-            _multiply_add_transposed_(start, A[:, 0], g[:, 0], ctx.chunks)
-        return None, g, start, None
+            _multiply_add_(start, left[:, 0], g[:, 0], ctx.chunks, upper=True)
+        return None, g, start, None, None
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
@@ -197,7 +262,8 @@ def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -
 
 
 def linear_recurrence(
-    A: Tensor, u: Tensor, c0: Tensor | None = None, method: str = "auto", lower: bool = False
+    A: Tensor, u: Tensor, c0: Tensor | None = None, method: str = "auto", lower: bool = False,
+    precision: str = "float32",
 ) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i``.
 
@@ -205,12 +271,18 @@ def linear_recurrence(
     accelerator when one step is smaller than :data:`PARALLEL_BELOW` multiply-adds (then the
     doubling scan's fewer, larger kernels pay for its extra work). ``lower``: the transitions are
     lower triangular (the sequential scan then skips their zeros; the doubling scan ignores it).
+    ``precision``: one of :data:`SCAN_PRECISIONS`; only the sequential scan splits its products,
+    so ``"auto"`` with ``"bf16x6"`` is sequential.
     """
+    if precision not in SCAN_PRECISIONS:
+        raise ValueError(f"precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
     if method == "auto":
-        method = _auto_method(u)
+        method = _auto_method(u) if precision == "float32" else "sequential"
     if method == "sequential":
-        return linear_recurrence_sequential(A, u, c0, lower)
+        return linear_recurrence_sequential(A, u, c0, lower, precision)
     if method == "parallel":
+        if precision != "float32":
+            raise ValueError(f"precision {precision!r} needs the sequential scan, not method='parallel'")
         return linear_recurrence_parallel(A, u, c0)
     raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
 
@@ -280,15 +352,16 @@ def block_update(measure: BlockRecurrence, state: Tensor, x: Tensor, t0: object)
 
 
 def block_scan(
-    measure: BlockRecurrence, x: Tensor, block: int, t0: object = 0, state: Tensor | None = None, method: str = "auto"
+    measure: BlockRecurrence, x: Tensor, block: int, t0: object = 0, state: Tensor | None = None, method: str = "auto",
+    precision: str = "float32",
 ) -> Tensor:
     """States after every block of ``block`` tokens (the last may be shorter): (..., nb, N, C).
 
     ``x`` (..., T, C) holds the tokens at positions ``t0 ..``; ``state`` (..., N, C) the state at
     ``t0`` (``None``: the empty state). Every block's contribution comes from one batched call
     (:meth:`BlockRecurrence.span_drive`), then :func:`linear_recurrence` runs the transitions
-    in the promoted dtype of state and x (x's dtype without a state). Equal to repeated
-    :func:`block_update`.
+    in the promoted dtype of state and x (x's dtype without a state), its products in
+    ``precision`` (:data:`SCAN_PRECISIONS`). Equal to repeated :func:`block_update`.
     """
     t0 = check_stream(measure.order, x, t0, state)
     positive_int("block", block)
@@ -311,4 +384,5 @@ def block_scan(
         None if state is None else state.to(dtype),
         method=method,
         lower=measure.lower_triangular,
+        precision=precision,
     )

@@ -35,7 +35,7 @@ from ..util.lru import TensorLRU
 from ..core.contracts import Encoder, TimeLike
 from .discretize import block_transition, zoh
 from .order import check_order
-from .scan import SCAN_METHODS, Span, block_scan, block_update
+from .scan import SCAN_METHODS, SCAN_PRECISIONS, Span, block_scan, block_update
 
 __all__ = ["TimeInvariantMeasure"]
 
@@ -51,12 +51,16 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         scan_method: how :meth:`scan` runs the block recurrence, see
             :func:`memplug.hippo.scan.linear_recurrence` (``"auto"``, ``"sequential"``,
             ``"parallel"``).
+        scan_precision: the products of :meth:`scan`'s sequential recurrence, ``"float32"`` or
+            ``"bf16x6"`` (float32's accuracy from bf16 tensor-core products on a GPU; see
+            :mod:`memplug.hippo.scan`).
     """
 
     #: the transitions expm(A L / window) are dense
     lower_triangular = False
 
-    def __init__(self, order: int, window: float, cache_size: int = 8, *, scan_method: str = "auto") -> None:
+    def __init__(self, order: int, window: float, cache_size: int = 8, *, scan_method: str = "auto",
+                 scan_precision: str = "float32") -> None:
         super().__init__()
         check_order(order)
         if not float(window) > 0:
@@ -64,6 +68,9 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         positive_int("cache_size", cache_size)
         if scan_method not in SCAN_METHODS:
             raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {scan_method!r}")
+        if scan_precision not in SCAN_PRECISIONS:
+            raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {scan_precision!r}")
+        self.scan_precision = scan_precision
         self.scan_method = scan_method
         self.order = order
         self.window = float(window)
@@ -129,7 +136,7 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         from the block recurrence ``s_i = Ā^L s_(i-1) + K x_i``
         (:func:`memplug.hippo.scan.block_scan`).
         """
-        return block_scan(self, x, block, t0, state, self.scan_method)
+        return block_scan(self, x, block, t0, state, self.scan_method, self.scan_precision)
 
     # ---- the block recurrence (memplug.hippo.scan.BlockRecurrence) ---------------------------
 

@@ -33,7 +33,7 @@ class FouT(TimeInvariantMeasure):
         order: N, coefficients per channel.
         window: θ, the window in tokens (> 0): the state describes ``[max(0, t - θ), t]``.
         cache_size: block transitions ``(Ā^L, K)`` kept per block length L (an LRU of this many).
-        **kwargs: ``scan_method`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
+        **kwargs: ``scan_method``, ``scan_precision`` of :class:`~memplug.hippo.time_invariant.TimeInvariantMeasure`.
     """
 
     name = "fout"

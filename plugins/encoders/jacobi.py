@@ -31,7 +31,7 @@ class Jacobi(ScaleInvariantMeasure):
     Args:
         order: N, coefficients per channel.
         beta: β > -1 (default 0, which equals ``legs``).
-        **kwargs: ``cache_bytes``, ``scan_method`` of :class:`ScaleInvariantMeasure`.
+        **kwargs: ``cache_bytes``, ``scan_method``, ``scan_precision`` of :class:`ScaleInvariantMeasure`.
     """
 
     name = "jacobi"

@@ -59,7 +59,7 @@ class LegS(ScaleInvariantMeasure):
         order: N, coefficients per channel.
         discretization: ``"exact"`` (default), ``"bilinear"``, ``"zoh"`` (log-time) or ``"euler"``.
         substeps: ODE steps per token for the ODE discretisations (>= 1).
-        **kwargs: ``cache_bytes``, ``scan_method`` of :class:`ScaleInvariantMeasure`.
+        **kwargs: ``cache_bytes``, ``scan_method``, ``scan_precision`` of :class:`ScaleInvariantMeasure`.
     """
 
     name = "legs"
