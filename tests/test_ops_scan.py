@@ -129,7 +129,7 @@ def test_bf16x6_operands_are_the_six_products_of_the_parts():
     a, c = torch.randn(2, 5, 7, generator=gen), torch.randn(2, 7, 3, generator=gen)
     a6, c6 = scan.bf16x6_operands(a, c)
     assert a6.dtype == c6.dtype == torch.bfloat16 and a6.shape == (2, 5, 42) and c6.shape == (2, 42, 3)
-    pa, pc = scan._bf16_parts(a, 0).float(), scan._bf16_parts(c, 0).float()  # (3, ...) each
+    pa, pc = (torch.stack(scan._bf16_parts(x)).float() for x in (a, c))  # (3, ...) each
     assert torch.equal(pa.sum(0), a) and torch.equal(pc.sum(0), c)  # three bf16 parts hold float32
     six = sum(pa[i] @ pc[j] for i in range(3) for j in range(3) if i + j < 3)
     torch.testing.assert_close(a6.float() @ c6.float(), six, rtol=1e-6, atol=1e-6)

@@ -17,7 +17,7 @@ contribution (N, C). Two forms return every state after each step and are tested
 Precision. The sequential scan with constant transitions can run its products in ``bf16x6``
 (:data:`SCAN_PRECISIONS`): each float32 operand is written as three bf16 parts, ``x = x0 + x1 +
 x2``, and the six products ``a_i c_j`` with ``i + j < 3`` are summed in float32. That is float32's
-accuracy (over the 1M-token LegS stream its error is 1.0-1.1x float32's,
+accuracy (over the 1M-token LegS stream its error is 1.3x float32's,
 ``benchmarks/scan_precision.py``) in matmuls that a GPU runs on its bf16 tensor cores, where a
 float32 product runs on none. The six products are one matmul over a six-fold contraction
 (:func:`bf16x6_operands`). On a CPU the bf16 products are emulated exactly in float32 (slower
@@ -134,25 +134,26 @@ def _row_chunks(n: int) -> list[tuple[int, int]] | None:
 _LEFT_PARTS, _RIGHT_PARTS = (0, 0, 1, 0, 1, 2), (0, 1, 0, 2, 1, 0)
 
 
-def _bf16_parts(x: Tensor, dim: int) -> Tensor:
-    """float32 ``x`` as three bf16 parts stacked at ``dim``: x0 = bf16(x), x1 = bf16(x - x0),
-    x2 = bf16(x - x0 - x1); x0 + x1 + x2 holds float32's 24 significant bits (each remainder is
-    exact in float32)."""
+def _bf16_parts(x: Tensor) -> list[Tensor]:
+    """float32 ``x`` as three bf16 parts: x0 = bf16(x), x1 = bf16(x - x0), x2 = bf16(x - x0 - x1);
+    x0 + x1 + x2 holds float32's 24 significant bits (each remainder is exact in float32)."""
     parts, rest = [], x
     for _ in range(3):
         parts.append(rest.to(torch.bfloat16))
         rest = rest - parts[-1].float()
-    return torch.stack(parts, dim)
+    return parts
 
 
 def _left_operand(a: Tensor) -> Tensor:
     """float32 (..., R, K) -> the bf16x6 left operand (..., R, 6K) (:func:`bf16x6_operands`)."""
-    return _bf16_parts(a, -1)[..., list(_LEFT_PARTS)].flatten(-2)
+    parts = _bf16_parts(a)
+    return torch.stack([parts[i] for i in _LEFT_PARTS], -1).flatten(-2)
 
 
 def _right_operand(c: Tensor) -> Tensor:
     """float32 (..., K, C) -> the bf16x6 right operand (..., 6K, C) (:func:`bf16x6_operands`)."""
-    return _bf16_parts(c, -2)[..., list(_RIGHT_PARTS), :].flatten(-3, -2)
+    parts = _bf16_parts(c)
+    return torch.stack([parts[j] for j in _RIGHT_PARTS], -2).flatten(-3, -2)
 
 
 def bf16x6_operands(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
