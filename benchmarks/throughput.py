@@ -10,6 +10,9 @@ hits them alike; the ratio to the bare model is the median of per-round ratios.
 
     python benchmarks/throughput.py --memories none,elastic --scale 1x --modes eager,compiled
 
+Each memory arm whose memory has an encoder also reports how exact its block scan runs there (its
+method and ``--scan-precision`` products, against float64): the error beside the speed.
+
 ``--count-ops`` also profiles one eager step per arm (torch.profiler) and counts the operator
 calls that compute (views, reshapes and the calls inside another operator left out): on a GPU
 each is about one kernel launch, so on a CPU the count stands in for the launches a GPU step
@@ -33,6 +36,7 @@ Writes ``docs/results/throughput.md``, ``.json`` (machine, date, command) and ``
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 from collections import Counter
 import time
@@ -46,6 +50,7 @@ import common
 import memplug
 from memory_configs import build_options, parse_scales
 from memplug.app.precision import PRECISIONS, resolve_precision
+from memplug.core.contracts import Encoder
 from memplug.hippo.scan import SCAN_METHODS, SCAN_PRECISIONS
 
 
@@ -145,6 +150,25 @@ def _registered(formula: Callable[..., int]) -> Callable[..., int]:
     return counted
 
 
+def scan_error(model: torch.nn.Module, seq: int, block: int, device: torch.device) -> float | None:
+    """How exact the block scan of ``model``'s first memory encoder is, as it runs there (its
+    method and products, float32 on ``device``): max |states - exact| / max |exact| over a fixed
+    random signal of ``seq`` tokens x 64 channels in blocks of ``block``, the exact states from
+    the same encoder in float64 with float32-style (unsplit) products on the CPU. None when the
+    model has no encoder."""
+    encoder = next((m for m in model.modules() if isinstance(m, Encoder)), None)
+    if encoder is None:
+        return None
+    x = torch.randn(seq, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reference = copy.deepcopy(encoder).cpu()
+    if hasattr(reference, "scan_precision"):
+        reference.scan_precision = "float32"
+    with torch.no_grad():
+        exact = reference.scan(x, block)
+        states = encoder.scan(x.to(device, torch.float32), block).cpu().double()
+    return float((states - exact).abs().max() / exact.abs().max())
+
+
 def count_kernels(step: Callable[[], None]) -> tuple[int, float, Counter]:
     """CUDA kernels one ``step()`` launches: (count, summed kernel time in ms, count by name)."""
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -237,7 +261,8 @@ def main() -> None:
                 for _ in range(args.warmup):
                     step()
                 arms[(name, scale)] = dict(step=step, warmup_s=time.perf_counter() - start, times=[],
-                                           params=sum(q.numel() for q in model.parameters()))
+                                           params=sum(q.numel() for q in model.parameters()),
+                                           scan_error=scan_error(model, args.seq, args.block, args.device))
                 if args.count_ops and mode == "eager":
                     arms[(name, scale)]["ops"] = count_ops(step)
                     arms[(name, scale)]["flops"] = count_flops(step)
@@ -265,7 +290,8 @@ def main() -> None:
                              flop_ceiling=base["flops"] / arm["flops"] if base and "flops" in base else None,
                              kernels_per_step=arm["kernels"][0] if "kernels" in arm else None,
                              kernel_ms=arm["kernels"][1] if "kernels" in arm else None,
-                             top_kernels=arm["kernels"][2].most_common(5) if "kernels" in arm else None))
+                             top_kernels=arm["kernels"][2].most_common(5) if "kernels" in arm else None,
+                             scan_error=arm["scan_error"]))
             print(f"{mode} {name} {scale}x: {rows[-1]['tokens_per_s']:.0f} tok/s"
                   + ("" if base is None else f", {rows[-1]['paired_ratio_to_none']:.3f} of {baseline}"), flush=True)
 
@@ -307,6 +333,13 @@ def main() -> None:
         for r in profiled:
             top = ", ".join(f"{name[:40]} {n}" for name, n in r["top_kernels"])
             lines.append(f"| {r['memory']} | {r['scale']}x | {r['kernels_per_step']} | {r['kernel_ms']:.1f} | {top} |")
+    scanned = {(r["memory"], r["scale"]): r["scan_error"] for r in rows if r["scan_error"] is not None}
+    if scanned:
+        lines += ["", f"How exact each memory's block scan runs here ({args.scan_precision} products, float32 "
+                  f"states on {args.device}): max |states - float64 states| / max |float64 states| over {args.seq} "
+                  f"tokens of a fixed random 64-channel signal in blocks of {args.block}.", "",
+                  "| memory | scale | scan error vs float64 |", "|---|---|---|"]
+        lines += [f"| {name} | {scale}x | {error:.1e} |" for (name, scale), error in scanned.items()]
     out = Path(args.out)
     data = dict(config=config, baseline=baseline, results=rows)
     common.report(out.parent, out.name, "\n".join(lines), data, figure(data),

@@ -343,6 +343,9 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     # the memory's reads and scans are work beyond the window's: its FLOP ceiling is below 1
     assert rows["hf"]["flop_ceiling"] == 1.0 and rows["elastic"]["flop_ceiling"] < rows["none"]["flop_ceiling"]
     assert "ratio to hf (paired)" in (tmp_path / "out" / "throughput.md").read_text()
+    # beside its speed, how exact the memory's scan runs: float32 against float64, so small but not zero
+    assert 0 < rows["elastic"]["scan_error"] < 1e-5 and rows["none"]["scan_error"] is rows["hf"]["scan_error"] is None
+    assert "| elastic | 1x | " in (tmp_path / "out" / "throughput.md").read_text().split("scan error vs float64")[1]
 
 
 def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
@@ -458,7 +461,8 @@ def test_retrofit_verdicts_judge_only_trained_arms():
 
 @pytest.mark.parametrize("bad, named", [(["--backbone", "hf:"], "--backbone"),
                                          (["--backbone", "gpt2"], "--backbone"),
-                                         (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method")])
+                                         (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method"),
+                                         (["--memories", "none", "--scan-precision", "bf16x6"], "--scan-precision")])
 def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch):
     import throughput
 
