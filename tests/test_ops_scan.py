@@ -174,8 +174,16 @@ def test_bf16x6_through_an_encoder_and_its_refusals():
     single = LegS(300).scan(x, 100)
     assert split.dtype == torch.float32
     assert (split.double() - exact).abs().max() <= 4 * (single.double() - exact).abs().max() + 1e-7
-    with pytest.raises(ValueError, match="scan_precision must be one of"):
-        LegS(8, scan_precision="bf16")
+    from memplug.plugins.encoders.legt import LegT
+
+    for encoder in (LegS, LegT):
+        with pytest.raises(ValueError, match="scan_precision must be one of"):
+            encoder(8, scan_precision="bf16")
+        with pytest.raises(ValueError, match="scan_method must be one of"):
+            encoder(8, scan_method="fast")
+    legt = LegT(300, window=300.0)  # dense transitions: one bf16x6 product per step
+    torch.testing.assert_close(LegT(300, window=300.0, scan_precision="bf16x6").scan(x, 100), legt.scan(x, 100),
+                               rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="splits float32 operands"):
         LegS(8, scan_precision="bf16x6").scan(x.double(), 100)
     with pytest.raises(ValueError, match="needs the sequential scan"):

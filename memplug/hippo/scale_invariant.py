@@ -57,7 +57,7 @@ from ..core.contracts import Encoder, TimeLike
 from .legendre import shifted_jacobi, shifted_jacobi_antiderivative, shifted_jacobi_derivative
 from .order import check_order
 from .quadrature import shifted_gauss_jacobi
-from .scan import SCAN_METHODS, SCAN_PRECISIONS, Span, block_scan, block_update, check_stream, token_position
+from .scan import Span, block_scan, block_update, check_scan_options, check_stream, token_position
 
 __all__ = ["ScaleInvariantMeasure", "default_cache_bytes"]
 
@@ -117,10 +117,7 @@ class ScaleInvariantMeasure(Encoder):
         if cache_bytes is None:
             cache_bytes = default_cache_bytes(order)
         non_negative_int("cache_bytes", cache_bytes)
-        if scan_method not in SCAN_METHODS:
-            raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {scan_method!r}")
-        if scan_precision not in SCAN_PRECISIONS:
-            raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {scan_precision!r}")
+        check_scan_options(scan_method, scan_precision)
         self.scan_precision = scan_precision
         self.order = order
         self.beta = beta

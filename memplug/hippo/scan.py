@@ -59,12 +59,22 @@ __all__ = [
     "SCAN_METHODS",
     "SCAN_PRECISIONS",
     "bf16x6_operands",
+    "check_scan_options",
     "PARALLEL_BELOW",
     "TRIANGULAR_ROWS",
 ]
 
 SCAN_METHODS = ("auto", "sequential", "parallel")
 SCAN_PRECISIONS = ("float32", "bf16x6")
+
+def check_scan_options(method: str, precision: str) -> None:
+    """An encoder's ``scan_method`` and ``scan_precision``: ValueError naming the one that is not
+    in :data:`SCAN_METHODS` / :data:`SCAN_PRECISIONS`."""
+    if method not in SCAN_METHODS:
+        raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {method!r}")
+    if precision not in SCAN_PRECISIONS:
+        raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
+
 
 #: ``method="auto"`` runs the doubling scan on an accelerator when one sequential step is smaller
 #: than this many multiply-adds (batch x N² x C): such a step cannot fill the device, and the

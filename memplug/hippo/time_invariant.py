@@ -35,7 +35,7 @@ from ..util.lru import TensorLRU
 from ..core.contracts import Encoder, TimeLike
 from .discretize import block_transition, zoh
 from .order import check_order
-from .scan import SCAN_METHODS, SCAN_PRECISIONS, Span, block_scan, block_update
+from .scan import Span, block_scan, block_update, check_scan_options
 
 __all__ = ["TimeInvariantMeasure"]
 
@@ -66,10 +66,7 @@ class TimeInvariantMeasure(Encoder, abc.ABC):
         if not float(window) > 0:
             raise ValueError(f"window must be > 0 tokens, got {window!r}")
         positive_int("cache_size", cache_size)
-        if scan_method not in SCAN_METHODS:
-            raise ValueError(f"scan_method must be one of {SCAN_METHODS}, got {scan_method!r}")
-        if scan_precision not in SCAN_PRECISIONS:
-            raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {scan_precision!r}")
+        check_scan_options(scan_method, scan_precision)
         self.scan_precision = scan_precision
         self.scan_method = scan_method
         self.order = order
