@@ -188,3 +188,14 @@ def test_bf16x6_through_an_encoder_and_its_refusals():
         LegS(8, scan_precision="bf16x6").scan(x.double(), 100)
     with pytest.raises(ValueError, match="needs the sequential scan"):
         linear_recurrence(torch.zeros(3, 2, 2), torch.zeros(3, 2, 1), method="parallel", precision="bf16x6")
+
+
+def test_a_bf16_scan_stays_a_plain_bf16_scan():
+    """bf16 states (a model run in bf16) take the plain products, not the bf16x6 split (whose
+    operands are bf16 too): the dtype alone must not select the split."""
+    A = (torch.randn(4, 300, 300, generator=torch.Generator().manual_seed(0)) / 30).tril()
+    u = torch.randn(4, 300, 3, generator=torch.Generator().manual_seed(1))
+    exact = linear_recurrence_sequential(A.double(), u.double(), lower=True)
+    out = linear_recurrence_sequential(A.bfloat16(), u.bfloat16(), lower=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), exact, rtol=0.05, atol=0.05)

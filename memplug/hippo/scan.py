@@ -175,11 +175,11 @@ def bf16x6_operands(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return _left_operand(a), _right_operand(c)
 
 
-def _add_product_(out: Tensor, a: Tensor, c: Tensor) -> None:
-    """``out += a @ c`` in place, batched; bf16 operands (a bf16x6 pair) take float32 products
-    and sums: on CUDA one tensor-core matmul with a float32 output, elsewhere emulated exactly
-    (a bf16 x bf16 product is exact in float32)."""
-    if a.dtype != torch.bfloat16:
+def _add_product_(out: Tensor, a: Tensor, c: Tensor, split: bool) -> None:
+    """``out += a @ c`` in place, batched. With ``split``, ``a`` and ``c`` are a bf16x6 pair whose
+    products and sums are float32: on CUDA one tensor-core matmul with a float32 output, elsewhere
+    emulated exactly (a bf16 x bf16 product is exact in float32)."""
+    if not split:
         out.baddbmm_(a, c)
     elif a.device.type == "cuda":
         out += torch.bmm(a, c, out_dtype=torch.float32)
@@ -188,19 +188,19 @@ def _add_product_(out: Tensor, a: Tensor, c: Tensor) -> None:
 
 
 def _multiply_add_(out: Tensor, a: Tensor, c: Tensor, chunks: list[tuple[int, int]] | None,
-                   upper: bool = False) -> None:
+                   upper: bool = False, split: bool = False) -> None:
     """``out += a @ c`` in place, (B, N, C) += (B, N, N) @ (B, N, C). With ``chunks`` (row ranges),
-    ``a`` is triangular: lower, rows r0:r1 meet only columns :r1; ``upper``, only columns r0:. A
-    bf16 ``a`` is a bf16x6 left operand (B, N, 6N), and ``c`` is split to match."""
+    ``a`` is triangular: lower, rows r0:r1 meet only columns :r1; ``upper``, only columns r0:. With
+    ``split``, ``a`` is a bf16x6 left operand (B, N, 6N) and ``c`` (float32) is split to match."""
     k = 1
-    if a.dtype == torch.bfloat16:
+    if split:
         c, k = _right_operand(c), 6
     if chunks is None:
-        _add_product_(out, a, c)
+        _add_product_(out, a, c, split)
         return
     for r0, r1 in chunks:
         cols = slice(k * r0, None) if upper else slice(0, k * r1)
-        _add_product_(out[:, r0:r1], a[:, r0:r1, cols], c[:, cols])
+        _add_product_(out[:, r0:r1], a[:, r0:r1, cols], c[:, cols], split)
 
 
 def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
@@ -232,9 +232,9 @@ class _ConstantTransitionScan(torch.autograd.Function):
         left = _left_operand(A) if split else A  # (B, nb, N, N), or (B, nb, N, 6N) bf16
         states = u.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         if c0 is not None:
-            _multiply_add_(states[:, 0], left[:, 0], c0, chunks)
+            _multiply_add_(states[:, 0], left[:, 0], c0, chunks, split=split)
         for i in range(1, states.shape[1]):
-            _multiply_add_(states[:, i], left[:, i], states[:, i - 1], chunks)
+            _multiply_add_(states[:, i], left[:, i], states[:, i - 1], chunks, split=split)
         return states
 
     @staticmethod
@@ -243,11 +243,11 @@ class _ConstantTransitionScan(torch.autograd.Function):
         left = _left_operand(A.mT) if ctx.split else A.mT  # the transposes: upper triangular when A is lower
         g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         for i in range(g.shape[1] - 2, -1, -1):
-            _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True)
+            _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True, split=ctx.split)
         start = None
         if ctx.has_start:
             start = torch.zeros_like(g[:, 0])
-            _multiply_add_(start, left[:, 0], g[:, 0], ctx.chunks, upper=True)
+            _multiply_add_(start, left[:, 0], g[:, 0], ctx.chunks, upper=True, split=ctx.split)
         return None, g, start, None, None
 
 
