@@ -84,6 +84,7 @@ class Preset:
     order: int = 64
     samples: int = 64
     lora_rank: int = 8
+    bptt: int = 0  # truncated-BPTT segment (tokens): one optimizer step per segment, the memory carried; 0: whole window
 
 
 PRESETS = {
@@ -116,6 +117,11 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--block", type=int, default=None,
                    help="the local window's block in every arm but full attention (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="training steps per trained arm (default: the preset's)")
+    p.add_argument("--seq", type=int, default=None, help="training window in tokens (default: the preset's)")
+    p.add_argument("--bptt", type=int, default=None,
+                   help="train on segments of this many tokens of each window, in order, one optimizer step per "
+                        "segment, the state (memory and local window) carried without its gradient, fresh at each "
+                        "window; must divide --seq (default: the preset's, 0 = the whole window per step)")
     p.add_argument("--lr-memory", type=float, default=None, help="learning rate of the memory's parameters (the gates; default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
     p.add_argument("--probe-lengths", default=None,
@@ -136,6 +142,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
         preset = replace(preset, steps=args.steps)
+    if args.seq is not None:
+        if args.seq < 2:
+            p.error(f"--seq must be >= 2, got {args.seq}")
+        preset = replace(preset, seq=args.seq)
+    if args.bptt is not None:
+        if args.bptt < 0 or (args.bptt and preset.seq % args.bptt):
+            p.error(f"--bptt must be 0 or a divisor of the training window ({preset.seq} tokens), got {args.bptt}")
+        preset = replace(preset, bptt=args.bptt)
     if args.lr_memory is not None:
         if not args.lr_memory > 0:
             p.error(f"--lr-memory must be > 0, got {args.lr_memory}")
@@ -222,7 +236,9 @@ def finetune(model: torch.nn.Module, task: CorpusTask, p: Preset, seed: int, pre
              device: torch.device) -> dict[str, Any]:
     """Train ``model``'s trainable parameters (:func:`train_or_reuse` chose them) for ``p.steps``
     steps; the gates at ``lr_memory``, LoRA at ``lr_lora``, linear warm-up then constant, gradient
-    norm clipped at 1."""
+    norm clipped at 1. With ``p.bptt`` a step trains on the next ``p.bptt`` tokens of the current
+    window with the state the previous segments left (detached: truncated back-propagation), so
+    the memory a step reads covers up to ``p.seq`` tokens while each backward spans one segment."""
     gates = [q for n, q in model.named_parameters() if q.requires_grad and n.startswith("attn.")]
     lora = [q for n, q in model.named_parameters() if q.requires_grad and not n.startswith("attn.")]
     groups = [{"params": gates, "lr": p.lr_memory}] + ([{"params": lora, "lr": p.lr_lora}] if lora else [])
@@ -230,14 +246,19 @@ def finetune(model: torch.nn.Module, task: CorpusTask, p: Preset, seed: int, pre
     base = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    losses, started = [], time.perf_counter()
+    segment = p.bptt or p.seq
+    losses, started, state = [], time.perf_counter(), None
     for step in range(1, p.steps + 1):
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * min(1.0, step / p.warmup)
-        batch = task.sample(p.batch, p.seq, generator)
-        ids, targets = batch.input_ids.to(device), batch.targets.to(device)  # (B, T) each, targets = next tokens
+        offset = (step - 1) * segment % p.seq
+        if offset == 0:  # a new window, and a fresh state
+            window, state = task.sample(p.batch, p.seq, generator), None
+        ids = window.input_ids[:, offset : offset + segment].to(device)  # (B, S)
+        targets = window.targets[:, offset : offset + segment].to(device)  # (B, S): the next tokens
         with autocast(device, precision):
-            logits = model(ids).logits  # (B, T, V)
+            out = model(ids, state=state)
+        logits, state = out.logits, out.state.detach()  # (B, S, V); the state carries no gradient back
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,7 +270,7 @@ def finetune(model: torch.nn.Module, task: CorpusTask, p: Preset, seed: int, pre
     model.eval().requires_grad_(False)
     gates_now = [float(v) for layer in getattr(model, "attn", []) if layer.gate is not None for v in layer.gate]
     return {"losses": losses, "seconds": time.perf_counter() - started,
-            "tokens": p.steps * p.batch * p.seq,
+            "tokens": p.steps * p.batch * segment,
             "gate_mean": sum(gates_now) / len(gates_now) if gates_now else None}
 
 
@@ -295,7 +316,7 @@ def by_position(nll: torch.Tensor, end: int) -> dict[str, float | None]:
 
 
 #: the preset's fields that only training reads
-TRAINING_FIELDS = ("seq", "batch", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
+TRAINING_FIELDS = ("seq", "batch", "bptt", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
 
 
 #: the preset's fields that only evaluation reads: a trained arm's weights do not depend on them
@@ -318,6 +339,8 @@ def fingerprint(arm: str, args: argparse.Namespace, p: Preset, ignore: tuple[str
         ignored.add("sink")
     if not options:  # full attention: no window either
         ignored.add("block")
+    if not p.bptt:  # whole windows: the results stored before the field existed stay valid
+        ignored.add("bptt")
     preset = {k: v for k, v in asdict(p).items() if k not in ignored}
     settings = {"arm": arm, "preset": preset, "model": args.model, "dataset": args.dataset,
                 "options": args.dataset_option, "seed": args.seed}
@@ -474,7 +497,10 @@ def main(argv: list[str] | None = None) -> None:
     columns = ["arm", "trained"] + [k for k in next(iter(rows.values())) if k not in ("arm", "trained")]
     body = (f"SmolLM2 (`{args.model}`) with a local window of {p.block} tokens; Elastic: {describe_memory(p, args)}, "
             f"samples rotated at their positions, every layer; sink: the first {p.sink} tokens. Trained arms: "
-            f"{p.steps} steps of {p.batch} x {p.seq} tokens of the {args.dataset} training split (the same tokens "
+            + (f"{p.steps} steps of {p.batch} x {p.seq} tokens" if not p.bptt else
+               f"{p.steps} steps of {p.batch} x {p.bptt} tokens, consecutive segments of {p.seq}-token windows with "
+               f"the state carried (truncated BPTT)")
+            + f" of the {args.dataset} training split (the same tokens "
             f"for every arm), AdamW, gates at lr {p.lr_memory}, LoRA rank {p.lora_rank} (alpha {2 * p.lora_rank}) "
             f"on q/k/v/o at lr {p.lr_lora}. Perplexity by position on one stream of {p.eval_tokens:,} held-out "
             f"tokens (the validation split); full attention only inside its trained positions. "

@@ -387,7 +387,7 @@ def test_retrofit_arms_are_reused_only_where_their_settings_match():
     trained = gated | {"local+sink trained (LoRA)"}
     assert changed(lr_memory=0.5) == gated
     assert changed(lr_lora=0.5) == changed(lora_rank=4) == {"elastic+gate trained (LoRA)", "local+sink trained (LoRA)"}
-    assert changed(steps=7) == changed(seq=32) == trained
+    assert changed(steps=7) == changed(seq=32) == changed(bptt=32) == trained
     assert changed(order=4) == {"elastic", "elastic+gate"} | gated
     assert changed(sink=2) == set(rf.ARMS) - {"local", "full attention"}
     assert changed(block=8) == set(rf.ARMS) - {"full attention"}
@@ -414,6 +414,49 @@ def test_retrofit_block_sets_every_window_and_the_limits_it_implies(capsys):
         with pytest.raises(SystemExit):
             rf.parse(["--preset", "smoke", *bad])
         assert says in capsys.readouterr().err
+
+
+def test_retrofit_bptt_steps_through_each_window_in_order_with_the_state_carried(capsys):
+    """With ``--bptt`` a step trains on the next segment of its window, reading the state the
+    previous segment left (without its gradient); a new window starts from no state."""
+    from types import SimpleNamespace
+
+    import retrofit_finetune as rf
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.calls: list[tuple[list[int], object]] = []
+
+        def forward(self, ids, state=None):
+            self.calls.append((ids[0].tolist(), state))
+            logits = (self.w * ids[..., None].float()).expand(-1, -1, 5)  # (B, S, 5)
+            carried = logits.sum() + (0.0 if state is None else state)
+            return SimpleNamespace(logits=logits, state=carried)
+
+    class Windows:
+        drawn = 0
+
+        def sample(self, batch, length, generator):
+            Windows.drawn += 1
+            ids = torch.arange(length + 1).repeat(batch, 1) + 100 * Windows.drawn  # (B, T + 1): window k from 100k
+            return SimpleNamespace(input_ids=ids[:, :-1], targets=ids[:, 1:] % 5)
+
+    _, p = rf.parse(["--preset", "smoke", "--seq", "8", "--bptt", "4", "--steps", "5"])
+    model = Recorder()
+    out = rf.finetune(model, Windows(), p, 0, "fp32", torch.device("cpu"))
+    assert out["tokens"] == 5 * 4 and Windows.drawn == 3
+    starts = [state is None for _, state in model.calls]
+    assert starts == [True, False, True, False, True]  # a fresh state at each window's first segment only
+    assert all(not state.requires_grad for _, state in model.calls if state is not None)
+    # each window's segments, in order
+    assert [ids for ids, _ in model.calls] == [[100, 101, 102, 103], [104, 105, 106, 107], [200, 201, 202, 203],
+                                               [204, 205, 206, 207], [300, 301, 302, 303]]
+    for bad in ("3", "-1"):
+        with pytest.raises(SystemExit):
+            rf.parse(["--preset", "smoke", "--seq", "8", "--bptt", bad])
+        assert "--bptt must be 0 or a divisor of the training window (8 tokens)" in capsys.readouterr().err
 
 
 def test_retrofit_without_probes_reports_perplexity_only():
