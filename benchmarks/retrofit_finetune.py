@@ -20,7 +20,10 @@ Measures, on held-out plays (the ``validation`` split, one stream of ``--eval-to
 perplexity by position bucket out to 64k tokens (full attention: within 8k only), and passkey
 accuracy by context length with the haystack from the ``test`` split (log-likelihood ranking of
 four candidate keys; chance 0.25). The report ends with the three verdicts this experiment is
-judged by.
+judged by. ``--seq`` and ``--bptt`` set how trained arms see their tokens: by default each step is
+one whole window; with ``--bptt S`` a step is the next S tokens of a window, reading the state the
+earlier segments left (truncated back-propagation), so the memory a step trains against spans
+the whole window.
 
     python benchmarks/retrofit_finetune.py --preset cpu --threads 2
     python benchmarks/retrofit_finetune.py --preset gpu             # 10-100x the tokens on one H100/H200
