@@ -151,9 +151,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
             p.error(f"--seq must be >= 2, got {args.seq}")
         preset = replace(preset, seq=args.seq)
     if args.bptt is not None:
-        if args.bptt < 0 or (args.bptt and preset.seq % args.bptt):
-            p.error(f"--bptt must be 0 or a divisor of the training window ({preset.seq} tokens), got {args.bptt}")
         preset = replace(preset, bptt=args.bptt)
+    if preset.bptt < 0 or (preset.bptt and preset.seq % preset.bptt):  # a --seq must also fit the preset's --bptt
+        p.error(f"--bptt must be 0 or a divisor of the training window ({preset.seq} tokens), got {preset.bptt}")
     if args.lr_memory is not None:
         if not args.lr_memory > 0:
             p.error(f"--lr-memory must be > 0, got {args.lr_memory}")

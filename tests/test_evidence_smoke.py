@@ -436,17 +436,18 @@ def test_retrofit_bptt_steps_through_each_window_in_order_with_the_state_carried
             return SimpleNamespace(logits=logits, state=carried)
 
     class Windows:
-        drawn = 0
+        def __init__(self) -> None:
+            self.drawn = 0
 
         def sample(self, batch, length, generator):
-            Windows.drawn += 1
-            ids = torch.arange(length + 1).repeat(batch, 1) + 100 * Windows.drawn  # (B, T + 1): window k from 100k
+            self.drawn += 1
+            ids = torch.arange(length + 1).repeat(batch, 1) + 100 * self.drawn  # (B, T + 1): window k from 100k
             return SimpleNamespace(input_ids=ids[:, :-1], targets=ids[:, 1:] % 5)
 
     _, p = rf.parse(["--preset", "smoke", "--seq", "8", "--bptt", "4", "--steps", "5"])
-    model = Recorder()
-    out = rf.finetune(model, Windows(), p, 0, "fp32", torch.device("cpu"))
-    assert out["tokens"] == 5 * 4 and Windows.drawn == 3
+    model, windows = Recorder(), Windows()
+    out = rf.finetune(model, windows, p, 0, "fp32", torch.device("cpu"))
+    assert out["tokens"] == 5 * 4 and windows.drawn == 3
     starts = [state is None for _, state in model.calls]
     assert starts == [True, False, True, False, True]  # a fresh state at each window's first segment only
     assert all(not state.requires_grad for _, state in model.calls if state is not None)
@@ -457,6 +458,9 @@ def test_retrofit_bptt_steps_through_each_window_in_order_with_the_state_carried
         with pytest.raises(SystemExit):
             rf.parse(["--preset", "smoke", "--seq", "8", "--bptt", bad])
         assert "--bptt must be 0 or a divisor of the training window (8 tokens)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a shorter window must still hold the preset's segments
+        rf.parse(["--preset", "gpu", "--seq", "2048"])
+    assert "divisor of the training window (2048 tokens), got 4096" in capsys.readouterr().err
 
 
 def test_retrofit_without_probes_reports_perplexity_only():
