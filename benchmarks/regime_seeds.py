@@ -5,16 +5,18 @@
 
 Every (arm, seed): the tiny backbone with the arm's memory in its top layer, the backbone's initial
 weights drawn from the seed alone (the same for every arm), trained on the hidden-regime task with
-the loss on the scored tokens, then scored in bits per regime-dependent token with its memory and
-with the memory masked (the same weights, block-local attention). A seed **learned** when masking
-the memory costs at least ``--learned-bits`` (0.3 by default): the model then answers from what its
-memory keeps. The table counts, per arm, the seeds that learned.
+the loss on the scored tokens (on every token for the arms of ``EVERY_TOKEN``), then scored in bits
+per regime-dependent token with its memory and with the memory masked (the same weights,
+block-local attention). A seed **learned** when masking the memory costs at least
+``--learned-bits`` (0.3 by default): the model then answers from what its memory keeps. The table
+counts, per arm, the seeds that learned.
 
 The arms are the tries of what might make learning reliable: the zero-initialised gate,
 memory-logit offsets (a constant added to every memory slot's logit), a warm-up of the memory path
 (an offset that starts high and falls to zero early in training: the memory carries most of the
-attention, and so of the gradient, while the model is young) and sampled keys normalised to unit
-RMS, against melodi (which has a learned gate of its own) and no memory.
+attention, and so of the gradient, while the model is young), sampled keys normalised to unit
+RMS, and the loss on every token (the filler is regime-coloured, so it carries the signal too),
+against melodi (which has a learned gate of its own) and no memory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "elastic offset -ln P": ("elastic", {"logit_offset": "-lnP"}),
     "elastic warm-up": ("elastic", {"logit_offset": 4.0}),
     "elastic normalised keys": ("elastic", {"normalize_keys": True}),
+    "elastic every token": ("elastic", {}),
     "melodi": ("melodi", {}),
     "none": ("none", {}),
 }
@@ -45,6 +48,17 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 #: arm -> (steps, in which its elastic memories' logit offset falls linearly from the arm's
 #: option to 0, where it then stays)
 WARMUPS: dict[str, int] = {"elastic warm-up": 200}
+
+#: arms trained with the loss on every token, not on the scored answers alone: the filler is
+#: coloured by the regime too (its tilt), so every token carries a little of the signal the
+#: memory is for, many times per answer
+EVERY_TOKEN: frozenset[str] = frozenset({"elastic every token"})
+
+
+def teaching(arm: str, task: RegimeTask) -> RegimeTask | ScoredOnly:
+    """The task ``arm`` trains on: ``task`` itself for the arms of :data:`EVERY_TOKEN`, otherwise
+    its scored answers only (:class:`memplug.tasks.ScoredOnly`). Scoring is the same for all."""
+    return task if arm in EVERY_TOKEN else ScoredOnly(task)
 
 
 def anneal(model: torch.nn.Module, start: float, steps: int):
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             model = common.build(task.vocab_size, spec, p, seed, args.device, **extra)
             on_step = anneal(model, extra["logit_offset"], WARMUPS[arm]) if arm in WARMUPS else None
-            run = common.train(model, ScoredOnly(task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
+            run = common.train(model, teaching(arm, task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
             losses[f"{arm}, seed {seed}"] = run.losses
             with_memory = common.collect(model, task, p)
             late = with_memory["position"] >= skip
@@ -111,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"memory costs at least {args.learned_bits} bits. Memory in layers {list(p.layers)} at {p.scale}x "
              "the memory budget. Arm options: " + "; ".join(f"`{a}`: {ARMS[a][0]} {ARMS[a][1]}" for a in arms) + "."
              + "".join(f" `{a}`: the logit offset falls linearly to 0 over the first {WARMUPS[a]} steps, then stays 0."
-                       for a in arms if a in WARMUPS))
+                       for a in arms if a in WARMUPS)
+             + "".join(f" `{a}`: trained with the loss on every token (the regime-coloured filler too)."
+                       for a in arms if a in EVERY_TOKEN))
     markdown = (intro + "\n\n" + common.table(summary, ["arm", "learned", "mean bits", "best bits", "worst bits"])
                 + "\n\n" + common.table(rows, ["arm", "seed", "bits", "masked bits", "masking costs", "learned",
                                                "steps"]) + "\n\n" + oracles)

@@ -245,6 +245,23 @@ def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
     assert "falls linearly to 0 over the first 200 steps" in (tmp_path / "regime_seeds.md").read_text()
 
 
+def test_regime_seeds_every_token_arm_trains_on_the_filler_too():
+    """The "every token" arm's training batches keep every target; the other arms' keep only the
+    scored answers, and the two see the same tokens."""
+    import regime_seeds
+
+    from memplug.tasks import RegimeTask
+
+    task = RegimeTask()
+    every = regime_seeds.teaching("elastic every token", task).sample(2, 512, torch.Generator().manual_seed(0))
+    scored = regime_seeds.teaching("elastic", task).sample(2, 512, torch.Generator().manual_seed(0))
+    assert torch.equal(every.input_ids, scored.input_ids)
+    assert (every.targets != -100).all()
+    assert torch.equal(scored.targets != -100, scored.scored)
+    assert 0 < scored.scored.sum() < scored.scored.numel() // 20  # answers are a few percent of the tokens
+    assert set(regime_seeds.EVERY_TOKEN) <= set(regime_seeds.ARMS)
+
+
 def _llama_on_a_corpus(tmp_path, monkeypatch) -> list[str]:
     """The retrofit scripts' ``--model`` and ``--dataset`` arguments for a tiny random Llama with
     100 trained positions and a tiny code corpus its tokenizer was trained on."""
