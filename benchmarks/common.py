@@ -77,6 +77,7 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
     parser.add_argument("--train-on", choices=("all", "scored"), default="all",
                         help="training loss on every token (default) or on the task's scored tokens only")
     parser.add_argument("--eval-batches", type=int, default=None, help="evaluation batches (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -100,6 +101,10 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
         preset = replace(preset, eval_batches=args.eval_batches)
     if args.precision is not None:
         preset = replace(preset, precision=args.precision)
+    if args.lr is not None:
+        if not args.lr > 0:
+            parser.error(f"--lr must be > 0, got {args.lr}")
+        preset = replace(preset, lr=args.lr)
     if args.steps is not None:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")

@@ -5,9 +5,9 @@
 
 Every (arm, seed): the tiny backbone with the arm's memory in its top layer, the backbone's initial
 weights drawn from the seed alone (the same for every arm), trained on the hidden-regime task with
-the loss on the scored tokens (on every token for the arms of ``EVERY_TOKEN``), then scored in bits
-per regime-dependent token with its memory and with the memory masked (the same weights,
-block-local attention). A seed **learned** when masking the memory costs at least
+the loss on the scored tokens (``--train-on all``: on every token, the regime-coloured filler too),
+then scored in bits per regime-dependent token with its memory and with the memory masked (the
+same weights, block-local attention). A seed **learned** when masking the memory costs at least
 ``--learned-bits`` (0.3 by default): the model then answers from what its memory keeps. The table
 counts, per arm, the seeds that learned.
 
@@ -15,8 +15,8 @@ The arms are the tries of what might make learning reliable: the zero-initialise
 memory-logit offsets (a constant added to every memory slot's logit), a warm-up of the memory path
 (an offset that starts high and falls to zero early in training: the memory carries most of the
 attention, and so of the gradient, while the model is young), sampled keys normalised to unit
-RMS, and the loss on every token (the filler is regime-coloured, so it carries the signal too),
-against melodi (which has a learned gate of its own) and no memory.
+RMS, against melodi (which has a learned gate of its own) and no memory. Two more tries are
+flags, for any arm: ``--train-on all`` and the learning rate (``--lr``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from tasks_suite import PRESETS
 
 from memplug.plugins.memories.elastic import ElasticMemory
-from memplug.tasks import RegimeTask, ScoredOnly
+from memplug.tasks import RegimeTask
 
 #: arm -> (memory spec, extra build options: memory options and the layer options of common.LAYER_OPTIONS)
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,7 +40,6 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "elastic offset -ln P": ("elastic", {"logit_offset": "-lnP"}),
     "elastic warm-up": ("elastic", {"logit_offset": 4.0}),
     "elastic normalised keys": ("elastic", {"normalize_keys": True}),
-    "elastic every token": ("elastic", {}),
     "melodi": ("melodi", {}),
     "none": ("none", {}),
 }
@@ -48,18 +47,6 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 #: arm -> (steps, in which its elastic memories' logit offset falls linearly from the arm's
 #: option to 0, where it then stays)
 WARMUPS: dict[str, int] = {"elastic warm-up": 200}
-
-#: arms trained with the loss on every token, not on the scored answers alone: the filler is
-#: coloured by the regime too (its tilt), so every token carries a little of the signal the
-#: memory is for, many times per answer
-EVERY_TOKEN: frozenset[str] = frozenset({"elastic every token"})
-
-
-def teaching(arm: str, task: RegimeTask) -> RegimeTask | ScoredOnly:
-    """The task ``arm`` trains on: ``task`` itself for the arms of :data:`EVERY_TOKEN`, otherwise
-    its scored answers only (:class:`memplug.tasks.ScoredOnly`). Scoring is the same for all."""
-    return task if arm in EVERY_TOKEN else ScoredOnly(task)
-
 
 def anneal(model: torch.nn.Module, start: float, steps: int):
     """``on_step`` for training: after step s, every elastic memory's logit offset is
@@ -78,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument("--arms", default="elastic,elastic gate,melodi",
                             help=f"comma-separated, from: {', '.join(ARMS)}")
         parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
+        parser.set_defaults(train_on="scored")  # the answers carry the signal the memory is for
         parser.add_argument("--learned-bits", type=float, default=0.3,
                             help="masking the memory must cost at least this many bits for a seed to count as learned")
 
@@ -99,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             model = common.build(task.vocab_size, spec, p, seed, args.device, **extra)
             on_step = anneal(model, extra["logit_offset"], WARMUPS[arm]) if arm in WARMUPS else None
-            run = common.train(model, teaching(arm, task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
+            run = common.train(model, common.teaching(args, task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
             losses[f"{arm}, seed {seed}"] = run.losses
             with_memory = common.collect(model, task, p)
             late = with_memory["position"] >= skip
@@ -120,14 +108,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     oracles = (f"Exact oracles on the same evaluation batches: whole history "
                f"{common.bits(oracle, late, 'oracle:full'):.3f} bits, block of {p.block} alone "
                f"{common.bits(oracle, late, f'oracle:block:{p.block}'):.3f} bits.")
-    intro = (f"Hidden-regime task, {common.effort(p)} of training per (arm, seed), loss on the scored tokens; "
+    loss = "the scored tokens" if args.train_on == "scored" else "every token"
+    intro = (f"Hidden-regime task, {common.effort(p)} of training per (arm, seed) at learning rate {p.lr:g}, "
+             f"{p.batch} x {p.length} tokens per step, loss on {loss}; "
              f"bits per regime-dependent token (answers at positions >= {skip}). A seed learned when masking the "
              f"memory costs at least {args.learned_bits} bits. Memory in layers {list(p.layers)} at {p.scale}x "
              "the memory budget. Arm options: " + "; ".join(f"`{a}`: {ARMS[a][0]} {ARMS[a][1]}" for a in arms) + "."
              + "".join(f" `{a}`: the logit offset falls linearly to 0 over the first {WARMUPS[a]} steps, then stays 0."
-                       for a in arms if a in WARMUPS)
-             + "".join(f" `{a}`: trained with the loss on every token (the regime-coloured filler too)."
-                       for a in arms if a in EVERY_TOKEN))
+                       for a in arms if a in WARMUPS))
     markdown = (intro + "\n\n" + common.table(summary, ["arm", "learned", "mean bits", "best bits", "worst bits"])
                 + "\n\n" + common.table(rows, ["arm", "seed", "bits", "masked bits", "masking costs", "learned",
                                                "steps"]) + "\n\n" + oracles)

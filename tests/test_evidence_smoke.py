@@ -245,21 +245,35 @@ def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
     assert "falls linearly to 0 over the first 200 steps" in (tmp_path / "regime_seeds.md").read_text()
 
 
-def test_regime_seeds_every_token_arm_trains_on_the_filler_too():
-    """The "every token" arm's training batches keep every target; the other arms' keep only the
-    scored answers, and the two see the same tokens."""
+def test_regime_seeds_trains_on_the_answers_unless_told_and_takes_the_learning_rate(monkeypatch):
+    """By default an arm trains on the scored answers alone; ``--train-on all`` trains on every
+    token (the same tokens); ``--lr`` reaches the training."""
+    import common
     import regime_seeds
 
-    from memplug.tasks import RegimeTask
+    seen = []
 
-    task = RegimeTask()
-    every = regime_seeds.teaching("elastic every token", task).sample(2, 512, torch.Generator().manual_seed(0))
-    scored = regime_seeds.teaching("elastic", task).sample(2, 512, torch.Generator().manual_seed(0))
+    class Stop(Exception):
+        pass
+
+    def train(model, task, p, seed, **kwargs):
+        seen.append((task, p.lr))
+        raise Stop
+
+    monkeypatch.setattr(common, "train", train)
+    for extra in ([], ["--train-on", "all", "--lr", "0.005"]):
+        with pytest.raises(Stop):
+            regime_seeds.main(["--preset", "smoke", "--seeds", "0", "--arms", "elastic", *extra])
+    (scored_task, default_lr), (every_task, lr) = seen
+    assert (default_lr, lr) == (common.Preset.lr, 0.005)
+    scored = scored_task.sample(2, 512, torch.Generator().manual_seed(0))
+    every = every_task.sample(2, 512, torch.Generator().manual_seed(0))
     assert torch.equal(every.input_ids, scored.input_ids)
     assert (every.targets != -100).all()
     assert torch.equal(scored.targets != -100, scored.scored)
     assert 0 < scored.scored.sum() < scored.scored.numel() // 20  # answers are a few percent of the tokens
-    assert set(regime_seeds.EVERY_TOKEN) <= set(regime_seeds.ARMS)
+    with pytest.raises(SystemExit):
+        regime_seeds.main(["--preset", "smoke", "--seeds", "0", "--arms", "elastic", "--lr", "0"])
 
 
 def _llama_on_a_corpus(tmp_path, monkeypatch) -> list[str]:
