@@ -56,6 +56,7 @@ class Preset:
     budget: float  # training seconds per arm (a cap when ``steps`` is set)
     eval_batches: int
     lr: float = 2e-3
+    memory_lr: float = 0.0  # learning rate of the memory's own parameters (gates, weights); 0: lr
     scale: int = 4  # memory budget multiple (memplug.core.budget) unless a script sweeps it
     layers: tuple[int, ...] = (-1,)  # the layers that get a memory
     precision: str = "auto"  # bf16 autocast or float32 (memplug.app.precision); auto: bf16 where it is fast
@@ -78,6 +79,9 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
                         help="training loss on every token (default) or on the task's scored tokens only")
     parser.add_argument("--eval-batches", type=int, default=None, help="evaluation batches (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the preset's)")
+    parser.add_argument("--memory-lr", type=float, default=None,
+                        help="learning rate of the memory's own parameters: gates, a memory's weights "
+                             "(default: the preset's; 0: --lr)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -105,6 +109,10 @@ def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.
         if not args.lr > 0:
             parser.error(f"--lr must be > 0, got {args.lr}")
         preset = replace(preset, lr=args.lr)
+    if args.memory_lr is not None:
+        if not args.memory_lr >= 0:
+            parser.error(f"--memory-lr must be >= 0 (0: the learning rate), got {args.memory_lr}")
+        preset = replace(preset, memory_lr=args.memory_lr)
     if args.steps is not None:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -173,7 +181,8 @@ def train(model: MemoryModel, task: Task, p: Preset, seed: int, seconds: float |
           on_step: Callable[[int, float], None] | None = None) -> TaskRun:
     """``train_on_task`` for the preset's steps and budget (or ``seconds`` / ``steps``), no progress
     bar; ``on_step(step, loss)`` runs after every step."""
-    run = train_on_task(model, task, length=p.length, batch=p.batch, lr=p.lr, seconds=seconds or p.budget,
+    run = train_on_task(model, task, length=p.length, batch=p.batch, lr=p.lr, memory_lr=p.memory_lr,
+                        seconds=seconds or p.budget,
                         steps=steps or p.steps, seed=seed, precision=p.precision, progress=False, on_step=on_step)
     print(f"  trained {label or 'arm'}: {run.steps} steps in {run.seconds:.0f} s, last loss "
           f"{sum(run.losses[-10:]) / max(1, len(run.losses[-10:])):.3f}", flush=True)

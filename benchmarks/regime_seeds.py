@@ -16,7 +16,8 @@ memory-logit offsets (a constant added to every memory slot's logit), a warm-up 
 (an offset that starts high and falls to zero early in training: the memory carries most of the
 attention, and so of the gradient, while the model is young), sampled keys normalised to unit
 RMS, against melodi (which has a learned gate of its own) and no memory. Two more tries are
-flags, for any arm: ``--train-on all`` and the learning rate (``--lr``).
+flags, for any arm: ``--train-on all`` and the learning rates (``--lr``, and ``--memory-lr`` for
+the memory's own parameters, such as the gate).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                f"{common.bits(oracle, late, 'oracle:full'):.3f} bits, block of {p.block} alone "
                f"{common.bits(oracle, late, f'oracle:block:{p.block}'):.3f} bits.")
     loss = "the scored tokens" if args.train_on == "scored" else "every token"
-    intro = (f"Hidden-regime task, {common.effort(p)} of training per (arm, seed) at learning rate {p.lr:g}, "
+    rates = f"learning rate {p.lr:g}" + (f" (the memory's parameters {p.memory_lr:g})" if p.memory_lr else "")
+    intro = (f"Hidden-regime task, {common.effort(p)} of training per (arm, seed) at {rates}, "
              f"{p.batch} x {p.length} tokens per step, loss on {loss}; "
              f"bits per regime-dependent token (answers at positions >= {skip}). A seed learned when masking the "
              f"memory costs at least {args.learned_bits} bits. Memory in layers {list(p.layers)} at {p.scale}x "

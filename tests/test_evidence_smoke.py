@@ -245,9 +245,9 @@ def test_regime_seeds_warmup_anneals_the_offset(tmp_path):
     assert "falls linearly to 0 over the first 200 steps" in (tmp_path / "regime_seeds.md").read_text()
 
 
-def test_regime_seeds_trains_on_the_answers_unless_told_and_takes_the_learning_rate(monkeypatch):
+def test_regime_seeds_trains_on_the_answers_unless_told_and_takes_the_learning_rates(monkeypatch):
     """By default an arm trains on the scored answers alone; ``--train-on all`` trains on every
-    token (the same tokens); ``--lr`` reaches the training."""
+    token (the same tokens); ``--lr`` and ``--memory-lr`` reach the training."""
     import common
     import regime_seeds
 
@@ -257,15 +257,15 @@ def test_regime_seeds_trains_on_the_answers_unless_told_and_takes_the_learning_r
         pass
 
     def train(model, task, p, seed, **kwargs):
-        seen.append((task, p.lr))
+        seen.append((task, p.lr, p.memory_lr))
         raise Stop
 
     monkeypatch.setattr(common, "train", train)
-    for extra in ([], ["--train-on", "all", "--lr", "0.005"]):
+    for extra in ([], ["--train-on", "all", "--lr", "0.005", "--memory-lr", "0.05"]):
         with pytest.raises(Stop):
             regime_seeds.main(["--preset", "smoke", "--seeds", "0", "--arms", "elastic", *extra])
-    (scored_task, default_lr), (every_task, lr) = seen
-    assert (default_lr, lr) == (common.Preset.lr, 0.005)
+    (scored_task, default_lr, default_memory_lr), (every_task, lr, memory_lr) = seen
+    assert (default_lr, default_memory_lr, lr, memory_lr) == (common.Preset.lr, 0.0, 0.005, 0.05)
     scored = scored_task.sample(2, 512, torch.Generator().manual_seed(0))
     every = every_task.sample(2, 512, torch.Generator().manual_seed(0))
     assert torch.equal(every.input_ids, scored.input_ids)
@@ -274,6 +274,8 @@ def test_regime_seeds_trains_on_the_answers_unless_told_and_takes_the_learning_r
     assert 0 < scored.scored.sum() < scored.scored.numel() // 20  # answers are a few percent of the tokens
     with pytest.raises(SystemExit):
         regime_seeds.main(["--preset", "smoke", "--seeds", "0", "--arms", "elastic", "--lr", "0"])
+    with pytest.raises(SystemExit):
+        regime_seeds.main(["--preset", "smoke", "--seeds", "0", "--arms", "elastic", "--memory-lr", "-1"])
 
 
 def _llama_on_a_corpus(tmp_path, monkeypatch) -> list[str]:

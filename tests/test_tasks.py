@@ -135,3 +135,30 @@ def test_mixture_draws_whole_sequences_from_each_task():
     assert set(per_row.tolist()) == {16, 4}
     with pytest.raises(ValueError, match="vocab_size"):
         Mixture(a, PasskeyTask())
+
+
+@pytest.mark.parametrize("memory_lr", [0.0, 0.05])
+def test_train_on_task_gives_the_memory_its_own_learning_rate(memory_lr):
+    """One Adam step (no warm-up) moves each parameter by its group's learning rate (the first
+    step's update is lr * sign(grad), weight decay aside): the gate by ``memory_lr`` (``lr`` when
+    0), the backbone's matrices by ``lr``."""
+    import memplug
+    from memplug.tasks.run import train_on_task
+
+    torch.manual_seed(0)
+    model = memplug.build_model("tiny", memory="elastic", block=16, gate=True,
+                                backbone_options=dict(d_model=32, n_layers=2, n_heads=4))
+    task = RegimeTask()  # 25 token ids, inside the tiny backbone's vocabulary
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    lr = 1e-3
+    train_on_task(model, task, length=64, batch=2, lr=lr, memory_lr=memory_lr, steps=1, warmup=1,
+                  precision="fp32", progress=False)
+    moved = {n: (t.detach() - before[n]).abs().max().item() for n, t in model.named_parameters()}
+    gates = [n for n in moved if n.endswith(".gate")]
+    assert gates
+    for n in gates:
+        assert moved[n] == pytest.approx(memory_lr or lr, rel=1e-3)
+    matrices = [n for n, t in model.named_parameters() if t.ndim == 2 and not n.startswith("attn.")]
+    assert max(moved[n] for n in matrices) == pytest.approx(lr, rel=0.05)
+    with pytest.raises(ValueError, match="memory_lr"):
+        train_on_task(model, task, length=64, batch=2, memory_lr=-1.0, steps=1, progress=False)

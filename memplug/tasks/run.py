@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..app.precision import Precision, autocast, resolve_precision
+from ..core.trainable import is_memory_parameter
 from .base import Task
 
 LN2 = math.log(2)
@@ -38,6 +39,7 @@ def train_on_task(
     length: int,
     batch: int,
     lr: float = 2e-3,
+    memory_lr: float = 0.0,
     steps: int | None = None,
     seconds: float | None = None,
     warmup: int = 20,
@@ -52,13 +54,22 @@ def train_on_task(
     The loss is next-token cross-entropy on every target (``Batch.targets`` other than -100,
     given to the model as ``shift_labels``); ``precision`` is ``"auto"`` (bf16 autocast where
     the device computes it fast), ``"bf16"`` or ``"fp32"`` (see :mod:`memplug.app.precision`).
+    ``memory_lr`` (0: ``lr``) is the learning rate of the memory's own parameters
+    (:func:`memplug.core.trainable.is_memory_parameter`: gates, a memory plugin's weights). Adam
+    moves a parameter by about its learning rate per step whatever the gradient's size, so a gate
+    that starts at 0 needs ``memory_lr * steps`` well above 1 to open fully.
     Returns the loss curve.
     """
     if steps is None and seconds is None:
         raise ValueError("give steps or seconds (or both)")
+    if memory_lr < 0:
+        raise ValueError(f"memory_lr must be >= 0 (0: lr), got {memory_lr}")
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    named = list(model.named_parameters())
+    groups = [{"params": [t for n, t in named if not is_memory_parameter(n)]},
+              {"params": [t for n, t in named if is_memory_parameter(n)], "lr": memory_lr or lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     if not isinstance(precision, Precision):
         precision = resolve_precision(precision, device)
