@@ -49,6 +49,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 #: option to 0, where it then stays)
 WARMUPS: dict[str, int] = {"elastic warm-up": 200}
 
+
 def anneal(model: torch.nn.Module, start: float, steps: int):
     """``on_step`` for training: after step s, every elastic memory's logit offset is
     ``start * max(0, 1 - s / steps)``."""
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             model = common.build(task.vocab_size, spec, p, seed, args.device, **extra)
             on_step = anneal(model, extra["logit_offset"], WARMUPS[arm]) if arm in WARMUPS else None
-            run = common.train(model, common.teaching(args, task), p, seed, label=f"{arm}, seed {seed}", on_step=on_step)
+            run = common.train(model, common.teaching(args, task), p, seed, label=f"{arm}, seed {seed}",
+                               on_step=on_step)
             losses[f"{arm}, seed {seed}"] = run.losses
             with_memory = common.collect(model, task, p)
             late = with_memory["position"] >= skip
