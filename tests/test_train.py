@@ -47,6 +47,31 @@ def _log(config) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def test_a_gate_that_cannot_open_in_the_run_is_warned_about(tmp_path, caplog):
+    """The gate's reach is the sum of the memory's learning rates over the schedule; under 3 the
+    run warns once, naming train.memory_lr and a value that reaches 3; the shipped SmolLM2 recipe
+    does not warn, and neither does a model without a gate."""
+    from memplug.app.config import load_config
+    from memplug.app.train import GATE_REACH, gate_reach, gate_warning
+
+    flat = ["model.gate=true", "train.steps=100", "train.lr=0.01", "train.warmup=0", "train.min_lr_ratio=1"]
+    assert gate_reach(load_config(None, flat)) == pytest.approx(1.0)  # 100 steps at 0.01
+    message = gate_warning(load_config(None, flat))
+    assert "train.memory_lr to 0.03 or more" in message and "train.lr=0.01" in message
+    assert gate_warning(load_config(None, [*flat, "train.memory_lr=0.03"])) is None  # reach 3: enough
+    assert gate_reach(load_config(None, [*flat, "model.gate=false"])) is None
+    cosine = load_config(None, ["model.gate=true", "train.steps=100", "train.lr=0.01", "train.warmup=10",
+                                "train.min_lr_ratio=0.1"])
+    assert 0.5 < gate_reach(cosine) < 0.6  # warm-up and decay: about 0.55 of the peak rate on average
+    recipe = load_config(pathlib.Path(__file__).parent.parent / "configs" / "smollm2-retrofit.toml")
+    assert gate_reach(recipe) >= GATE_REACH and gate_warning(recipe) is None
+
+    with caplog.at_level("WARNING", logger="memplug.app.train"):
+        train(tiny_config(tmp_path, "model.gate=true", "train.steps=2", "train.warmup=1", memory="elastic"))
+    warned = [r.getMessage() for r in caplog.records if "model.gate starts closed" in r.getMessage()]
+    assert len(warned) == 1 and "train.memory_lr" in warned[0]
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(1, 101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
