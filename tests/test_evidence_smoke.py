@@ -387,6 +387,7 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     import retrofit_finetune
     import retrofit_gate_sweep
 
+    monkeypatch.setenv("MEMPLUG_PRECISION", "fp32")  # what "auto" picks differs between CPUs
     model_and_data = _llama_on_a_corpus(tmp_path, monkeypatch)
     legt = ["--memory-option", "encoder=legt", "--memory-option", "encoder_options={window=40}"]
     retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0,1", "--eval-tokens", "300", *model_and_data, *legt,
@@ -397,7 +398,9 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     local = _outputs(tmp_path / "out", "retrofit_finetune")["data"]["rows"]["local+sink"]
     assert "No passkey probe" in (tmp_path / "out" / "retrofit_finetune.md").read_text()
     assert closed["16-300"] == pytest.approx(local["beyond window"], rel=1e-9)
-    assert opened["16-300"] != closed["16-300"] and opened["0-16"] == pytest.approx(closed["0-16"], rel=1e-9)
+    # in the first block the memory is empty: an open gate merges two equal attentions, equal to
+    # float32 rounding (bit for bit on some CPUs, not on others)
+    assert opened["16-300"] != closed["16-300"] and opened["0-16"] == pytest.approx(closed["0-16"], rel=1e-6)
     assert "'encoder': 'legt'" in (tmp_path / "out" / "retrofit_gate_sweep.md").read_text()
     retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0", "--block", "20", "--eval-tokens", "300",
                               *model_and_data, "--out", str(tmp_path / "out"), "--name", "wider"])
@@ -587,3 +590,36 @@ def test_scan_precision_emulates_the_formats_and_ranks_the_schemes(tmp_path):
     assert "| bf16x6 | 6 |" in (tmp_path / "scan_precision.md").read_text()
     with pytest.raises(SystemExit, match="--orders must be comma-separated positive integers"):
         sp.main(["--orders", "64,x", "--out", str(tmp_path)])
+
+
+def test_retrofit_table_weighs_buckets_by_tokens_over_the_same_span_for_every_window(tmp_path):
+    """Perplexity over a span is exp of the buckets' token-weighted mean log-perplexity; the
+    "256-8191" aggregate column is not a bucket; a gap in the buckets or a missing value gives
+    None; the table gathers every arm of the given reports and blanks N = P for arms without memory."""
+    import retrofit_table
+
+    row = {"arm": "a", "0-256": 10.0, "256-1024": 20.0, "1024-4096": 30.0, "4096-8192": 40.0, "256-8191": 99.0,
+           "beyond window": 35.0}
+    want = math.exp((768 * math.log(20) + 3072 * math.log(30) + 4096 * math.log(40)) / 7936)
+    assert retrofit_table.from_start(row, 256, 8192) == pytest.approx(want)
+    assert retrofit_table.from_start(row, 1024, 8192) == pytest.approx(math.exp((3072 * math.log(30) + 4096 * math.log(40)) / 7168))
+    assert retrofit_table.from_start(row, 256, 16384) is None  # the stream ends at 8192
+    assert retrofit_table.from_start({k: v for k, v in row.items() if k != "1024-4096"}, 256, 8192) is None
+    assert retrofit_table.from_start(row | {"4096-8192": None}, 256, 8192) is None
+    facts = {"command": "python benchmarks/retrofit_finetune.py --preset cpu", "precision": {"name": "fp32"},
+             "data": {"preset": {"order": 64, "samples": 64, "block": 256, "steps": 30, "seq": 2048, "bptt": 0,
+                                 "eval_tokens": 8192},
+                      "args": {"memory_option": "{'order': 1024, 'samples': 1024}"},
+                      "rows": {"elastic": row | {"arm": "elastic", "passkey 1024": 0.5}, "local": row | {"arm": "local"}}}}
+    report = tmp_path / "retrofit_finetune_x.json"
+    report.write_text(json.dumps(facts))
+    retrofit_table.main([str(report), "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "retrofit_finetune.json").read_text())["data"]
+    elastic, local = data["rows"]
+    assert (elastic["N = P"], local["N = P"]) == ("1024 / 1024", "")
+    assert elastic["256-8192"] == pytest.approx(want) and elastic["256-end"] == pytest.approx(want)
+    assert elastic["passkey 1024"] == 0.5 and elastic["training steps x tokens"] == "30 x 2048"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"command": "python benchmarks/throughput.py", "data": {}}))
+    with pytest.raises(SystemExit, match="not a report of benchmarks/retrofit_finetune.py"):
+        retrofit_table.main([str(other), "--out", str(tmp_path / "out")])
