@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles and determinism.
+"""Shared test set-up: hypothesis profiles, determinism and float32.
 
 Profiles: ``ci`` (derandomized, so a failure reproduces; the default) and ``dev`` (random,
 more examples). Pick one with ``HYPOTHESIS_PROFILE=dev``. The number of examples is set here,
@@ -7,8 +7,11 @@ never in the tests.
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from memplug.app.precision import ENV
 
 settings.register_profile(
     "ci",
@@ -28,3 +31,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Under pytest-xdist each worker gets one thread, so two workers share the two cores.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _float32_where_auto(monkeypatch):
+    """``auto`` precision means float32 in every test: it picks bf16 on CPUs with fast bf16
+    matrix instructions and float32 elsewhere, and a test's reference must not depend on the CPU.
+    The bf16 path is tested where a test asks for it (``precision="bf16"``, or its own ``ENV``)."""
+    monkeypatch.setenv(ENV, "fp32")

@@ -387,7 +387,6 @@ def test_retrofit_gate_sweep_smoke(tmp_path, monkeypatch):
     import retrofit_finetune
     import retrofit_gate_sweep
 
-    monkeypatch.setenv("MEMPLUG_PRECISION", "fp32")  # what "auto" picks differs between CPUs
     model_and_data = _llama_on_a_corpus(tmp_path, monkeypatch)
     legt = ["--memory-option", "encoder=legt", "--memory-option", "encoder_options={window=40}"]
     retrofit_gate_sweep.main(["--preset", "smoke", "--gates", "0,1", "--eval-tokens", "300", *model_and_data, *legt,

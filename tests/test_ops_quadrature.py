@@ -62,3 +62,10 @@ def test_shifted_legendre_is_beta_zero():
 def test_bad_arguments_are_value_errors(args):
     with pytest.raises(ValueError):
         gauss_jacobi(*args)
+
+
+def test_bad_arguments_are_refused_after_a_good_call_was_cached():
+    """The rule is cached by its arguments, and 2.0 == 2 there: the check must come first."""
+    gauss_jacobi(2, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        gauss_jacobi(2.0, 0.0, 0.0)

@@ -60,11 +60,16 @@ def _derivative(n: int, x: Tensor, alpha: float, beta: float) -> tuple[Tensor, T
     return value, slope
 
 
-@functools.lru_cache(maxsize=64)
 def gauss_jacobi(n: int, alpha: float = 0.0, beta: float = 0.0) -> tuple[Tensor, Tensor]:
     """Nodes (n,) ascending in (-1, 1) and weights (n,) for ``∫_{-1}^1 p(x) (1-x)^α (1+x)^β dx``,
     float64 on the CPU; exact for deg p < 2n."""
-    _check(n, alpha, beta)
+    _check(n, alpha, beta)  # before the cache, which takes 2.0 for the 2 it may hold
+    return _gauss_jacobi(n, alpha, beta)
+
+
+@functools.lru_cache(maxsize=64)
+def _gauss_jacobi(n: int, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+    """:func:`gauss_jacobi` for checked arguments."""
     s = alpha + beta
     x = torch.linalg.eigvalsh(_jacobi_matrix(n, alpha, beta))  # (n,) ascending
     for _ in range(_NEWTON_STEPS):
