@@ -25,7 +25,6 @@ import common
 #: ends at the model's trained positions (INSIDE), one at the end of the stream
 START, INSIDE = 256, 8192
 
-
 #: a report's columns named like buckets that are spans over several buckets
 AGGREGATES = frozenset({"256-8191"})
 
@@ -61,7 +60,7 @@ def setting(facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def gather(paths: list[Path]) -> list[dict[str, Any]]:
-    """Every arm of every report at ``paths``, with its report's setting and the added column."""
+    """Every arm of every report at ``paths``, with its report's setting and the added columns."""
     rows = []
     for path in paths:
         facts = json.loads(path.read_text())
@@ -69,8 +68,8 @@ def gather(paths: list[Path]) -> list[dict[str, Any]]:
             raise SystemExit(f"{path}: not a report of benchmarks/retrofit_finetune.py")
         where = setting(facts)
         for row in facts["data"]["rows"].values():
-            memory = where if "elastic" in row["arm"] else where | {"N = P": ""}
-            rows.append({"report": f"[{path.stem}]({path.stem}.md)", "arm": row["arm"], **memory,
+            shown = where if "elastic" in row["arm"] else where | {"N = P": ""}  # no memory, no size
+            rows.append({"report": f"[{path.stem}]({path.stem}.md)", "arm": row["arm"], **shown,
                          f"{START}-{INSIDE}": from_start(row, START, INSIDE),
                          f"{START}-end": from_start(row, START, where["stream"]),
                          **{k: v for k, v in row.items() if k == "beyond window" or k.startswith("passkey")}})
