@@ -66,12 +66,16 @@ def rotary(x: Tensor, positions: Tensor, inv_freq: Tensor, scaling: float = 1.0)
         raise ValueError(f"rotary width {rot} exceeds the head dimension {x.shape[-1]}")
     freqs = positions.to(torch.float32)[..., None] * inv_freq.to(device=x.device, dtype=torch.float32)  # (..., T, R/2)
     angles = torch.cat((freqs, freqs), dim=-1)  # (..., T, R)
-    cos = (angles.cos() * scaling).to(x.dtype)
-    sin = (angles.sin() * scaling).to(x.dtype)
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    cos, sin = angles.cos(), angles.sin()
+    if scaling != 1.0:
+        cos, sin = cos * scaling, sin * scaling
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = rot // 2
-    rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)  # (..., T, R)
-    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+    # Every step below is a kernel on a GPU (and these run twice per layer): a full-width rotary
+    # (most models) skips the slicing and the concatenation with an empty pass-through part.
+    x_rot = x if rot == x.shape[-1] else x[..., :rot]
+    rotated = x_rot * cos + torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1) * sin  # (..., T, R)
+    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
 class HFBackbone(Backbone):
