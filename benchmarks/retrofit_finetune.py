@@ -254,7 +254,7 @@ def memory_options(p: Preset, args: argparse.Namespace, evaluation: bool = False
     """The Elastic options of every memory arm: the preset's N and P, then ``--memory-option``;
     with ``evaluation``, then ``--eval-memory-option`` (the options a model is measured with)."""
     options = dict(order=p.order, samples=p.samples) | args.memory_option
-    return options | getattr(args, "eval_memory_option", {}) if evaluation else options
+    return (options | getattr(args, "eval_memory_option", {})) if evaluation else options
 
 
 def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: argparse.Namespace) -> torch.nn.Module:
