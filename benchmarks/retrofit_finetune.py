@@ -423,6 +423,12 @@ def train_or_reuse(model: torch.nn.Module, arm: str, task: CorpusTask, p: Preset
     return training
 
 
+def print_cell(cell: dict[str, Any]) -> None:
+    """Progress: one probe cell's count as it finishes (a long probe runs for minutes)."""
+    right = "n/a" if cell["correct"] is None else f"{cell['correct']}/{cell['total']}"
+    print(f"    passkey at {cell['length']:,} tokens, depth {cell['depth']}: {right}", flush=True)
+
+
 def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTokenizer, data: dict[str, Any],
             p: Preset, args: argparse.Namespace, precision: Any, weights: Path) -> dict[str, Any]:
     """Build, train (or reuse the weights in ``weights``) and measure one arm."""
@@ -437,7 +443,7 @@ def run_arm(arm: str, hf: torch.nn.Module, backbone: HFBackbone, tokenizer: HFTo
         nll = stream_nll(reader, data["eval"], p.chunk)
         probes = run_probes(reader, tokenizer, [make_probe("passkey")], list(p.probe_lengths), list(p.probe_depths),
                             samples=p.probe_samples, dataset=args.dataset, split="test", seed=args.seed,
-                            dataset_options=args.dataset_option) if p.probe_lengths else {"cells": []}
+                            dataset_options=args.dataset_option, on_cell=print_cell) if p.probe_lengths else {"cells": []}
     result["nll"] = nll.tolist()
     result["probes"] = probes
     if mode is not None and ARMS[arm][0].get("memory"):
