@@ -88,6 +88,24 @@ def test_empty_memory_hidden_and_logit_offset():
     assert ElasticMemory.__init__.__defaults__ is not None and memory().logit_offset == 0.0
 
 
+def test_density_offset_weighs_samples_as_the_tokens_they_repeat():
+    """With more samples (40) than history tokens, each block's memory logits get ln(t / P):
+    block times 0, 16, 32 -> hidden, ln 0.4, ln 0.8; the read of one block (the step form) gives
+    the same; once t >= P there is nothing to add, so no bias (the layer stays mask-free)."""
+    q, k, v = blocks(3)
+    mem = memory(samples=40, logit_offset="density")
+    state = mem.init_state(2, torch.float32, torch.device("cpu"))
+    read, state = mem.forward_blocks(state, q, k, v, 0, 3)
+    assert read.bias.shape == (1, 1, 3, 1, 40)
+    torch.testing.assert_close(read.bias[0, 0, :, 0], torch.tensor([0.0, math.log(0.4), math.log(0.8)]).expand(40, 3).T)
+    one = mem.read(state, q[:, :, :1], 48)  # after 48 tokens (>= P): nothing to add
+    assert one.bias is None and mem.forward_blocks(state, q, k, v, 48, 3)[0].bias is None
+    early = mem.read(mem.init_state(2, torch.float32, torch.device("cpu")), q[:, :, :1], 16)
+    torch.testing.assert_close(early.bias, torch.full((1, 1, 1, 1, 40), math.log(0.4)))
+    with pytest.raises(ValueError, match="'density'"):
+        memory(logit_offset="dense")
+
+
 def test_normalize_keys_rescales_keys_only():
     """Each sampled key keeps its direction at unit RMS over D; values and bias are untouched."""
     q, k, v = blocks(2)

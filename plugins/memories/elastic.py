@@ -26,7 +26,11 @@ to every memory logit, parameter-free. ``-ln P`` gives the P samples together th
 about one key at the start, meant to help early learning, but it stopped the model from
 learning to use its memory on the regime (gist) task (the ``ablations`` table of docs/results:
 a memory gain of 0.005 bits where the default's is 1.04), so the default is 0; pass
-``logit_offset="-lnP"`` or a float. ``normalize_keys=True`` rescales every sampled key to unit
+``logit_offset="-lnP"`` or a float. ``logit_offset="density"`` adds ``ln(t / P)`` to a block's
+memory logits while its history is shorter than the P samples (``t < P``), 0 after: P samples of
+t tokens repeat each token about P / t times, and without it they would outweigh the local keys
+by that factor (a memory of 1024 samples read after one block of 256 tokens counts each token 4
+times); with it they weigh together as much as the t tokens would. ``normalize_keys=True`` rescales every sampled key to unit
 RMS over its D channels (values unchanged), parameter-free: a polynomial reconstruction is a
 smoothed average of the history, so its keys are shorter than raw keys, and shorter the more
 varied the history; normalised, a sample's logit measures direction only.
@@ -50,6 +54,7 @@ from memplug.core.manager import make_encoder, make_retriever
 
 POSITIONS = ("none", "sample")
 LOG_P = "-lnP"
+DENSITY = "density"
 BASIS_CACHE_BYTES = 16 * 2**20
 
 
@@ -75,7 +80,8 @@ class ElasticMemory(Memory):
         retriever_options: more options of a retriever given by name (``warp``, ``rate``, ...).
         positions: ``"none"`` (samples unrotated) or ``"sample"`` (rotated at their positions).
         max_distance: with ``positions="sample"``, clip the distance to the block start.
-        logit_offset: 0.0 (default), a float, or ``"-lnP"``; added to every memory logit.
+        logit_offset: 0.0 (default), a float, ``"-lnP"`` (added to every memory logit) or
+            ``"density"`` (``ln(t / P)`` while the history is shorter than P, then 0).
         normalize_keys: rescale every sampled key to unit RMS over its D channels.
     """
 
@@ -103,8 +109,8 @@ class ElasticMemory(Memory):
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if max_distance is not None and not max_distance > 0:
             raise ValueError(f"max_distance must be > 0 or None, got {max_distance!r}")
-        if isinstance(logit_offset, str) and logit_offset != LOG_P:
-            raise ValueError(f"logit_offset must be a float or {LOG_P!r}, got {logit_offset!r}")
+        if isinstance(logit_offset, str) and logit_offset not in (LOG_P, DENSITY):
+            raise ValueError(f"logit_offset must be a float, {LOG_P!r} or {DENSITY!r}, got {logit_offset!r}")
         if not isinstance(normalize_keys, bool):
             raise ValueError(f"normalize_keys must be True or False, got {normalize_keys!r}")
         self.positions, self.max_distance, self.logit_offset = positions, max_distance, logit_offset
@@ -125,8 +131,15 @@ class ElasticMemory(Memory):
         self.retriever = retriever
         self._bases.clear()
 
-    def offset(self) -> float:
-        return -math.log(self.retriever.samples) if self.logit_offset == LOG_P else float(self.logit_offset)
+    def offset(self, t: float = 0.0) -> float:
+        """The offset of the memory logits of a block starting at time ``t`` (which only
+        ``logit_offset="density"`` reads)."""
+        if self.logit_offset == LOG_P:
+            return -math.log(self.retriever.samples)
+        if self.logit_offset != DENSITY:
+            return float(self.logit_offset)
+        # a block at t = 0 reads an empty memory, hidden anyway: nothing to weigh
+        return math.log(min(1.0, t / self.retriever.samples)) if t > 0 else 0.0
 
     # --- Memory contract -----------------------------------------------------------------
     # The encoder sees one signal per sequence with Hkv * 2D channels (every kv head's [k | v]):
@@ -182,9 +195,14 @@ class ElasticMemory(Memory):
         if self.normalize_keys:
             keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
+        first, nb, length = when
+        offsets = [self.offset(first + i * length) for i in range(nb)]  # from the block times on the host
         bias = None  # nothing to add: the layer's attention then needs no mask (on a GPU, flash)
-        if self.offset() != 0:
-            bias = torch.full((1, 1, 1, 1, slots), self.offset(), dtype=dtype, device=states.device)  # every block
+        if len(set(offsets)) == 1 and offsets[0] != 0:
+            bias = torch.full((1, 1, 1, 1, slots), offsets[0], dtype=dtype, device=states.device)  # every block
+        elif len(set(offsets)) > 1:  # "density" while the history is shorter than P: computed where t lives
+            share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,), = offsets
+            bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
         key_positions = None
         if self.positions == "sample":
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
