@@ -102,8 +102,30 @@ def test_density_offset_weighs_samples_as_the_tokens_they_repeat():
     assert one.bias is None and mem.forward_blocks(state, q, k, v, 48, 3)[0].bias is None
     early = mem.read(mem.init_state(2, torch.float32, torch.device("cpu")), q[:, :, :1], 16)
     torch.testing.assert_close(early.bias, torch.full((1, 1, 1, 1, 40), math.log(0.4)))
+    slow, _ = Memory.forward_blocks(mem, mem.init_state(2, torch.float32, torch.device("cpu")), q, k, v, 0, 3)
+    torch.testing.assert_close(slow.bias[:, :, 1:], read.bias[:, :, 1:])  # the step form, block by block
     with pytest.raises(ValueError, match="'density'"):
         memory(logit_offset="dense")
+
+
+@pytest.mark.parametrize("offset", ["density", 0.0])
+def test_density_offset_makes_samples_of_a_constant_history_weigh_as_its_tokens(offset):
+    """A history of 16 equal tokens, read as 40 samples (LegS keeps a constant exactly): with
+    "density" the layer's second block attends as if those 16 tokens were keys beside its own; with
+    no offset the 40 samples weigh 40 / 16 times too much."""
+    from memplug.core.layer import MemoryAttention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32, 8, generator=g, dtype=torch.float64) for _ in range(3))  # (B, H, T, D)
+    k[:, :, :16], v[:, :, :16] = k[:, :, :1], v[:, :, :1]  # block 0: one key and value, 16 times
+    layer = MemoryAttention(ElasticMemory(order=12, samples=40, logit_offset=offset), 16, "block", attention="sdpa")
+    out, _ = layer(q, k, v, {}, 0)
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    seen = torch.cat([torch.ones(16, 16, dtype=torch.bool), causal], dim=1)  # [the 16 history tokens | block 1]
+    logits = (q[:, :, 16:] @ k.transpose(-1, -2)) / math.sqrt(8)  # (B, H, 16, 32)
+    want = logits.masked_fill(~seen, float("-inf")).softmax(-1) @ v
+    close = torch.allclose(out[:, :, 16:], want, atol=1e-4, rtol=0)
+    assert close == (offset == "density")
 
 
 def test_normalize_keys_rescales_keys_only():

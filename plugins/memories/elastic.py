@@ -30,10 +30,12 @@ a memory gain of 0.005 bits where the default's is 1.04), so the default is 0; p
 memory logits while its history is shorter than the P samples (``t < P``), 0 after: P samples of
 t tokens repeat each token about P / t times, and without it they would outweigh the local keys
 by that factor (a memory of 1024 samples read after one block of 256 tokens counts each token 4
-times); with it they weigh together as much as the t tokens would. ``normalize_keys=True`` rescales every sampled key to unit
-RMS over its D channels (values unchanged), parameter-free: a polynomial reconstruction is a
-smoothed average of the history, so its keys are shorter than raw keys, and shorter the more
-varied the history; normalised, a sample's logit measures direction only.
+times); with it they weigh together as much as the t tokens would.
+
+``normalize_keys=True`` rescales every sampled key to unit RMS over its D channels (values
+unchanged), parameter-free: a polynomial reconstruction is a smoothed average of the history, so
+its keys are shorter than raw keys, and shorter the more varied the history; normalised, a
+sample's logit measures direction only.
 
 Elastic adds no parameters of its own (a learned retriever brings its own).
 """
