@@ -203,13 +203,6 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     if unknown:
         p.error(f"--arms: unknown {unknown}; known: {list(ARMS)}")
     parse_data_and_memory_options(p, args, preset)
-    try:
-        args.eval_memory_option = parse_pairs(args.eval_memory_option, "--eval-memory-option")
-        make_memory("elastic", **memory_options(preset, args, evaluation=True))
-    except ConfigError as e:
-        p.error(str(e))
-    except (TypeError, ValueError, KeyError) as e:
-        p.error(f"--eval-memory-option {args.eval_memory_option}: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -228,24 +221,29 @@ def add_data_and_memory_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_data_and_memory_options(parser: argparse.ArgumentParser, args: argparse.Namespace, p: Preset) -> None:
-    """``args.dataset_option`` (strings) and ``args.memory_option`` (typed values) as dicts; a bad
+    """``args.dataset_option`` (strings), ``args.memory_option`` and ``args.eval_memory_option``
+    (typed values; the latter empty for a parser without ``--eval-memory-option``) as dicts; a bad
     pair, or a memory option Elastic refuses, stops with the parser's one-line error before
     anything loads."""
     try:
         args.dataset_option = parse_pairs(args.dataset_option, "--dataset-option", typed=False)
         args.memory_option = parse_pairs(args.memory_option, "--memory-option")
+        evaluation = getattr(args, "eval_memory_option", [])  # retrofit_gate_sweep.py has no such flag
+        args.eval_memory_option = parse_pairs(evaluation, "--eval-memory-option")
     except ConfigError as e:
         parser.error(str(e))
-    try:
-        make_memory("elastic", **memory_options(p, args))
-    except (TypeError, ValueError, KeyError) as e:
-        parser.error(f"--memory-option {args.memory_option}: {e}")
+    for flag, given, evaluation in (("--memory-option", args.memory_option, False),
+                                    ("--eval-memory-option", args.eval_memory_option, True)):
+        try:
+            make_memory("elastic", **memory_options(p, args, evaluation))
+        except (TypeError, ValueError, KeyError) as e:
+            parser.error(f"{flag} {given}: {e}")
 
 
 def describe_memory(p: Preset, args: argparse.Namespace) -> str:
     """The memory's settings for a report's text (and the ones it is read with, when they differ)."""
     text = f"LegS, N = {p.order}, uniform P = {p.samples}" if not args.memory_option else f"{memory_options(p, args)}"
-    if getattr(args, "eval_memory_option", None):
+    if args.eval_memory_option:
         text += f" in training, read at test with {memory_options(p, args, evaluation=True)}"
     return text
 
@@ -254,7 +252,7 @@ def memory_options(p: Preset, args: argparse.Namespace, evaluation: bool = False
     """The Elastic options of every memory arm: the preset's N and P, then ``--memory-option``;
     with ``evaluation``, then ``--eval-memory-option`` (the options a model is measured with)."""
     options = dict(order=p.order, samples=p.samples) | args.memory_option
-    return (options | getattr(args, "eval_memory_option", {})) if evaluation else options
+    return (options | args.eval_memory_option) if evaluation else options
 
 
 def build(arm: str, hf: torch.nn.Module, backbone: HFBackbone, p: Preset, args: argparse.Namespace) -> torch.nn.Module:
@@ -387,7 +385,7 @@ def fingerprint(arm: str, args: argparse.Namespace, p: Preset, ignore: tuple[str
                 "options": args.dataset_option, "seed": args.seed}
     if options.get("memory") and args.memory_option:
         settings["memory"] = args.memory_option
-    if options.get("memory") and getattr(args, "eval_memory_option", None) and "eval_memory_option" not in ignored:
+    if options.get("memory") and args.eval_memory_option and "eval_memory_option" not in ignored:
         settings["eval_memory"] = args.eval_memory_option
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

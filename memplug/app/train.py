@@ -68,7 +68,7 @@ from .checkpoint import (
     step_of,
     unwrap,
 )
-from .config import Config, ConfigError, describe_config, load_config
+from .config import Config, ConfigError, TrainConfig, describe_config, load_config
 from .distributed import (
     DistInfo,
     all_mean,
@@ -120,8 +120,12 @@ def gate_reach(config: Config) -> float | None:
     if not config.model.gate:
         return None
     tc = config.train
-    peak = tc.memory_lr or tc.lr
-    return sum(lr_at(step, tc.steps, peak, tc.warmup, tc.min_lr_ratio) for step in range(1, tc.steps + 1))
+    return sum(lr_at(step, tc.steps, _memory_peak(tc), tc.warmup, tc.min_lr_ratio) for step in range(1, tc.steps + 1))
+
+
+def _memory_peak(tc: TrainConfig) -> float:
+    """The memory's peak learning rate: ``train.memory_lr``, or ``train.lr`` when it is 0."""
+    return tc.memory_lr or tc.lr
 
 
 def gate_warning(config: Config) -> str | None:
@@ -131,7 +135,7 @@ def gate_warning(config: Config) -> str | None:
     if reach is None or reach >= GATE_REACH * (1 - 1e-9):  # the sum's rounding
         return None
     tc = config.train
-    peak = tc.memory_lr or tc.lr
+    peak = _memory_peak(tc)
     rate = f"train.memory_lr={peak:g}" if tc.memory_lr else f"train.lr={peak:g} (train.memory_lr is 0)"
     return (f"model.gate starts closed, and over {tc.steps} steps at {rate} Adam can move it by about "
             f"{reach:.2g} in all, too little to open it: set train.memory_lr to {peak * GATE_REACH / reach:.2g} "

@@ -133,15 +133,12 @@ class ElasticMemory(Memory):
         self.retriever = retriever
         self._bases.clear()
 
-    def offset(self, t: float = 0.0) -> float:
-        """The offset of the memory logits of a block starting at time ``t`` (which only
-        ``logit_offset="density"`` reads)."""
+    def offset(self) -> float:
+        """The constant offset of every memory logit (0 for ``"density"``, whose offset depends
+        on the block's time: :meth:`_read`)."""
         if self.logit_offset == LOG_P:
             return -math.log(self.retriever.samples)
-        if self.logit_offset != DENSITY:
-            return float(self.logit_offset)
-        # a block at t = 0 reads an empty memory, hidden anyway: nothing to weigh
-        return math.log(min(1.0, t / self.retriever.samples)) if t > 0 else 0.0
+        return 0.0 if self.logit_offset == DENSITY else float(self.logit_offset)
 
     # --- Memory contract -----------------------------------------------------------------
     # The encoder sees one signal per sequence with Hkv * 2D channels (every kv head's [k | v]):
@@ -198,13 +195,15 @@ class ElasticMemory(Memory):
             keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
         first, nb, length = when
-        offsets = [self.offset(first + i * length) for i in range(nb)]  # from the block times on the host
         bias = None  # nothing to add: the layer's attention then needs no mask (on a GPU, flash)
-        if len(set(offsets)) == 1 and offsets[0] != 0:
-            bias = torch.full((1, 1, 1, 1, slots), offsets[0], dtype=dtype, device=states.device)  # every block
-        elif len(set(offsets)) > 1:  # "density" while the history is shorter than P: computed where t lives
-            share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,), = offsets
-            bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
+        if self.logit_offset == DENSITY:
+            # ln(t / P) for the blocks with 0 < t < P (t = 0 reads an empty memory, hidden anyway);
+            # whether any has is known from the block times on the host, without a device sync
+            if any(0 < first + i * length < slots for i in range(nb)):
+                share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,)
+                bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
+        elif self.offset() != 0:
+            bias = torch.full((1, 1, 1, 1, slots), self.offset(), dtype=dtype, device=states.device)  # every block
         key_positions = None
         if self.positions == "sample":
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
