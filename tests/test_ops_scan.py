@@ -108,6 +108,21 @@ def test_float32_and_auto_method():
 
 
 @pytest.mark.parametrize(
+    "device, blocks, order, channels, method",
+    [
+        ("cpu", 128, 64, 512, "sequential"),  # the CPU: always the least work
+        ("meta", 16, 64, 4096, "sequential"),  # Elastic 1x, 16 blocks: the doubling makes more calls
+        ("meta", scan.PARALLEL_MIN_STEPS - 1, 64, 4096, "sequential"),
+        ("meta", scan.PARALLEL_MIN_STEPS, 64, 4096, "parallel"),  # many small steps: fewer calls
+        ("meta", 128, 1024, 4096, "sequential"),  # steps that fill the device: the least work
+    ],
+)
+def test_auto_method_on_an_accelerator(device, blocks, order, channels, method):
+    # "meta" stands in for an accelerator: anything but the CPU
+    assert scan._auto_method(torch.empty(blocks, order, channels, device=device)) == method
+
+
+@pytest.mark.parametrize(
     "A, u, kwargs",
     [
         (torch.zeros(3, 2, 2), torch.zeros(4, 2, 1), {}),  # nb differs

@@ -11,8 +11,8 @@ contribution (N, C). Two forms return every state after each step and are tested
   the columns up to its last row, about (k + 1) / 2k of the dense work for k chunks.
 - :func:`linear_recurrence_parallel`: Hillis-Steele doubling on the associative composition
   ``(A2, u2) ∘ (A1, u1) = (A2 A1, A2 u1 + u2)``; ceil(log2 nb) rounds of batched matmuls,
-  O(nb log nb (N³ + N² C)) work; fewer, larger kernels when each step alone is too small to
-  fill an accelerator.
+  O(nb log nb (N³ + N² C)) work; fewer kernel launches than the sequential scan only for many
+  steps (:data:`PARALLEL_MIN_STEPS`), when each step alone is too small to fill an accelerator.
 
 Precision. The sequential scan with constant transitions can run its products in ``bf16x6``
 (:data:`SCAN_PRECISIONS`): each float32 operand is written as three bf16 parts, ``x = x0 + x1 +
@@ -61,6 +61,7 @@ __all__ = [
     "bf16x6_operands",
     "check_scan_options",
     "PARALLEL_BELOW",
+    "PARALLEL_MIN_STEPS",
     "TRIANGULAR_ROWS",
 ]
 
@@ -76,13 +77,21 @@ def check_scan_options(method: str, precision: str) -> None:
         raise ValueError(f"scan_precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
 
 
-#: ``method="auto"`` runs the doubling scan on an accelerator when one sequential step is smaller
-#: than this many multiply-adds (batch x N² x C): such a step cannot fill the device, and the
-#: doubling's log2(nb) batched rounds launch fewer kernels. Above it a step fills the device,
-#: and the doubling's extra work (N³ products, log2(nb) passes) costs more than it saves: at
-#: N = 1024 it does several times the sequential work. An estimate from the kernel counts and
-#: sizes, not a GPU measurement (``bash benchmarks/gpu_sweep.sh speed`` times both methods at 16x).
+#: ``method="auto"`` runs the doubling scan on an accelerator only when one sequential step is
+#: smaller than this many multiply-adds (batch x N² x C) and there are at least
+#: :data:`PARALLEL_MIN_STEPS` steps. Above it a step fills the device, and the doubling's extra
+#: work (N³ products, log2(nb) passes) costs more than it saves: at N = 1024 it does several
+#: times the sequential work. An estimate from the kernel counts and sizes, not a GPU
+#: measurement (``bash benchmarks/gpu_sweep.sh speed`` times both methods at 1x and 16x).
 PARALLEL_BELOW = 2**27
+
+#: The fewest steps at which ``method="auto"`` takes the doubling scan (on an accelerator, with
+#: steps below :data:`PARALLEL_BELOW`): a training step (forward + backward) of the sequential scan
+#: makes 2 nb + 5 operator calls, the doubling scan's about 11 per round of ceil(log2 nb), and the
+#: doubling makes fewer from 27 steps on (``benchmarks/scan_methods.py``, docs/results/scan_methods.md).
+#: Below that it launches more kernels *and* does 3-7x the multiply-adds: at Elastic's 1x (N = 64)
+#: with 16 blocks, 47 calls against 37.
+PARALLEL_MIN_STEPS = 27
 
 #: Rows per chunk when a sequential step skips the zeros of a lower-triangular transition: at N =
 #: 1024, 8 chunks do 9/16 of the dense multiply-adds in matmuls still large enough to run at full
@@ -279,8 +288,9 @@ def linear_recurrence(
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i``.
 
     ``method``: ``"sequential"``, ``"parallel"``, or ``"auto"``: sequential, except on an
-    accelerator when one step is smaller than :data:`PARALLEL_BELOW` multiply-adds (then the
-    doubling scan's fewer, larger kernels pay for its extra work). ``lower``: the transitions are
+    accelerator for at least :data:`PARALLEL_MIN_STEPS` steps each smaller than
+    :data:`PARALLEL_BELOW` multiply-adds (then the doubling scan's fewer kernels pay for its
+    extra work). ``lower``: the transitions are
     lower triangular (the sequential scan then skips their zeros; the doubling scan ignores it).
     ``precision``: one of :data:`SCAN_PRECISIONS`; only the sequential scan splits its products,
     so ``"auto"`` with ``"bf16x6"`` is sequential.
@@ -299,7 +309,9 @@ def linear_recurrence(
 
 
 def _auto_method(u: Tensor) -> str:
-    if u.device.type == "cpu" or u.shape[-3] < 2:
+    """``"parallel"`` on an accelerator for many small steps (:data:`PARALLEL_MIN_STEPS`,
+    :data:`PARALLEL_BELOW`), else ``"sequential"``."""
+    if u.device.type == "cpu" or u.shape[-3] < PARALLEL_MIN_STEPS:
         return "sequential"
     n, channels = u.shape[-2:]
     per_step = math.prod(u.shape[:-3]) * n * n * channels  # multiply-adds of one step
