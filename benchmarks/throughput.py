@@ -51,6 +51,7 @@ import memplug
 from memory_configs import build_options, parse_scales
 from memplug.app.precision import PRECISIONS, resolve_precision
 from memplug.core.contracts import Encoder
+from memplug.hippo.fused_scan import fused_available
 from memplug.hippo.scan import SCAN_METHODS, SCAN_PRECISIONS
 
 
@@ -242,6 +243,10 @@ def main() -> None:
         raise SystemExit(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
     if args.scan_precision != "float32" and "elastic" not in names:
         raise SystemExit(f"--scan-precision {args.scan_precision} applies to the elastic arm, which --memories lacks")
+    if args.scan_method == "fused" and fused_available(args.device) is not None:
+        raise SystemExit(f"--scan-method fused {fused_available(args.device)}")
+    if args.scan_method == "fused" and args.scan_precision != "float32":
+        raise SystemExit(f"--scan-method fused runs float32 products, not --scan-precision {args.scan_precision}")
     hf = None if args.backbone == "tiny" else load_pretrained(args.backbone, args.device)
     vocab = 256 if hf is None else hf.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)

@@ -133,3 +133,24 @@ def test_bf16x6_scan_on_tensor_cores_keeps_float32_accuracy():
         results[name] = (states.detach().cpu().double(), leaf.grad.cpu().double())
     for exact, single, split in zip(results["exact"], results["float32"], results["bf16x6"]):
         assert (split - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()
+
+
+def test_fused_scan_on_cuda_equals_the_sequential_scan():
+    """The fused scan's Triton kernel compiled for the GPU (the CPU tests run it interpreted): LegS
+    at N = 300 (lower-triangular tiles, a partial last tile), forward and backward, against the
+    sequential scan to float32 rounding and as close to float64."""
+    pytest.importorskip("triton")
+    from memplug.plugins.encoders.legs import LegS
+
+    x = torch.randn(2, 1000, 70, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weight = torch.linspace(-1, 1, 2 * 10 * 300 * 70, dtype=torch.float64).view(2, 10, 300, 70)
+    results = {}
+    for name, dtype, device, method in (("exact", torch.float64, "cpu", "sequential"),
+                                        ("sequential", torch.float32, "cuda", "sequential"),
+                                        ("fused", torch.float32, "cuda", "fused")):
+        leaf = x.detach().to(device, dtype).requires_grad_()
+        states = LegS(300, scan_method=method).scan(leaf, 100)
+        (states * weight.to(device, dtype)).sum().backward()
+        results[name] = (states.detach().cpu().double(), leaf.grad.cpu().double())
+    for exact, single, fused in zip(results["exact"], results["sequential"], results["fused"]):
+        assert (fused - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()

@@ -567,9 +567,12 @@ def test_retrofit_verdicts_judge_only_trained_arms():
 @pytest.mark.parametrize("bad, named", [(["--backbone", "hf:"], "--backbone"),
                                          (["--backbone", "gpt2"], "--backbone"),
                                          (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method"),
-                                         (["--memories", "none", "--scan-precision", "bf16x6"], "--scan-precision")])
+                                         (["--memories", "none", "--scan-precision", "bf16x6"], "--scan-precision"),
+                                         (["--memories", "none,elastic", "--scan-method", "fused"], "--scan-method fused")])
 def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch):
     import throughput
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the fused scan then needs a GPU, which the CPU is not
 
     monkeypatch.setattr(sys, "argv", ["throughput.py", *bad, "--out", str(tmp_path / "throughput")])
     with pytest.raises(SystemExit) as exc:

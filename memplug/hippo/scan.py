@@ -5,7 +5,9 @@ transition (N, N) (the state map over the block with no input) and ``u_i`` the b
 contribution (N, C). Two forms return every state after each step and are tested equal:
 
 - :func:`linear_recurrence_sequential`: one matmul per step, O(nb N² C) work, the least work;
-  with constant transitions each step is one in-place multiply-add (one kernel). With
+  with constant transitions each step is one in-place multiply-add (one kernel), or, with
+  ``fused=True`` (``method="fused"``), all the steps are one Triton kernel
+  (:mod:`memplug.hippo.fused_scan`, CUDA; this is its reference). With
   ``lower=True`` (lower-triangular transitions, as every scale-invariant measure has) a step
   multiplies by the nonzero part only: rows in chunks of :data:`TRIANGULAR_ROWS`, each against
   the columns up to its last row, about (k + 1) / 2k of the dense work for k chunks.
@@ -45,6 +47,7 @@ import torch
 from torch import Tensor
 
 from ..util.checks import positive_int
+from .fused_scan import fused_steps
 
 __all__ = [
     "BlockRecurrence",
@@ -65,7 +68,7 @@ __all__ = [
     "TRIANGULAR_ROWS",
 ]
 
-SCAN_METHODS = ("auto", "sequential", "parallel")
+SCAN_METHODS = ("auto", "sequential", "parallel", "fused")
 SCAN_PRECISIONS = ("float32", "bf16x6")
 
 def check_scan_options(method: str, precision: str) -> None:
@@ -114,7 +117,8 @@ def _check(A: Tensor, u: Tensor, c0: Tensor | None) -> None:
 
 
 def linear_recurrence_sequential(
-    A: Tensor, u: Tensor, c0: Tensor | None = None, lower: bool = False, precision: str = "float32"
+    A: Tensor, u: Tensor, c0: Tensor | None = None, lower: bool = False, precision: str = "float32",
+    fused: bool = False,
 ) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i`` by one step at a time.
 
@@ -124,13 +128,18 @@ def linear_recurrence_sequential(
     ``lower=True`` promises lower-triangular transitions (zeros above the diagonal): those steps
     then skip the zero blocks right of each row chunk. ``precision="bf16x6"`` (float32 operands
     only) runs those products as split bf16 ones (module docstring). Transitions with a gradient
-    take the dense float32 path.
+    take the dense float32 path. ``fused=True`` runs the steps of each direction in one Triton
+    kernel (:func:`memplug.hippo.fused_scan.fused_steps`): float32 constant transitions only.
     """
     _check(A, u, c0)
     if precision not in SCAN_PRECISIONS:
         raise ValueError(f"precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
     if precision != "float32" and u.dtype != torch.float32:
         raise ValueError(f"precision {precision!r} splits float32 operands; the states are {u.dtype}")
+    if fused and (precision != "float32" or A.requires_grad or u.dtype != torch.float32):
+        raise ValueError("scan_method 'fused' runs float32 states, float32 products and transitions without a "
+                         f"gradient; got {u.dtype} states, precision {precision!r}, "
+                         f"transitions {'with' if A.requires_grad else 'without'} a gradient")
     batch, (N, C) = u.shape[:-3], u.shape[-2:]
     A = A.expand(*batch, *A.shape[-3:]).reshape(-1, *A.shape[-3:])  # (B, nb, N, N), B = prod(batch)
     u = u.reshape(-1, *u.shape[-3:])  # (B, nb, N, C)
@@ -138,7 +147,8 @@ def linear_recurrence_sequential(
     if A.requires_grad:
         states = _steps(A, u, c)
     else:
-        states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None, precision == "bf16x6")
+        chunks = _row_chunks(N) if lower else None
+        states = _ConstantTransitionScan.apply(A, u, c, chunks, precision == "bf16x6", ("lower" if lower else "dense") if fused else None)
     return states.reshape(*batch, *states.shape[-3:])
 
 
@@ -230,34 +240,42 @@ class _ConstantTransitionScan(torch.autograd.Function):
     written in place (one kernel, or one per row chunk of a lower-triangular transition: no
     separate sum, no stack of the steps). With ``split`` the products are bf16x6 ones: the
     transitions (or their transposes, in the backward) are split once per call, each state
-    once per step."""
+    once per step. With ``fused`` (``"lower"`` or ``"dense"``: the transitions' shape) the steps
+    after the first run in one Triton kernel per direction instead
+    (:func:`memplug.hippo.fused_scan.fused_steps`)."""
 
     @staticmethod
     def forward(ctx, A: Tensor, u: Tensor, c0: Tensor | None, chunks: list[tuple[int, int]] | None,
-                split: bool) -> Tensor:
+                split: bool, fused: str | None) -> Tensor:
         # A (B, nb, N, N) (possibly expanded), u (B, nb, N, C), c0 (B, N, C) or None
         ctx.save_for_backward(A)
-        ctx.has_start, ctx.chunks, ctx.split = c0 is not None, chunks, split
+        ctx.has_start, ctx.chunks, ctx.split, ctx.fused = c0 is not None, chunks, split, fused
         left = _left_operand(A) if split else A  # (B, nb, N, N), or (B, nb, N, 6N) bf16
         states = u.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         if c0 is not None:
             _multiply_add_(states[:, 0], left[:, 0], c0, chunks, split=split)
+        if fused:
+            fused_steps(states, A, "lower" if fused == "lower" else None)
+            return states
         for i in range(1, states.shape[1]):
             _multiply_add_(states[:, i], left[:, i], states[:, i - 1], chunks, split=split)
         return states
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None, None, None]:
         (A,) = ctx.saved_tensors
         left = _left_operand(A.mT) if ctx.split else A.mT  # the transposes: upper triangular when A is lower
         g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
-        for i in range(g.shape[1] - 2, -1, -1):
-            _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True, split=ctx.split)
+        if ctx.fused:
+            fused_steps(g, A.mT, "upper" if ctx.fused == "lower" else None, reverse=True)
+        else:
+            for i in range(g.shape[1] - 2, -1, -1):
+                _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True, split=ctx.split)
         start = None
         if ctx.has_start:
             start = torch.zeros_like(g[:, 0])
             _multiply_add_(start, left[:, 0], g[:, 0], ctx.chunks, upper=True, split=ctx.split)
-        return None, g, start, None, None
+        return None, g, start, None, None, None
 
 
 def linear_recurrence_parallel(A: Tensor, u: Tensor, c0: Tensor | None = None) -> Tensor:
@@ -287,11 +305,13 @@ def linear_recurrence(
 ) -> Tensor:
     """States (..., nb, N, C) of ``c_{i+1} = A_i c_i + u_i``.
 
-    ``method``: ``"sequential"``, ``"parallel"``, or ``"auto"``: sequential, except on an
-    accelerator for at least :data:`PARALLEL_MIN_STEPS` steps each smaller than
-    :data:`PARALLEL_BELOW` multiply-adds (then the doubling scan's fewer kernels pay for its
-    extra work). ``lower``: the transitions are
-    lower triangular (the sequential scan then skips their zeros; the doubling scan ignores it).
+    ``method``: ``"sequential"``, ``"parallel"``, ``"fused"`` (the sequential scan, each
+    direction's steps in one Triton kernel: CUDA, float32 constant transitions; not timed on a
+    GPU yet, so never chosen by ``"auto"``), or ``"auto"``: sequential, except on an accelerator
+    for at least :data:`PARALLEL_MIN_STEPS` steps each smaller than :data:`PARALLEL_BELOW`
+    multiply-adds (then the doubling scan's fewer kernels pay for its extra work). ``lower``: the
+    transitions are lower triangular (the sequential scans then skip their zeros; the doubling
+    scan ignores it).
     ``precision``: one of :data:`SCAN_PRECISIONS`; only the sequential scan splits its products,
     so ``"auto"`` with ``"bf16x6"`` is sequential.
     """
@@ -299,8 +319,8 @@ def linear_recurrence(
         raise ValueError(f"precision must be one of {SCAN_PRECISIONS}, got {precision!r}")
     if method == "auto":
         method = _auto_method(u) if precision == "float32" else "sequential"
-    if method == "sequential":
-        return linear_recurrence_sequential(A, u, c0, lower, precision)
+    if method in ("sequential", "fused"):
+        return linear_recurrence_sequential(A, u, c0, lower, precision, fused=method == "fused")
     if method == "parallel":
         if precision != "float32":
             raise ValueError(f"precision {precision!r} needs the sequential scan, not method='parallel'")
