@@ -236,12 +236,17 @@ class MemoryAttention(nn.Module):
         B, H, nb, L, D = qb.shape
         if read.first_hidden and read.keys is None:
             raise ValueError("MemoryRead.first_hidden hides memory slots: it needs `keys` (the key/value form)")
-        rotate = rotate if rotate is not None else (lambda x, pos: x)
         S = self.sink
         w0 = S + (L if self.span == "previous" else 0)  # window position of the block start
         pos = torch.arange(w0, w0 + L, device=qb.device)  # (L,)
-        q = rotate(qb, pos)  # (B, H, nb, L, D)
-        keys, values = [rotate(kb, pos)], [vb]  # local keys, then what goes before them
+        if rotate is None:
+            rotate = lambda x, pos: x  # noqa: E731
+            q, k_local = qb, kb
+        else:
+            # queries and local keys share their positions: one call rotates both, so the
+            # rotation's tables (cos, sin: a few kernels on a GPU) are computed once
+            q, k_local = rotate(torch.cat([qb, kb], dim=1), pos).split([qb.shape[1], kb.shape[1]], dim=1)
+        keys, values = [k_local], [vb]  # local keys, then what goes before them
         prev_missing = self.span == "previous" and "prev_k" not in cache  # the stream's first block has none
         if self.span == "previous":
             # Block i's previous block is block i-1; block 0's comes from the cache (absent at t = 0).

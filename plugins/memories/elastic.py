@@ -152,7 +152,7 @@ class ElasticMemory(Memory):
     def read(self, state: dict[str, Tensor], q: Tensor, t: int) -> MemoryRead:
         # one block: its basis is cached under (t, 1 block, length unused)
         coef = rearrange(state["coef"], "b n c -> 1 n (b c)")  # (1, N, B*Hkv*2D)
-        return self._read(coef, t, q.dtype, (t, 1, 0), batch=q.shape[0])
+        return self._read(coef, q.dtype, (t, 1, 0), batch=q.shape[0])
 
     def write(self, state: dict[str, Tensor], k: Tensor, v: Tensor, t0: int) -> dict[str, Tensor]:
         with torch.autocast(k.device.type, enabled=False):
@@ -170,25 +170,23 @@ class ElasticMemory(Memory):
         states = [coef.unsqueeze(0)]  # (1, N, B*C): the state at the first block's start
         if complete:
             with torch.autocast(k.device.type, enabled=False):
-                kv = [k[:, :, :complete], v[:, :, :complete]]
-                x = rearrange(kv, "kv b h n l d -> (n l) (b h kv d)")  # (c*L, B*C)
+                # one copy: the stack gathers the (n l)-major views straight into the channel order
+                kv = [rearrange(t[:, :, :complete], "b h n l d -> (n l) b h d") for t in (k, v)]  # views
+                x = torch.stack(kv, dim=-2).flatten(1)  # (c*L, B, Hkv, 2, D) -> (c*L, B*C)
                 # at t0 = 0 the transition from the start is M(0) = 0: the start state adds nothing
                 states.append(self.encoder.scan(x, length, t0, coef if t0 else None))  # (c, N, B*C)
         states = torch.cat(states)  # (c+1, N, B*C): the states at every block start, then after the last
-        starts = torch.arange(nb, dtype=torch.float64, device=k.device) * length + t0  # (nb,) block start times
-        read = self._read(states[:nb], starts, q.dtype, (t0, nb, length), batch=batch)
+        read = self._read(states[:nb], q.dtype, (t0, nb, length), batch=batch)
         # a copy, not a view that keeps every block's state alive
         final = rearrange(states[complete], "n (b c) -> b n c", b=batch).clone(memory_format=torch.contiguous_format)
         return read, {"coef": final}
 
-    def _read(self, states: Tensor, t: int | Tensor, dtype: torch.dtype, when: tuple[int, int, int],
-              batch: int) -> MemoryRead:
-        """Samples of the states at block times ``t``: states (nb, N, B*Hkv*2D), t (nb,) or int;
-        ``when`` = (first block time, nb, block length) names those times for the basis cache."""
-        t = torch.as_tensor(t, dtype=torch.float64, device=states.device).reshape(-1)  # (nb,)
+    def _read(self, states: Tensor, dtype: torch.dtype, when: tuple[int, int, int], batch: int) -> MemoryRead:
+        """Samples of the states (nb, N, B*Hkv*2D) at the starts of the blocks ``when`` = (first
+        block time, nb, block length)."""
         with torch.autocast(states.device.type, enabled=False):
             # read in the samples' dtype: they join bf16 keys under autocast either way
-            samples = self._sample(states.to(dtype), t, when)  # (nb, P, B*Hkv*2D)
+            samples = self._sample(states.to(dtype), when)  # (nb, P, B*Hkv*2D)
         samples = rearrange(samples.to(dtype), "n p (b h kv d) -> kv b h n p d", b=batch, h=self.kv_heads, kv=2)
         keys, values = samples.unbind(0)  # (B, Hkv, nb, P, D) each, views
         if self.normalize_keys:
@@ -200,12 +198,14 @@ class ElasticMemory(Memory):
             # ln(t / P) for the blocks with 0 < t < P (t = 0 reads an empty memory, hidden anyway);
             # whether any has is known from the block times on the host, without a device sync
             if any(0 < first + i * length < slots for i in range(nb)):
+                t = _block_times(when, states.device)
                 share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,)
                 bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
         elif self.offset() != 0:
             bias = torch.full((1, 1, 1, 1, slots), self.offset(), dtype=dtype, device=states.device)  # every block
         key_positions = None
         if self.positions == "sample":
+            t = _block_times(when, states.device)
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
             if self.max_distance is not None:
                 rel = rel.clamp(min=-self.max_distance)
@@ -213,19 +213,29 @@ class ElasticMemory(Memory):
         # only the first block can start at t = 0, where the memory is empty
         return MemoryRead(keys=keys, values=values, key_positions=key_positions, bias=bias, first_hidden=when[0] == 0)
 
-    def _sample(self, states: Tensor, t: Tensor, when: tuple[int, int, int]) -> Tensor:
-        """``retriever.read(encoder, states, t)``, with the basis cached when the retriever is fixed
-        and reads the contract's way (``basis @ state``). Evaluating the basis is ~N small ops per
-        read, a cost that does not shrink with more threads. Skipped under ``torch.compile``, which
-        fuses that cost away."""
+    def _sample(self, states: Tensor, when: tuple[int, int, int]) -> Tensor:
+        """``retriever.read(encoder, states, t)`` at the block times ``when``, with the basis cached
+        when the retriever is fixed and reads the contract's way (``basis @ state``). Evaluating the
+        basis is ~N small ops per read, a cost that does not shrink with more threads. Skipped under
+        ``torch.compile``, which fuses that cost away."""
         ret = self.retriever
         if not ret.fixed or type(ret).read is not Retriever.read or torch.compiler.is_compiling():
-            return ret.read(self.encoder, states, t)
+            return ret.read(self.encoder, states, _block_times(when, states.device))
         key = (*when, states.dtype, states.device)
         phi = self._bases.get(key)
         if phi is None:
+            t = _block_times(when, states.device)
             phi = self._bases.put(key, self.encoder.basis(ret.positions(t, self.encoder), t).to(states))  # (nb, P, N)
         return phi @ states
+
+
+def _block_times(when: tuple[int, int, int], device: torch.device) -> Tensor:
+    """The start times (nb,) float64 of the blocks ``when`` = (first block time, nb, block
+    length), made only where they are needed: a cached read needs none (one kernel less per
+    layer on a GPU)."""
+    first, nb, length = when
+    step = max(length, 1)  # a single block (the step form) has length 0
+    return torch.arange(first, first + nb * step, step, dtype=torch.float64, device=device)
 
 
 @memplug.hookimpl
