@@ -13,13 +13,19 @@ The counts do not depend on N or C while N fits one row chunk
 
 The table sets ``"auto"``'s choice on an accelerator (:data:`memplug.hippo.scan.PARALLEL_MIN_STEPS`):
 the doubling scan only from the number of blocks at which it makes fewer calls.
+
+The fused method (all the steps of a direction in one Triton kernel) runs here under Triton's
+interpreter; its count is the operator calls around the kernel plus one per kernel launch (what
+the interpreter runs inside is left out). Without Triton its column says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
+from unittest import mock
 
 import torch
 
@@ -28,11 +34,22 @@ from memplug.hippo import scan
 from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 from throughput import count_ops
 
-METHODS = ("sequential", "parallel")
+#: the profiler range of one fused-kernel launch
+KERNEL = "memplug::fused_scan_kernel"
+
+
+def methods() -> tuple[str, ...]:
+    """The methods to count: the fused one where Triton is installed (run by its interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return ("sequential", "parallel")
+    return ("sequential", "parallel", "fused")
 
 
 def calls(method: str, transitions: torch.Tensor, channels: int) -> int:
-    """Computing operator calls of one forward + backward of the scan with ``method``."""
+    """Computing operator calls of one forward + backward of the scan with ``method`` (for the
+    fused method, those around its kernel plus one per launch)."""
     u = torch.randn(transitions.shape[0], transitions.shape[-1], channels, requires_grad=True)
     weight = torch.randn(u.shape)
 
@@ -41,13 +58,20 @@ def calls(method: str, transitions: torch.Tensor, channels: int) -> int:
         (states * weight).sum().backward()  # the loss's own two calls (mul, sum) and their backward are counted too
 
     step()  # warm-up
-    return sum(count_ops(step).values())
+    real = scan.fused_steps
+
+    def launch(*args, **kwargs) -> None:  # one kernel launch, whatever the interpreter runs inside
+        with torch.profiler.record_function(KERNEL):
+            real(*args, **kwargs)
+
+    with mock.patch.object(scan, "fused_steps", launch):
+        return sum(count_ops(step, opaque=KERNEL).values())
 
 
 def multiply_adds(method: str, blocks: int, order: int, channels: int) -> int:
     """Multiply-adds of the forward (dense transitions): nb N^2 C sequential, and for the doubling
     scan ceil(log2 nb) rounds of state and transition products."""
-    if method == "sequential":
+    if method in ("sequential", "fused"):
         return (blocks - 1) * order * order * channels
     total, d = 0, 1
     while d < blocks:
@@ -83,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
         spans = [(i * args.block, (i + 1) * args.block) for i in range(nb)]
         transitions = measure.span_transitions(spans, torch.float32, torch.device("cpu"))  # (nb, N, N)
         row = {"blocks": nb}
-        for method in METHODS:
-            row[f"{method} calls"] = calls(method, transitions, args.channels)
+        for method in methods():
+            with mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}):  # the fused kernel on the CPU
+                row[f"{method} calls"] = calls(method, transitions, args.channels)
             row[f"{method} multiply-adds"] = multiply_adds(method, nb, args.order, args.channels)
         rows.append(row)
         print(row, flush=True)
@@ -94,12 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.block}-token blocks, float32, CPU), operator calls that compute (the stand-in for a GPU's "
         "kernel launches) and the forward's multiply-adds, by method.",
         "",
-        "| blocks | sequential calls | parallel calls | parallel / sequential multiply-adds |",
-        "|---|---|---|---|",
+        "| blocks | sequential calls | parallel calls | fused calls | parallel / sequential multiply-adds |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         work = r["parallel multiply-adds"] / r["sequential multiply-adds"]
-        lines.append(f"| {r['blocks']} | {r['sequential calls']} | {r['parallel calls']} | {work:.1f}x |")
+        fused = r.get("fused calls", "not run (no Triton)")
+        lines.append(f"| {r['blocks']} | {r['sequential calls']} | {r['parallel calls']} | {fused} | {work:.1f}x |")
     lines += ["", (f"The doubling scan makes fewer calls from {min(fewer)} blocks on (of those measured)."
                    if fewer else "The doubling scan never made fewer calls here."),
               f"`memplug.hippo.scan.PARALLEL_MIN_STEPS` is {scan.PARALLEL_MIN_STEPS}."]

@@ -598,7 +598,8 @@ def test_scan_speed_smoke(tmp_path):
 def test_scan_methods_counts_two_calls_per_sequential_step_and_finds_the_crossover(tmp_path):
     """The sequential scan's training step makes two calls per block (a step forward, one
     backward); the doubling scan makes more at 4 blocks and fewer at 64, and the report says from
-    where. A bad block list is refused with the argument's name."""
+    where; the fused scan makes the sequential scan's calls for two blocks (its kernel, once per
+    direction) at any length. A bad block list is refused with the argument's name."""
     import scan_methods
 
     rows = {r["blocks"]: r for r in scan_methods.main(["--blocks", "4,8,64", "--order", "8", "--channels", "4",
@@ -607,6 +608,8 @@ def test_scan_methods_counts_two_calls_per_sequential_step_and_finds_the_crossov
     assert rows[4]["parallel calls"] > rows[4]["sequential calls"]
     assert rows[64]["parallel calls"] < rows[64]["sequential calls"]
     assert rows[64]["parallel multiply-adds"] > 6 * rows[64]["sequential multiply-adds"]
+    if "fused calls" in rows[4]:  # Triton installed: one kernel launch per direction at any length
+        assert rows[64]["fused calls"] == rows[4]["fused calls"] == rows[4]["sequential calls"] - 2 * (4 - 2)
     assert "fewer calls from 64 blocks on" in (tmp_path / "scan_methods.md").read_text()
     with pytest.raises(SystemExit, match="--blocks must be comma-separated integers >= 2"):
         scan_methods.main(["--blocks", "1,4", "--out", str(tmp_path)])

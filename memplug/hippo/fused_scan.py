@@ -53,8 +53,9 @@ def fused_available(device: torch.device) -> str | None:
 
 
 @functools.cache
-def _kernel():
-    """The Triton kernel, built on first use (Triton is imported only then)."""
+def _kernel(interpreted: bool):
+    """The Triton kernel, built on first use (Triton is imported only then); Triton decides when
+    it builds a kernel whether its interpreter runs it, so each mode has its own."""
     import triton
     import triton.language as tl
 
@@ -122,7 +123,7 @@ def fused_steps(out: Tensor, A: Tensor, triangular: str | None = None, reverse: 
     if steps < 2:
         return
     grid = (-(-channels // BLOCK), batch)
-    _kernel()[grid](
+    _kernel(_interpreted())[grid](
         A, out, steps, n, channels, *A.stride(), *out.stride(),
         LOWER=triangular == "lower", UPPER=triangular == "upper", REVERSE=reverse, BLOCK_N=BLOCK, BLOCK_C=BLOCK,
     )
