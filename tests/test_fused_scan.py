@@ -97,5 +97,5 @@ def test_fused_scan_refuses_what_it_cannot_run(monkeypatch):
         linear_recurrence(A, u, method="fused", precision="bf16x6")
     with pytest.raises(ValueError, match="without a gradient"):
         linear_recurrence(A.clone().requires_grad_(), u, method="fused")
-    with pytest.raises(ValueError, match="triangular must be"):
-        fused_scan.fused_steps(u[None].clone(), A[None], triangular="diagonal")
+    with pytest.raises(ValueError, match="shape must be one of"):
+        fused_scan.fused_steps(u[None].clone(), A[None], shape="diagonal")

@@ -31,7 +31,7 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "fused_available", "fused_steps"]
+__all__ = ["BLOCK", "SHAPES", "fused_available", "fused_steps"]
 
 #: Rows, contraction and channels per tile (``tl.dot`` needs at least 16 in each).
 BLOCK = 32
@@ -103,19 +103,23 @@ def _kernel(interpreted: bool):
     return recurrence
 
 
-def fused_steps(out: Tensor, A: Tensor, triangular: str | None = None, reverse: bool = False) -> None:
+#: What :func:`fused_steps` knows of the transitions: dense, or lower / upper triangular.
+SHAPES = ("dense", "lower", "upper")
+
+
+def fused_steps(out: Tensor, A: Tensor, shape: str = "dense", reverse: bool = False) -> None:
     """Runs the recurrence's steps in place, in one kernel: ``out`` (B, nb, N, C) float32 holds
     each step's input on entry and its state on return; ``A`` (B, nb, N, N) float32 (any strides,
     an expanded batch included).
 
     Forward (``reverse=False``): ``out[:, i] += A[:, i] @ out[:, i - 1]`` for i = 1 .. nb - 1 (entry 0
     is the first state as given). Backward (``reverse=True``, ``A`` the transposes):
-    ``out[:, i] += A[:, i + 1] @ out[:, i + 1]`` for i = nb - 2 .. 0. ``triangular``: ``"lower"`` or
-    ``"upper"`` when ``A`` is, so the kernel skips the zero tiles; None for dense."""
+    ``out[:, i] += A[:, i + 1] @ out[:, i + 1]`` for i = nb - 2 .. 0. ``shape``: ``"lower"`` or
+    ``"upper"`` when ``A`` is triangular, so the kernel skips the zero tiles; ``"dense"`` else."""
     if out.dtype != torch.float32 or A.dtype != torch.float32:
         raise ValueError(f"the fused scan runs float32 states and transitions, got {out.dtype} and {A.dtype}")
-    if triangular not in (None, "lower", "upper"):
-        raise ValueError(f"triangular must be None, 'lower' or 'upper', got {triangular!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     why = fused_available(out.device)
     if why is not None:
         raise ValueError(f"scan_method 'fused' {why}")
@@ -125,5 +129,5 @@ def fused_steps(out: Tensor, A: Tensor, triangular: str | None = None, reverse: 
     grid = (-(-channels // BLOCK), batch)
     _kernel(_interpreted())[grid](
         A, out, steps, n, channels, *A.stride(), *out.stride(),
-        LOWER=triangular == "lower", UPPER=triangular == "upper", REVERSE=reverse, BLOCK_N=BLOCK, BLOCK_C=BLOCK,
+        LOWER=shape == "lower", UPPER=shape == "upper", REVERSE=reverse, BLOCK_N=BLOCK, BLOCK_C=BLOCK,
     )

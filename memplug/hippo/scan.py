@@ -147,8 +147,9 @@ def linear_recurrence_sequential(
     if A.requires_grad:
         states = _steps(A, u, c)
     else:
-        chunks = _row_chunks(N) if lower else None
-        states = _ConstantTransitionScan.apply(A, u, c, chunks, precision == "bf16x6", ("lower" if lower else "dense") if fused else None)
+        shape = "lower" if lower else "dense"
+        states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None, precision == "bf16x6",
+                                               shape if fused else None)
     return states.reshape(*batch, *states.shape[-3:])
 
 
@@ -240,7 +241,7 @@ class _ConstantTransitionScan(torch.autograd.Function):
     written in place (one kernel, or one per row chunk of a lower-triangular transition: no
     separate sum, no stack of the steps). With ``split`` the products are bf16x6 ones: the
     transitions (or their transposes, in the backward) are split once per call, each state
-    once per step. With ``fused`` (``"lower"`` or ``"dense"``: the transitions' shape) the steps
+    once per step. With ``fused`` (the transitions' shape, ``"lower"`` or ``"dense"``) the steps
     after the first run in one Triton kernel per direction instead
     (:func:`memplug.hippo.fused_scan.fused_steps`)."""
 
@@ -255,7 +256,7 @@ class _ConstantTransitionScan(torch.autograd.Function):
         if c0 is not None:
             _multiply_add_(states[:, 0], left[:, 0], c0, chunks, split=split)
         if fused:
-            fused_steps(states, A, "lower" if fused == "lower" else None)
+            fused_steps(states, A, fused)
             return states
         for i in range(1, states.shape[1]):
             _multiply_add_(states[:, i], left[:, i], states[:, i - 1], chunks, split=split)
@@ -267,7 +268,7 @@ class _ConstantTransitionScan(torch.autograd.Function):
         left = _left_operand(A.mT) if ctx.split else A.mT  # the transposes: upper triangular when A is lower
         g = grad.clone(memory_format=torch.contiguous_format)  # (B, nb, N, C)
         if ctx.fused:
-            fused_steps(g, A.mT, "upper" if ctx.fused == "lower" else None, reverse=True)
+            fused_steps(g, A.mT, "upper" if ctx.fused == "lower" else "dense", reverse=True)
         else:
             for i in range(g.shape[1] - 2, -1, -1):
                 _multiply_add_(g[:, i], left[:, i + 1], g[:, i + 1], ctx.chunks, upper=True, split=ctx.split)
