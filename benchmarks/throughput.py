@@ -71,14 +71,20 @@ def build(name: str, scale: int, args: argparse.Namespace, hf: torch.nn.Module |
         if args.scan_precision != "float32":
             encoder["scan_precision"] = args.scan_precision
     if hf is None:
-        return memplug.build_model(
+        model = memplug.build_model(
             "tiny", block=args.block, backbone_options=dict(d_model=args.d_model, n_layers=args.layers,
                                                             n_heads=args.heads),
             **options,
         ).to(args.device)
-    from memplug.backbones.hf import attach
+    else:
+        from memplug.backbones.hf import attach
 
-    return attach(hf, block=args.block, **options).to(args.device)
+        model = attach(hf, block=args.block, **options).to(args.device)
+    if args.dense_steps:
+        for module in model.modules():
+            if isinstance(module, Encoder):
+                module.lower_triangular = False  # this instance's scan multiplies whole transitions
+    return model
 
 
 def load_pretrained(spec: str, device: torch.device) -> torch.nn.Module:
@@ -228,6 +234,9 @@ def main() -> None:
     p.add_argument("--scan-precision", default="float32", choices=SCAN_PRECISIONS,
                    help="the products of elastic's sequential block scan: float32, or bf16x6 (float32's accuracy "
                         "from bf16 tensor-core products on a GPU; emulated, so slower, on a CPU)")
+    p.add_argument("--dense-steps", action="store_true",
+                   help="elastic's scan multiplies whole transitions, without skipping the zeros of triangular "
+                        "ones (the skip's row chunks are smaller matmuls, which may fill a GPU less)")
     p.add_argument("--count-ops", action="store_true",
                    help="also count the computing operator calls of one eager step per arm (torch.profiler)")
     p.add_argument("--out", default="docs/results/throughput")
@@ -246,6 +255,8 @@ def main() -> None:
         raise SystemExit(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
     if args.scan_precision != "float32" and "elastic" not in names:
         raise SystemExit(f"--scan-precision {args.scan_precision} applies to the elastic arm, which --memories lacks")
+    if args.dense_steps and "elastic" not in names:
+        raise SystemExit("--dense-steps applies to the elastic arm, which --memories lacks")
     if args.scan_method == "fused" and fused_available(args.device) is not None:
         raise SystemExit(f"--scan-method fused {fused_available(args.device)}")
     if args.scan_method == "fused" and args.scan_precision != "float32":
@@ -313,7 +324,7 @@ def main() -> None:
     lines = [
         f"{model_line}, block {args.block}, "
         f"sequence {args.seq}, batch {args.batch}, {precision.name} on {args.device}, "
-        f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}, {args.scan_precision} products; forward + backward per step; {args.rounds} interleaved steps per arm after "
+        f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}, {args.scan_precision} products{', whole (dense) steps' if args.dense_steps else ''}; forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
         f"median over rounds of ({baseline}'s step time / this arm's step time) within the same round.\n",

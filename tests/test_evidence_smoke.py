@@ -568,7 +568,8 @@ def test_retrofit_verdicts_judge_only_trained_arms():
                                          (["--backbone", "gpt2"], "--backbone"),
                                          (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method"),
                                          (["--memories", "none", "--scan-precision", "bf16x6"], "--scan-precision"),
-                                         (["--memories", "none,elastic", "--scan-method", "fused"], "--scan-method fused")])
+                                         (["--memories", "none,elastic", "--scan-method", "fused"], "--scan-method fused"),
+                                         (["--memories", "none,knn", "--dense-steps"], "--dense-steps")])
 def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch):
     import throughput
 
