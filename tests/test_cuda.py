@@ -116,41 +116,24 @@ def test_train_command_on_cuda(tmp_path, monkeypatch):
     assert math.isfinite(result.evals[max(result.evals)]["bpb"])
 
 
-def test_bf16x6_scan_on_tensor_cores_keeps_float32_accuracy():
-    """The split scan's bf16 products with float32 outputs (torch.bmm's out_dtype), in triangular
-    row chunks (N = 300: three), forward and backward, as close to float64 as a float32 scan."""
-    from memplug.plugins.encoders.legs import LegS
-
-    x = torch.randn(2, 1000, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    weight = torch.linspace(-1, 1, 2 * 10 * 300 * 6, dtype=torch.float64).view(2, 10, 300, 6)
-    results = {}
-    for name, dtype, device, precision in (("exact", torch.float64, "cpu", "float32"),
-                                           ("float32", torch.float32, "cuda", "float32"),
-                                           ("bf16x6", torch.float32, "cuda", "bf16x6")):
-        leaf = x.detach().to(device, dtype).requires_grad_()
-        states = LegS(300, scan_precision=precision, scan_method="sequential").scan(leaf, 100)
-        (states * weight.to(device, dtype)).sum().backward()
-        results[name] = (states.detach().cpu().double(), leaf.grad.cpu().double())
-    for exact, single, split in zip(results["exact"], results["float32"], results["bf16x6"]):
-        assert (split - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()
-
-
-def test_fused_scan_on_cuda_equals_the_sequential_scan():
-    """The fused scan's Triton kernel compiled for the GPU (the CPU tests run it interpreted): LegS
-    at N = 300 (lower-triangular tiles, a partial last tile), forward and backward, against the
-    sequential scan to float32 rounding and as close to float64."""
-    pytest.importorskip("triton")
+@pytest.mark.parametrize("options", [{"scan_precision": "bf16x6"}, {"scan_method": "fused"}], ids=["bf16x6", "fused"])
+def test_fast_scans_on_cuda_keep_float32_accuracy(options):
+    """LegS at N = 300, forward and backward, as close to float64 as the float32 sequential scan:
+    the split scan's bf16 products with float32 outputs (torch.bmm's out_dtype) in triangular row
+    chunks (three), and the fused scan's Triton kernel compiled for the GPU (the CPU tests run it
+    interpreted; lower-triangular tiles, a partial last tile)."""
+    if options.get("scan_method") == "fused":
+        pytest.importorskip("triton")
     from memplug.plugins.encoders.legs import LegS
 
     x = torch.randn(2, 1000, 70, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     weight = torch.linspace(-1, 1, 2 * 10 * 300 * 70, dtype=torch.float64).view(2, 10, 300, 70)
     results = {}
-    for name, dtype, device, method in (("exact", torch.float64, "cpu", "sequential"),
-                                        ("sequential", torch.float32, "cuda", "sequential"),
-                                        ("fused", torch.float32, "cuda", "fused")):
+    for name, dtype, device, chosen in (("exact", torch.float64, "cpu", {}), ("float32", torch.float32, "cuda", {}),
+                                        ("fast", torch.float32, "cuda", options)):
         leaf = x.detach().to(device, dtype).requires_grad_()
-        states = LegS(300, scan_method=method).scan(leaf, 100)
+        states = LegS(300, **({"scan_method": "sequential"} | chosen)).scan(leaf, 100)
         (states * weight.to(device, dtype)).sum().backward()
         results[name] = (states.detach().cpu().double(), leaf.grad.cpu().double())
-    for exact, single, fused in zip(results["exact"], results["sequential"], results["fused"]):
-        assert (fused - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()
+    for exact, single, fast in zip(results["exact"], results["float32"], results["fast"]):
+        assert (fast - exact).abs().max() <= 4 * (single - exact).abs().max() + 1e-7 * exact.abs().max()
