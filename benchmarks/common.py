@@ -9,6 +9,7 @@
   fresh evaluation batches, so a table can be cut by distance or position afterwards.
 - :func:`finish` : the Markdown + JSON report and its plot, with the preset's settings;
   :func:`report` : the same for scripts without a preset; :func:`figure` : the plot alone.
+- :func:`int_list` : a comma-separated list of integers from the command line.
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
 """
@@ -65,6 +66,18 @@ class Preset:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+def int_list(text: str, arg: str, minimum: int = 1) -> list[int]:
+    """``"64,1024"`` -> [64, 1024]; anything else, or a value below ``minimum``, stops the script
+    with one line naming ``arg``."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < minimum:
+        raise SystemExit(f"{arg} must be comma-separated integers >= {minimum}, got {text!r}")
+    return values
 
 
 def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.ArgumentParser], None] | None = None,

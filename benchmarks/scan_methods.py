@@ -32,6 +32,7 @@ import torch
 from memplug.app.report import write_report
 from memplug.hippo import scan
 from memplug.hippo.scale_invariant import ScaleInvariantMeasure
+from common import int_list
 from throughput import count_ops
 
 #: the profiler range of one fused-kernel launch
@@ -91,12 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="scan_methods")
     args = p.parse_args(argv)
-    try:
-        blocks = [int(b) for b in args.blocks.split(",")]
-    except ValueError:
-        raise SystemExit(f"--blocks must be comma-separated integers >= 2, got {args.blocks!r}") from None
-    if not blocks or min(blocks) < 2:
-        raise SystemExit(f"--blocks must be comma-separated integers >= 2, got {args.blocks!r}")
+    blocks = int_list(args.blocks, "--blocks", minimum=2)
     for name in ("order", "channels", "block"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be a positive integer, got {getattr(args, name)}")

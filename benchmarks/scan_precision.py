@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common import int_list
 from memplug.app.report import write_report
 from memplug.hippo import scan
 from memplug.hippo.scale_invariant import ScaleInvariantMeasure
@@ -113,12 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="scan_precision")
     args = p.parse_args(argv)
-    try:
-        orders = [int(n) for n in args.orders.split(",")]
-    except ValueError:
-        orders = []
-    if not orders or min(orders) < 1:
-        raise SystemExit(f"--orders must be comma-separated positive integers, got {args.orders!r}")
+    orders = int_list(args.orders, "--orders")
     for name in ("tokens", "block", "channels"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be a positive integer, got {getattr(args, name)}")
