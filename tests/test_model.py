@@ -205,6 +205,19 @@ def test_bad_input_ids_name_the_problem():
         torch.testing.assert_close(model(uint8).logits, model(uint8.long()).logits)
 
 
+@pytest.mark.parametrize("memory", ["none", "elastic", "elastic-previous-sample", "elastic-gate-sink"])
+def test_training_forward_traces_as_one_graph(memory):
+    """torch.compile captures a training forward (loss included) whole: nothing in it reads data
+    back to the host (the input and label range checks run in eager mode only), which would split
+    the graph and keep a GPU from replaying the step as one CUDA graph."""
+    model = small_model(memory, block=16)
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    model(ids, labels=ids)  # eager first: the encoders' transitions are then cached
+    explained = torch._dynamo.explain(model)(ids, labels=ids)
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+    torch._dynamo.reset()
+
+
 def test_batch_of_zero_rows():
     model = small_model("elastic", block=16)
     empty = torch.zeros(0, 40, dtype=torch.long)

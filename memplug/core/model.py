@@ -212,7 +212,8 @@ class MemoryModel(nn.Module):
         return state
 
     def _check_input_ids(self, input_ids: Any) -> Tensor:
-        """``input_ids`` as a (B, T) integer tensor of ids in [0, vocab), else a ValueError naming the problem."""
+        """``input_ids`` as a (B, T) integer tensor of ids in [0, vocab), else a ValueError naming the
+        problem (the range is checked in eager mode only)."""
         if not isinstance(input_ids, Tensor):
             raise ValueError(f"input_ids must be a (batch, tokens) tensor of token ids, got {type(input_ids).__name__}")
         if input_ids.dtype not in INTEGER_DTYPES:
@@ -220,8 +221,10 @@ class MemoryModel(nn.Module):
         if input_ids.ndim != 2:
             hint = "; add a batch axis: input_ids[None]" if input_ids.ndim == 1 else ""
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}{hint}")
-        if input_ids.numel():
-            lo, hi = (int(x) for x in torch.aminmax(input_ids))
+        # the range reads the data: one host sync in eager mode; a compiled graph skips it (it would
+        # split the graph) and leaves the error to the embedding
+        if input_ids.numel() and not torch.compiler.is_compiling():
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()
             vocab = self.backbone.vocab_size
             if lo < 0 or hi >= vocab:
                 raise ValueError(f"input_ids holds token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab})")

@@ -26,6 +26,15 @@ def shift(labels: Tensor) -> Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def _check_targets(targets: Tensor, vocab: int, name: str) -> None:
+    """A ValueError naming the first target outside [0, vocab) that is not ignored; one host
+    sync, and no data-dependent shape unless there is one."""
+    outside = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab))  # (B, T)
+    if bool(outside.any()):
+        bad = targets[outside][0].item()
+        raise ValueError(f"{name} hold {bad}, outside the vocabulary [0, {vocab}) (and not -100, ignored)")
+
+
 def causal_lm_loss(
     logits: Tensor,
     labels: Tensor | None = None,
@@ -37,7 +46,8 @@ def causal_lm_loss(
 
     Give exactly one of ``labels`` (B, T), aligned with the inputs, or ``shift_labels`` (B, T),
     already shifted; positions whose target is ``-100`` are not scored, and any other target
-    outside the vocabulary is a ValueError. The result is the mean
+    outside the vocabulary is a ValueError (in eager mode; a compiled graph skips that check, which
+    reads the data, and leaves the error to ``cross_entropy``). The result is the mean
     over scored positions, or their sum divided by ``num_items_in_batch`` when given. No scored
     position gives NaN (the mean of nothing), as in ``transformers``.
     """
@@ -48,11 +58,8 @@ def causal_lm_loss(
         name = "labels" if labels is not None else "shift_labels"
         raise ValueError(f"{name} must have the shape of input_ids {tuple(logits.shape[:2])}, got {tuple(targets.shape)}")
     targets = targets.to(logits.device)
-    scored = targets[targets != IGNORE_INDEX]
-    if scored.numel() and not bool(((scored >= 0) & (scored < logits.shape[-1])).all()):
-        bad = scored[(scored < 0) | (scored >= logits.shape[-1])][0].item()
-        name = "labels" if labels is not None else "shift_labels"
-        raise ValueError(f"{name} hold {bad}, outside the vocabulary [0, {logits.shape[-1]}) (and not -100, ignored)")
+    if not torch.compiler.is_compiling():  # a check that reads data: it would split a compiled graph
+        _check_targets(targets, logits.shape[-1], "labels" if labels is not None else "shift_labels")
     flat = logits.flatten(0, 1).float()  # (B*T, V)
     if num_items_in_batch is None:
         return F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE_INDEX)
