@@ -18,8 +18,8 @@ The state is updated in place in ``out`` (which holds the inputs ``u`` on entry)
 sequential scan's autograd function does with its buffer; that function calls this one for its
 steps when its ``method`` is ``"fused"`` (:mod:`memplug.hippo.scan`).
 
-Runs on CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set
-before the first call: the tests). The kernel is compiled on first use, so importing this module
+Runs on CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` in the
+environment when called: the tests). The kernel is built on first use, so importing this module
 needs no Triton.
 """
 
