@@ -107,6 +107,32 @@ def test_float32_and_auto_method():
     torch.testing.assert_close(out, linear_recurrence_parallel(A, u), rtol=1e-5, atol=1e-5)
 
 
+def test_out_of_place_triangular_steps_equal_the_in_place_scan_and_run_compiled():
+    """The out-of-place steps that a compiled graph runs (row chunks against the columns up to
+    their last row, N = 200: two chunks) equal the in-place scan with its start state, forward and
+    backward, called directly and under torch.compile."""
+    from memplug.hippo.scale_invariant import ScaleInvariantMeasure
+
+    n, nb = 2 * scan.TRIANGULAR_ROWS - 56, 4
+    A = ScaleInvariantMeasure(order=n).span_transitions([(i * 8, (i + 1) * 8) for i in range(nb)], torch.float32,
+                                                        torch.device("cpu"))
+    u, c0 = torch.randn(nb, n, 3), torch.randn(n, 3)
+    weight = torch.randn(nb, n, 3)
+
+    def run(fn):
+        leaves = [u.clone().requires_grad_(), c0.clone().requires_grad_()]
+        states = fn(*leaves)
+        return [states.detach(), *torch.autograd.grad((states * weight).sum(), leaves)]
+
+    reference = run(lambda u, c0: linear_recurrence_sequential(A, u, c0, lower=True))
+    direct = run(lambda u, c0: scan._steps(A[None], u[None], c0[None], scan._row_chunks(n))[0])
+    compiled = run(torch.compile(lambda u, c0: linear_recurrence_sequential(A, u, c0, lower=True)))
+    torch._dynamo.reset()
+    for ref, one, other in zip(reference, direct, compiled):
+        torch.testing.assert_close(one, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "device, blocks, order, channels, method",
     [

@@ -146,6 +146,11 @@ def linear_recurrence_sequential(
     c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
     if A.requires_grad:
         states = _steps(A, u, c)
+    elif torch.compiler.is_compiling() and precision == "float32" and not fused:
+        # in place, each step would be functionalized into a copy of the whole state buffer: the
+        # out-of-place steps compile to a scan as fast as the eager one (4x faster than the
+        # in-place one compiled at N = 1024, 16 blocks, on the CPU)
+        states = _steps(A, u, c, _row_chunks(N) if lower else None)
     else:
         shape = "lower" if lower else "dense"
         states = _ConstantTransitionScan.apply(A, u, c, _row_chunks(N) if lower else None, precision == "bf16x6",
@@ -223,12 +228,19 @@ def _multiply_add_(out: Tensor, a: Tensor, c: Tensor, chunks: list[tuple[int, in
         _add_product_(out[:, r0:r1], a[:, r0:r1, cols], c[:, cols], split)
 
 
-def _steps(A: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
-    """(B, nb, N, N), (B, nb, N, C), (B, N, C) or None -> (B, nb, N, C), differentiable in all."""
+def _steps(A: Tensor, u: Tensor, c: Tensor | None, chunks: list[tuple[int, int]] | None = None) -> Tensor:
+    """(B, nb, N, N), (B, nb, N, C), (B, N, C) or None -> (B, nb, N, C), out of place and
+    differentiable in all. With ``chunks`` (row ranges) the transitions are lower triangular and
+    rows r0:r1 meet only columns :r1 (their gradient above the diagonal is then left out)."""
     states = []
     # unbind, not indexing: the backward of nb index ops would write nb full-size zero tensors
     for a, step in zip(A.unbind(-3), u.unbind(-3)):  # (B, N, N), (B, N, C)
-        c = step if c is None else torch.baddbmm(step, a, c)  # a @ c + step in one kernel
+        if c is None:
+            c = step
+        elif chunks is None:
+            c = torch.baddbmm(step, a, c)  # a @ c + step in one kernel
+        else:
+            c = step + torch.cat([a[:, r0:r1, :r1] @ c[:, :r1] for r0, r1 in chunks], dim=-2)
         states.append(c)
     return torch.stack(states, dim=-3)
 
