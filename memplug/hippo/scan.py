@@ -130,6 +130,8 @@ def linear_recurrence_sequential(
     only) runs those products as split bf16 ones (module docstring). Transitions with a gradient
     take the dense float32 path. ``fused=True`` runs the steps of each direction in one Triton
     kernel (:func:`memplug.hippo.fused_scan.fused_steps`): float32 constant transitions only.
+    Under ``torch.compile`` (float32 products) the steps run out of place, the triangular skip
+    kept: the compiler fuses them itself, and in-place steps would each copy the whole buffer.
     """
     _check(A, u, c0)
     if precision not in SCAN_PRECISIONS:
@@ -146,10 +148,11 @@ def linear_recurrence_sequential(
     c = None if c0 is None else c0.expand(*batch, N, C).reshape(-1, N, C)
     if A.requires_grad:
         states = _steps(A, u, c)
-    elif torch.compiler.is_compiling() and precision == "float32" and not fused:
+    elif torch.compiler.is_compiling() and precision == "float32":
         # in place, each step would be functionalized into a copy of the whole state buffer: the
         # out-of-place steps compile to a scan as fast as the eager one (4x faster than the
-        # in-place one compiled at N = 1024, 16 blocks, on the CPU)
+        # in-place one compiled at N = 1024, 16 blocks, on the CPU); the compiler generates its
+        # own kernels, so the fused method takes this path too
         states = _steps(A, u, c, _row_chunks(N) if lower else None)
     else:
         shape = "lower" if lower else "dense"
