@@ -8,6 +8,10 @@ multiply-add over the whole N x N matrix) and the triangular one (``lower=True``
 :data:`memplug.hippo.scan.TRIANGULAR_ROWS` against the columns up to their last row), one after
 the other, so that load drifts alike for both; the ratio is the median of per-round ratios. The
 two results are compared too: the skipped blocks hold exact zeros, so they must agree to rounding.
+
+``--compiled`` also times the triangular scan under ``torch.compile`` (its out-of-place steps, which
+a compiled graph runs) in the same rounds, against the eager triangular scan, and how long the
+first compiled call took.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--block", type=int, default=256, help="tokens per block (sets the transitions)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--compiled", action="store_true", help="also time the triangular scan under torch.compile")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="scan_speed")
     args = p.parse_args(argv)
@@ -53,20 +58,31 @@ def main(argv: list[str] | None = None) -> dict:
     u = torch.randn(args.blocks, args.order, args.channels, generator=torch.Generator().manual_seed(0))
     weight = torch.randn_like(u)
 
-    def step(lower: bool) -> Callable[[], torch.Tensor]:
+    def step(lower: bool, compiled: bool = False) -> Callable[[], torch.Tensor]:
+        def states_of(leaf: torch.Tensor) -> torch.Tensor:
+            return scan.linear_recurrence_sequential(A, leaf, lower=lower)
+
+        forward = torch.compile(states_of) if compiled else states_of
+
         def run() -> torch.Tensor:
             leaf = u.clone().requires_grad_()
-            states = scan.linear_recurrence_sequential(A, leaf, lower=lower)
+            states = forward(leaf)
             (states * weight).sum().backward()
             return states.detach()
         return run
 
-    dense, lower = step(False), step(True)
-    reference = dense()  # also the warm-up of both (transitions cached, buffers allocated)
-    gap = (reference - lower()).abs().max().item() / reference.abs().max().item()
-    rounds = [(timed(dense), timed(lower)) for _ in range(args.rounds)]
-    row = {"dense s": min(d for d, _ in rounds), "triangular s": min(t for _, t in rounds),
-           "speed-up (paired median)": statistics.median(d / t for d, t in rounds), "relative gap": gap}
+    arms = [step(False), step(True)] + ([step(True, compiled=True)] if args.compiled else [])
+    reference = arms[0]()  # also the warm-up of both (transitions cached, buffers allocated)
+    gap = (reference - arms[1]()).abs().max().item() / reference.abs().max().item()
+    if args.compiled:
+        compile_s = timed(arms[2])  # the first call compiles
+    rounds = [tuple(timed(arm) for arm in arms) for _ in range(args.rounds)]
+    row = {"dense s": min(r[0] for r in rounds), "triangular s": min(r[1] for r in rounds),
+           "speed-up (paired median)": statistics.median(r[0] / r[1] for r in rounds), "relative gap": gap}
+    if args.compiled:
+        row |= {"compiled triangular s": min(r[2] for r in rounds), "compile s": compile_s,
+                "compiled / eager time (paired median)": statistics.median(r[2] / r[1] for r in rounds),
+                "compiled relative gap": (reference - arms[2]()).abs().max().item() / reference.abs().max().item()}
     chunks = -(-args.order // scan.TRIANGULAR_ROWS)
     work = (chunks + 1) / (2 * chunks) if chunks > 1 else 1.0
     markdown = (
@@ -79,6 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"| {row['dense s']:.3f} | {row['triangular s']:.3f} | **{row['speed-up (paired median)']:.2f}x** | "
         f"{row['relative gap']:.1e} |"
     )
+    if args.compiled:
+        markdown += (
+            "\n\nThe triangular scan under torch.compile (out-of-place steps), in the same rounds:\n\n"
+            "| compiled s (fastest) | compiled / eager time (paired median) | first call (compiling) s | "
+            "max difference / max state |\n|---|---|---|---|\n"
+            f"| {row['compiled triangular s']:.3f} | {row['compiled / eager time (paired median)']:.2f} | "
+            f"{row['compile s']:.1f} | {row['compiled relative gap']:.1e} |"
+        )
     path = write_report(args.out, args.name, markdown, {"row": row, "work_fraction": work, "rounds": rounds},
                         title="Block scan: dense against lower-triangular steps",
                         seconds=time.perf_counter() - started)

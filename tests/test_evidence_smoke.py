@@ -583,8 +583,8 @@ def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkey
 
 
 def test_scan_speed_smoke(tmp_path):
-    """The scan benchmark times both step kinds on LegS's own transitions, finds them equal, and
-    refuses a non-positive size with the argument's name."""
+    """The scan benchmark times both step kinds on LegS's own transitions (and, asked, the compiled
+    one), finds them equal, and refuses a non-positive size with the argument's name."""
     import scan_speed
 
     row = scan_speed.main(["--order", "300", "--channels", "4", "--blocks", "3", "--block", "8", "--rounds", "1",
@@ -592,6 +592,11 @@ def test_scan_speed_smoke(tmp_path):
     assert row["relative gap"] < 1e-5 and row["dense s"] > 0 and row["triangular s"] > 0
     text = (tmp_path / "scan_speed.md").read_text()
     assert "3 row chunk(s) of 128: 0.6667 of the dense" in text  # (3 + 1) / (2 x 3)
+    row = scan_speed.main(["--order", "200", "--channels", "4", "--blocks", "3", "--block", "8", "--rounds", "1",
+                           "--compiled", "--out", str(tmp_path)])
+    assert row["compiled relative gap"] < 1e-5 and row["compiled triangular s"] > 0
+    assert "under torch.compile (out-of-place steps)" in (tmp_path / "scan_speed.md").read_text()
+    torch._dynamo.reset()
     with pytest.raises(SystemExit, match="--blocks must be a positive integer"):
         scan_speed.main(["--blocks", "0", "--out", str(tmp_path)])
 

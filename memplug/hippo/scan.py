@@ -149,9 +149,9 @@ def linear_recurrence_sequential(
     if A.requires_grad:
         states = _steps(A, u, c)
     elif torch.compiler.is_compiling() and precision == "float32":
-        # in place, each step would be functionalized into a copy of the whole state buffer: the
-        # out-of-place steps compile to a scan as fast as the eager one (4x faster than the
-        # in-place one compiled at N = 1024, 16 blocks, on the CPU); the compiler generates its
+        # in place, each step would be functionalized into a copy of the whole state buffer (the
+        # compiled 16x model ran at half its eager speed); the out-of-place steps compile to the
+        # eager scan's speed (benchmarks/scan_speed.py --compiled). The compiler generates its
         # own kernels, so the fused method takes this path too
         states = _steps(A, u, c, _row_chunks(N) if lower else None)
     else:
