@@ -183,7 +183,13 @@ def test_no_parameters_added():
     assert len(elastic.memories) == 2
 
 
-def test_float32_state_under_bf16_autocast():
+def test_float32_state_under_bf16_autocast(monkeypatch):
+    from memplug.hippo import scan
+
+    recurrences = []  # the dtypes the block recurrence runs in: the fresh stream's too (no state yet)
+    real = scan.linear_recurrence
+    monkeypatch.setattr(scan, "linear_recurrence", lambda A, u, *a, **k: (recurrences.append((A.dtype, u.dtype)),
+                                                                          real(A, u, *a, **k))[1])
     torch.manual_seed(0)
     model = memplug.build_model("tiny", memory="elastic", block=32, backbone_options=SMALL,
                                 memory_options=dict(order=8, samples=4))
@@ -194,6 +200,7 @@ def test_float32_state_under_bf16_autocast():
             local_bf16 = model(ids).logits.float()
     assert out.logits.dtype == torch.bfloat16
     assert all(layer["mem.coef"].dtype == torch.float32 for layer in out.state.layers)
+    assert recurrences and set(recurrences) == {(torch.float32, torch.float32)}
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name

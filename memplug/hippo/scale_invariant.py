@@ -229,7 +229,8 @@ class ScaleInvariantMeasure(Encoder):
     def scan(self, x: Tensor, block: int, t0: int = 0, state: Tensor | None = None) -> Tensor:
         """States after every block (..., nb, N, C) (:func:`memplug.hippo.scan.block_scan`):
         every block's input term from one batched matmul (in x's dtype, as in :meth:`update`),
-        then the block recurrence in the promoted dtype of state and x."""
+        then the block recurrence in the promoted dtype of state and x (float32 at least without
+        a state)."""
         return block_scan(self, x, block, t0, state, self.scan_method, self.scan_precision)
 
     # ---- the block recurrence (memplug.hippo.scan.BlockRecurrence) ---------------------------

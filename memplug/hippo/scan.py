@@ -419,14 +419,16 @@ def block_scan(
     ``x`` (..., T, C) holds the tokens at positions ``t0 ..``; ``state`` (..., N, C) the state at
     ``t0`` (``None``: the empty state). Every block's contribution comes from one batched call
     (:meth:`BlockRecurrence.span_drive`), then :func:`linear_recurrence` runs the transitions
-    in the promoted dtype of state and x (x's dtype without a state), its products in
-    ``precision`` (:data:`SCAN_PRECISIONS`). Equal to repeated :func:`block_update`.
+    in the promoted dtype of state and x, its products in ``precision``
+    (:data:`SCAN_PRECISIONS`). Without a state, the empty state counts as float32: bf16 tokens
+    (keys under autocast) are still accumulated in float32, as they are after a float32 state.
+    Equal to repeated :func:`block_update`.
     """
     t0 = check_stream(measure.order, x, t0, state)
     positive_int("block", block)
     if method not in SCAN_METHODS:
         raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
-    dtype = x.dtype if state is None else torch.promote_types(state.dtype, x.dtype)
+    dtype = torch.promote_types(torch.float32 if state is None else state.dtype, x.dtype)
     full, rest = divmod(x.shape[-2], block)
     parts = []  # (spans, tokens (..., k, L, C)): the full blocks, then the shorter last one
     if full:
