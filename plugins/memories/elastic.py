@@ -174,6 +174,7 @@ class ElasticMemory(Memory):
                 kv = [rearrange(t[:, :, :complete], "b h n l d -> (n l) b h d") for t in (k, v)]  # views
                 x = torch.stack(kv, dim=-2).flatten(1)  # (c*L, B, Hkv, 2, D) -> (c*L, B*C)
                 # at t0 = 0 the transition from the start is M(0) = 0: the start state adds nothing
+                # (without one the scan still runs in float32, the empty state's dtype)
                 states.append(self.encoder.scan(x, length, t0, coef if t0 else None))  # (c, N, B*C)
         states = torch.cat(states)  # (c+1, N, B*C): the states at every block start, then after the last
         read = self._read(states[:nb], q.dtype, (t0, nb, length), batch=batch)
@@ -232,8 +233,8 @@ class ElasticMemory(Memory):
 
 def _block_times(when: tuple[int, int, int], device: torch.device) -> Tensor:
     """The start times (nb,) float64 of the blocks ``when`` = (first block time, nb, block
-    length), made only where they are needed: a cached read needs none (one kernel less per
-    layer on a GPU)."""
+    length), made only where they are needed: a cached read needs none (on a GPU, three kernels
+    fewer per layer than making them on every call)."""
     first, nb, length = when
     step = max(length, 1)  # a single block (the step form) has length 0
     return torch.arange(first, first + nb * step, step, dtype=torch.float64, device=device)
