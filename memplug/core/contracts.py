@@ -438,6 +438,8 @@ class Backbone(Component, abc.ABC):
     def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
         """Apply the positional rotation to ``x`` (..., T, D) at float ``positions`` (..., T).
 
+        The rotation depends on the position and the channel only, the same for every leading
+        index: the memory layer rotates a block's queries and keys (all their heads) in one call.
         Backbones without rotary embeddings return ``x`` unchanged.
         """
 
