@@ -31,6 +31,7 @@ import torch
 
 from memplug.app.report import write_report
 from memplug.hippo import scan
+from memplug.hippo.fused_scan import fused_available
 from memplug.hippo.scale_invariant import ScaleInvariantMeasure
 from common import int_list
 from throughput import count_ops
@@ -41,11 +42,9 @@ KERNEL = "memplug::fused_scan_kernel"
 
 def methods() -> tuple[str, ...]:
     """The methods to count: the fused one where Triton is installed (run by its interpreter)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return ("sequential", "parallel")
-    return ("sequential", "parallel", "fused")
+    with mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}):
+        runs = fused_available(torch.device("cpu")) is None
+    return ("sequential", "parallel", "fused") if runs else ("sequential", "parallel")
 
 
 def calls(method: str, transitions: torch.Tensor, channels: int) -> int:

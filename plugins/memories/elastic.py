@@ -194,19 +194,18 @@ class ElasticMemory(Memory):
             keys = torch.nn.functional.rms_norm(keys, keys.shape[-1:], eps=torch.finfo(keys.dtype).eps)
         slots = samples.shape[-2]
         first, nb, length = when
+        # ln(t / P) for the blocks with 0 < t < P (t = 0 reads an empty memory, hidden anyway);
+        # whether any has is known from the block times on the host, without a device sync
+        density = self.logit_offset == DENSITY and any(0 < first + i * length < slots for i in range(nb))
+        t = _block_times(when, states.device) if density or self.positions == "sample" else None  # (nb,)
         bias = None  # nothing to add: the layer's attention then needs no mask (on a GPU, flash)
-        if self.logit_offset == DENSITY:
-            # ln(t / P) for the blocks with 0 < t < P (t = 0 reads an empty memory, hidden anyway);
-            # whether any has is known from the block times on the host, without a device sync
-            if any(0 < first + i * length < slots for i in range(nb)):
-                t = _block_times(when, states.device)
-                share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,)
-                bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
-        elif self.offset() != 0:
+        if density:
+            share = torch.where(t > 0, (t / slots).clamp(max=1.0).log(), 0.0)  # (nb,)
+            bias = share.to(dtype).view(1, 1, nb, 1, 1).expand(1, 1, nb, 1, slots)  # (1, 1, nb, 1, P)
+        elif self.offset() != 0:  # a constant ("density" has none)
             bias = torch.full((1, 1, 1, 1, slots), self.offset(), dtype=dtype, device=states.device)  # every block
         key_positions = None
         if self.positions == "sample":
-            t = _block_times(when, states.device)
             rel = self.retriever.positions(t, self.encoder) - t.unsqueeze(-1)  # (nb, P), <= 0
             if self.max_distance is not None:
                 rel = rel.clamp(min=-self.max_distance)
