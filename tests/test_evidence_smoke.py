@@ -308,6 +308,13 @@ def test_retrofit_finetune_smoke(tmp_path, monkeypatch):
         rows["local+sink"]["beyond window"], rel=1e-9)
     assert rows["elastic+gate trained (memory)"]["beyond window"] != rows["local+sink"]["beyond window"]
     assert rows["full attention"]["passkey 120"] is None  # 120 tokens > its 100 trained positions
+    # the report keeps each arm's per-token losses, with and without its memory: any span can be
+    # recomputed from it, not only the table's buckets
+    block = retrofit_finetune.PRESETS["smoke"].block
+    for arm, key, name in [("local+sink", "nll", "local+sink"),
+                           ("elastic+gate trained (LoRA)", "masked_nll", "elastic+gate trained (LoRA), memory masked at test")]:
+        nll = torch.tensor(data["arms"][arm][key], dtype=torch.float64)
+        assert rows[name]["beyond window"] == pytest.approx(nll[block:].mean().exp().item(), rel=1e-9)
     trained = data["arms"]["elastic+gate trained (LoRA)"]["training"]
     assert trained["summary"]["mode"] == "lora" and trained["tokens"] == 2 * 64
     assert data["arms"]["elastic+gate trained (memory)"]["training"]["summary"]["trainable"] == 2 * 2  # one gate per head (2) per layer (2)
