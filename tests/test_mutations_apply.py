@@ -1,9 +1,9 @@
 """tools/mutate.py's curated mutations still fit the code.
 
-Running them takes minutes (each one its own pytest run), so it is done before a release, not in CI; but a mutation whose
-snippet has moved reports "not applied" and silently guards nothing. This checks, in a second,
-that every snippet occurs exactly once where the mutation says, that the mutant differs from it,
-and that every test it names exists.
+Running them takes minutes (each one is its own pytest run), so it is done before a release, not
+in CI; but a mutation whose snippet has moved reports "not applied" and silently guards nothing.
+This checks, in a second, that every snippet occurs exactly once where the mutation says, that the
+mutant differs from it, and that every test it names exists.
 """
 
 from __future__ import annotations
