@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import memory_configs
 import torch
@@ -68,15 +68,20 @@ class Preset:
         return self.d_model // self.n_heads
 
 
-def int_list(text: str, arg: str, minimum: int = 1) -> list[int]:
+def int_list(text: str, arg: str, minimum: int = 1, also: str = "",
+             error: Callable[[str], NoReturn] | None = None) -> list[int]:
     """``"64,1024"`` -> [64, 1024]; anything else, or a value below ``minimum``, stops the script
-    with one line naming ``arg``."""
+    with one line naming ``arg`` (and ``also``, the other values the caller accepts: "'none' or "),
+    through ``error`` when given (a parser's ``error``: usage, exit status 2)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
     if not values or min(values) < minimum:
-        raise SystemExit(f"{arg} must be comma-separated integers >= {minimum}, got {text!r}")
+        message = f"{arg} must be {also}comma-separated integers >= {minimum}, got {text!r}"
+        if error is not None:
+            error(message)
+        raise SystemExit(message)
     return values
 
 

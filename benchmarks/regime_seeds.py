@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; known: {list(ARMS)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise SystemExit(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    seeds = common.int_list(args.seeds, "--seeds", minimum=0)
     task, skip = RegimeTask(), 4 * p.block
     rows, summary, losses = [], [], {}
     for arm in arms:

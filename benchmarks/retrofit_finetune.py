@@ -180,14 +180,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Preset]:
     if args.probe_lengths == "none":
         preset = replace(preset, probe_lengths=())
     elif args.probe_lengths is not None:
-        try:
-            lengths = tuple(int(n) for n in args.probe_lengths.split(","))
-        except ValueError:
-            lengths = ()
-        if not lengths or min(lengths) < 2 * preset.block:
-            p.error(f"--probe-lengths must be 'none' or comma-separated integers >= {2 * preset.block}, "
-                    f"got {args.probe_lengths!r}")
-        preset = replace(preset, probe_lengths=lengths)
+        lengths = common.int_list(args.probe_lengths, "--probe-lengths", 2 * preset.block, also="'none' or ",
+                                  error=p.error)
+        preset = replace(preset, probe_lengths=tuple(lengths))
     if args.probe_depths is not None:
         try:
             depths = tuple(float(d) for d in args.probe_depths.split(","))
