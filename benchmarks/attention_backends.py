@@ -54,7 +54,9 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any tensor is made: one line (usage, exit status 2) for a
+    bad shape, dtype or count."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--shapes", default="64x256x64,16x1024x256", help="CALLSxBLOCKxSLOTS, comma-separated")
@@ -65,6 +67,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", default="docs/results/attention_backends")
     args = p.parse_args(argv)
+    try:
+        for shape in args.shapes.split(","):
+            parse_shape(shape)
+    except ValueError as error:
+        p.error(str(error))
+    for dname in args.dtypes.split(","):
+        if dname not in DTYPES:
+            p.error(f"--dtypes takes {', '.join(DTYPES)}, comma-separated; got {dname!r}")
+    for flag in ("heads", "kv_heads", "head_dim", "repeats"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.heads % args.kv_heads:
+        p.error(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(argv)
     started = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     gen = torch.Generator().manual_seed(0)

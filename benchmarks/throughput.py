@@ -40,7 +40,7 @@ import copy
 import statistics
 from collections import Counter
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,10 @@ def make_step(model: torch.nn.Module, compiled: bool, dtype: torch.dtype | None,
     return lambda: step_with(forward)
 
 
-def main() -> None:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before anything is built: a bad option ends here with one line
+    (usage, exit status 2), not after minutes of warm-up. Only what needs the device (the fused
+    scan's Triton) is left to :func:`main`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--memories", default="none,elastic",
                    help="arms: none (no memory), memory names, and hf (the unmodified model of --backbone hf:...)")
@@ -240,27 +243,64 @@ def main() -> None:
     p.add_argument("--count-ops", action="store_true",
                    help="also count the computing operator calls of one eager step per arm (torch.profiler)")
     p.add_argument("--out", default="docs/results/throughput")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    names = arm_names(args)
+    try:
+        scales = parse_scales(args.scale)
+        for name in names:
+            if name != "hf":
+                build_options(name, scales[0], args.block)
+    except (KeyError, ValueError) as error:
+        p.error(str(error).strip('"'))
+    if not names:
+        p.error("--memories names at least one arm")
+    for mode in modes(args):
+        if mode not in ("eager", "compiled"):
+            p.error(f"--modes takes eager and/or compiled, got {mode!r}")
+    if args.device not in ("cpu", "cuda", "auto") and not args.device.startswith("cuda:"):
+        p.error(f"--device must be cpu, cuda, cuda:N or auto, got {args.device!r}")
+    if args.backbone != "tiny" and (not args.backbone.startswith("hf:") or args.backbone == "hf:"):
+        p.error(f"--backbone must be tiny, hf:smollm2 or hf:PATH, got {args.backbone!r}")
+    if "hf" in names and args.backbone == "tiny":
+        p.error("--memories: the arm 'hf' needs --backbone hf:MODEL")
+    if args.scan_method != "auto" and "elastic" not in names:
+        p.error(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
+    if args.scan_precision != "float32" and "elastic" not in names:
+        p.error(f"--scan-precision {args.scan_precision} applies to the elastic arm, which --memories lacks")
+    if args.dense_steps and "elastic" not in names:
+        p.error("--dense-steps applies to the elastic arm, which --memories lacks")
+    if args.scan_method == "fused" and args.scan_precision != "float32":
+        p.error(f"--scan-method fused runs float32 products, not --scan-precision {args.scan_precision}")
+    for flag in ("rounds", "seq", "batch", "block"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def arm_names(args: argparse.Namespace) -> list[str]:
+    """``--memories`` as a list of arm names."""
+    return [n.strip() for n in args.memories.split(",") if n.strip()]
+
+
+def modes(args: argparse.Namespace) -> list[str]:
+    """``--modes`` as a list (eager, compiled)."""
+    return [m.strip() for m in args.modes.split(",")]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n.strip() for n in args.memories.split(",") if n.strip()]
+    names = arm_names(args)
     scales = parse_scales(args.scale)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     precision = resolve_precision(args.dtype, args.device)
     dtype = precision.dtype
-    if args.backbone != "tiny" and (not args.backbone.startswith("hf:") or args.backbone == "hf:"):
-        raise SystemExit(f"--backbone must be tiny, hf:smollm2 or hf:PATH, got {args.backbone!r}")
-    if args.scan_method != "auto" and "elastic" not in names:
-        raise SystemExit(f"--scan-method {args.scan_method} applies to the elastic arm, which --memories lacks")
-    if args.scan_precision != "float32" and "elastic" not in names:
-        raise SystemExit(f"--scan-precision {args.scan_precision} applies to the elastic arm, which --memories lacks")
-    if args.dense_steps and "elastic" not in names:
-        raise SystemExit("--dense-steps applies to the elastic arm, which --memories lacks")
     if args.scan_method == "fused" and fused_available(args.device) is not None:
         raise SystemExit(f"--scan-method fused {fused_available(args.device)}")
-    if args.scan_method == "fused" and args.scan_precision != "float32":
-        raise SystemExit(f"--scan-method fused runs float32 products, not --scan-precision {args.scan_precision}")
     hf = None if args.backbone == "tiny" else load_pretrained(args.backbone, args.device)
     vocab = 256 if hf is None else hf.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -269,9 +309,7 @@ def main() -> None:
 
     rows = []
     scan_errors: dict[tuple[str, int], float | None] = {}
-    for mode in [m.strip() for m in args.modes.split(",")]:
-        if mode not in ("eager", "compiled"):
-            raise ValueError(f"--modes takes eager and/or compiled, got {mode!r}")
+    for mode in modes(args):
         arms = {}
         for name in names:
             for scale in ([1] if name in ("none", "hf") else scales):

@@ -179,6 +179,18 @@ def test_attention_backends_smoke(tmp_path):
         attention_backends.parse_shape("8x128")
 
 
+@pytest.mark.parametrize("bad, named", [(["--shapes", "64x256"], "--shapes"), (["--dtypes", "fp32,fp16"], "--dtypes"),
+                                         (["--heads", "6", "--kv-heads", "4"], "--kv-heads"),
+                                         (["--repeats", "0"], "--repeats")])
+def test_attention_backends_refuses_bad_options_in_one_line(bad, named, tmp_path, capsys):
+    import attention_backends
+
+    with pytest.raises(SystemExit) as exc:
+        attention_backends.main([*bad, "--device", "cpu", "--out", str(tmp_path / "backends")])
+    assert exc.value.code == 2 and named in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "backends.md").exists()
+
+
 RESULTS = BENCHMARKS.parent / "docs" / "results"
 #: committed reports whose scripts draw their figure from the JSON alone (``figure(data)``)
 REDRAWN = ("encoders", "retrofit", "retrofit_long_local", "streaming", "throughput_memories",
@@ -575,17 +587,35 @@ def test_retrofit_verdicts_judge_only_trained_arms():
                                          (["--backbone", "gpt2"], "--backbone"),
                                          (["--memories", "none,knn", "--scan-method", "parallel"], "--scan-method"),
                                          (["--memories", "none", "--scan-precision", "bf16x6"], "--scan-precision"),
-                                         (["--memories", "none,elastic", "--scan-method", "fused"], "--scan-method fused"),
-                                         (["--memories", "none,knn", "--dense-steps"], "--dense-steps")])
-def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch):
+                                         (["--memories", "none,knn", "--dense-steps"], "--dense-steps"),
+                                         (["--scan-method", "fused", "--scan-precision", "bf16x6"],
+                                          "--scan-method fused"),
+                                         (["--memories", "none,elastc"], "unknown memory 'elastc'"),
+                                         (["--memories", "hf,none"], "--backbone hf:MODEL"),
+                                         (["--scale", "0x"], "--scale"),
+                                         (["--modes", "eagre"], "--modes"),
+                                         (["--rounds", "0"], "--rounds")])
+def test_throughput_refuses_bad_options_in_one_line(bad, named, tmp_path, monkeypatch, capsys):
+    """Checked before anything is built: usage and one line naming the argument, exit status 2."""
     import throughput
-
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the fused scan then needs a GPU, which the CPU is not
 
     monkeypatch.setattr(sys, "argv", ["throughput.py", *bad, "--out", str(tmp_path / "throughput")])
     with pytest.raises(SystemExit) as exc:
         throughput.main()
-    assert str(exc.value).startswith(named) and "\n" not in str(exc.value)
+    assert exc.value.code == 2 and named in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "throughput.md").exists()
+
+
+def test_throughput_refuses_the_fused_scan_without_a_gpu(tmp_path, monkeypatch):
+    """The one check that needs the device: Triton's fused scan on a CPU (without its interpreter)."""
+    import throughput
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--memories", "none,elastic", "--scan-method", "fused",
+                                      "--out", str(tmp_path / "throughput")])
+    with pytest.raises(SystemExit) as exc:
+        throughput.main()
+    assert str(exc.value).startswith("--scan-method fused") and "\n" not in str(exc.value)
     assert not (tmp_path / "throughput.md").exists()
 
 

