@@ -43,8 +43,9 @@ def benchmarks_on_path():
     sys.path.remove(str(BENCHMARKS))
 
 
-def recorded_calls(mode: str, tmp: Path) -> list[list[str]]:
-    """The python command lines ``gpu_sweep.sh MODE`` runs, ``-c``/``-m`` ones included, in no
+def run_sweep(mode: str, tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run ``gpu_sweep.sh MODE`` (extra environment ``env``) with the recorder as ``python``:
+    the finished process and the python command lines it ran, ``-c``/``-m`` ones included, in no
     particular order."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
@@ -52,13 +53,16 @@ def recorded_calls(mode: str, tmp: Path) -> list[list[str]]:
     (bin_dir / "python").chmod(0o755)
     log = tmp / "calls"
     log.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SWEEP_LOG": str(log),
-           "RESULTS": str(tmp / "results")}
-    env.pop("SMOLLM2", None)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("SMOLLM2", "SWEEP_SECONDS")}
+    env = {**inherited, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SWEEP_LOG": str(log),
+           "RESULTS": str(tmp / "results"), **env}
     done = subprocess.run(["bash", str(SWEEP), *([mode] if mode else [])], env=env, cwd=tmp,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return [call.read_text().split(ARG_END)[:-1] for call in sorted(log.iterdir())]
+    return done, [call.read_text().split(ARG_END)[:-1] for call in sorted(log.iterdir())]
+
+
+def benchmark_calls(calls: list[list[str]]) -> list[list[str]]:
+    return [call for call in calls if call and call[0].startswith("benchmarks/")]
 
 
 def check_command(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,8 +91,9 @@ def check_command(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch)
                     reason="needs bash and coreutils' timeout")
 @pytest.mark.parametrize("mode", ["speed", "check", ""])
 def test_sweep_commands_parse(mode, tmp_path, monkeypatch, capsys):
-    calls = recorded_calls(mode, tmp_path)
-    scripts = [call for call in calls if call and call[0].startswith("benchmarks/")]
+    done, calls = run_sweep(mode, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    scripts = benchmark_calls(calls)
     assert len(scripts) >= {"speed": 10, "check": 9, "": 10}[mode], calls  # the recorder saw the sweep
     for call in scripts:
         script = Path(call[0]).stem
@@ -97,3 +102,17 @@ def test_sweep_commands_parse(mode, tmp_path, monkeypatch, capsys):
         except SystemExit as error:
             pytest.fail(f"gpu_sweep.sh {mode or '(full)'}: {' '.join(call)} is refused: "
                         f"{capsys.readouterr().err.strip() or error}")
+
+
+def test_speed_sweep_starts_no_step_that_could_overrun(tmp_path):
+    """With SWEEP_SECONDS, a step whose limit would end past it is skipped and named, and the
+    call fails; the steps that fit still run (here every step takes no time, so exactly those
+    whose own limit fits)."""
+    done, calls = run_sweep("speed", tmp_path, SWEEP_SECONDS="60")
+    assert done.returncode == 1
+    ran = {Path(call[call.index("--out") + 1]).name for call in benchmark_calls(calls)}
+    assert ran == {f"throughput_scan_{scan}" for scan in
+                   ("sequential_float32", "parallel_float32", "fused_float32", "dense_float32", "sequential_bf16x6")}
+    skipped = done.stderr.split("skipped for SWEEP_SECONDS: ")[1].split("\n")[0].split()
+    assert skipped == ["throughput_tiny_eager", "throughput_tiny_compiled", "throughput_85m", "throughput_smollm2",
+                       "throughput_85m_compiled"]
