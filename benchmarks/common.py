@@ -10,6 +10,7 @@
 - :func:`finish` : the Markdown + JSON report and its plot, with the preset's settings;
   :func:`report` : the same for scripts without a preset; :func:`figure` : the plot alone.
 - :func:`int_list` : a comma-separated list of integers from the command line.
+- :func:`median_interval` : a distribution-free confidence interval for a median (timing rounds).
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
 """
@@ -83,6 +84,22 @@ def int_list(text: str, arg: str, minimum: int = 1, also: str = "",
             error(message)
         raise SystemExit(message)
     return values
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """The order-statistic confidence interval of the median of ``values``: ``(x_(k), x_(n+1-k))``
+    of the sorted values with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at
+    least ``confidence``. It assumes only independent draws (no distribution), so it suits a few
+    timing rounds; None when there are too few values for any k (n < 6 at 95%)."""
+    n, tail = len(values), (1 - confidence) / 2
+    below, k = 0.0, 0  # below: P(Binomial(n, 1/2) < k)
+    while k < n // 2 and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
 
 
 def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.ArgumentParser], None] | None = None,

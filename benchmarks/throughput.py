@@ -337,12 +337,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = arms.get((baseline, 1))
         for (name, scale), arm in arms.items():
             best, median = min(arm["times"]), statistics.median(arm["times"])
+            # this arm's speed relative to the baseline's, round by round
+            paired = None if base is None else [b / a for a, b in zip(arm["times"], base["times"])]
             rows.append(dict(mode=mode, memory=name, scale=scale, step_s=best, median_step_s=median,
                              tokens_per_s=args.batch * args.seq / best,
                              ratio_to_none=None if base is None else min(base["times"]) / best,
                              median_ratio_to_none=None if base is None else statistics.median(base["times"]) / median,
-                             paired_ratio_to_none=None if base is None else statistics.median(
-                                 b / a for a, b in zip(arm["times"], base["times"])),
+                             paired_ratio_to_none=None if paired is None else statistics.median(paired),
+                             paired_ratio_interval=None if paired is None else common.median_interval(paired),
                              step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"],
                              ops_per_step=sum(arm["ops"].values()) if "ops" in arm else None,
                              top_ops=arm["ops"].most_common(5) if "ops" in arm else None,
@@ -365,15 +367,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{torch.get_num_threads()} torch thread(s); elastic's block scan: {args.scan_method}, {args.scan_precision} products{', whole (dense) steps' if args.dense_steps else ''}; forward + backward per step; {args.rounds} interleaved steps per arm after "
         f"{args.warmup} warm-up steps. Step time and tokens/s are from the fastest step; the median is given "
         f"beside it. The machine is shared, so load drifts during a run: the headline ratio is **paired**, the "
-        f"median over rounds of ({baseline}'s step time / this arm's step time) within the same round.\n",
+        f"median over rounds of ({baseline}'s step time / this arm's step time) within the same round, with "
+        "its 95% confidence interval (order statistics of the rounds' ratios; none below 6 rounds).\n",
         "| mode | memory | scale | parameters | step s (fastest) | step s (median) | tokens/s (fastest) | "
-        f"ratio to {baseline} (paired) | ratio (fastest) | ratio (medians) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"ratio to {baseline} (paired) | 95% interval | ratio (fastest) | ratio (medians) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
     for r in rows:
+        interval = r["paired_ratio_interval"]
         lines.append(f"| {r['mode']} | {r['memory']} | {r['scale']}x | {r['parameters']:,} | {r['step_s']:.3f} | "
                      f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | **{fmt(r['paired_ratio_to_none'])}** | "
+                     f"{'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} | "
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
     counted = [r for r in rows if r["ops_per_step"] is not None]
     if counted:
@@ -409,13 +414,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:
     """The plot of a throughput report's JSON ``data``: each arm's paired ratio to the baseline
-    (the unmodified pretrained model, else the bare model), or its tokens/s when neither ran."""
+    (the unmodified pretrained model, else the bare model) with its 95% interval where the report
+    has one, or its tokens/s when neither ran."""
     rows = data["results"]
     paired = all(r["paired_ratio_to_none"] is not None for r in rows)
+    intervals = [r.get("paired_ratio_interval") or (r["paired_ratio_to_none"],) * 2 for r in rows] if paired else None
 
     def draw(plt: Any) -> None:
         labels = [f"{r['memory']} {r['scale']}x ({r['mode']})" for r in rows]
-        plt.barh(labels, [r["paired_ratio_to_none" if paired else "tokens_per_s"] for r in rows])
+        values = [r["paired_ratio_to_none" if paired else "tokens_per_s"] for r in rows]
+        errors = None if intervals is None else [[v - lo for v, (lo, _) in zip(values, intervals)],
+                                                 [hi - v for v, (_, hi) in zip(values, intervals)]]
+        plt.barh(labels, values, xerr=errors)
         if paired:
             plt.axvline(1.0, color="black", linewidth=0.8)
         plt.gca().invert_yaxis()

@@ -386,6 +386,26 @@ def test_count_flops_sees_in_place_products_and_cpu_attention():
     assert throughput.count_flops(attend) == 2 * (2 * 2 * 8 * 8 * 4) * (1 + 2.5)
 
 
+def test_median_interval_is_the_narrowest_with_its_coverage():
+    """Against the coverage summed term by term: [x_(k), x_(n+1-k)] covers the median with
+    probability P(k <= Binomial(n, 1/2) <= n - k); the interval returned covers at least 95%, the
+    next narrower one less."""
+    import common
+
+    def coverage(n: int, k: int) -> float:
+        return sum(math.comb(n, j) for j in range(k, n - k + 1)) / 2**n
+
+    for n in range(1, 40):
+        interval = common.median_interval([float(v) for v in reversed(range(1, n + 1))])  # unsorted input
+        if interval is None:
+            assert coverage(n, 1) < 0.95
+            continue
+        k = int(interval[0])
+        assert interval == (k, n + 1 - k) and coverage(n, k) >= 0.95
+        assert k + 1 > n + 1 - (k + 1) or coverage(n, k + 1) < 0.95
+    assert common.median_interval([3.0] * 15) == (3.0, 3.0)
+
+
 def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatch):
     import throughput
     from train_helpers import tiny_llama_folder
@@ -393,13 +413,17 @@ def test_throughput_times_a_pretrained_model_against_itself(tmp_path, monkeypatc
     folder = tiny_llama_folder(tmp_path)
     monkeypatch.setattr(sys, "argv", [
         "throughput.py", "--backbone", f"hf:{folder}", "--memories", "hf,none,elastic", "--scale", "1x",
-        "--block", "32", "--seq", "96", "--batch", "1", "--modes", "eager", "--rounds", "2", "--warmup", "1",
+        "--block", "32", "--seq", "96", "--batch", "1", "--modes", "eager", "--rounds", "6", "--warmup", "1",
         "--threads", "1", "--dtype", "fp32", "--count-ops", "--out", str(tmp_path / "out" / "throughput")])
     throughput.main()
     data = _outputs(tmp_path / "out", "throughput")["data"]
     rows = {r["memory"]: r for r in data["results"]}
     assert set(rows) == {"hf", "none", "elastic"} and data["baseline"] == "hf"
     assert rows["hf"]["paired_ratio_to_none"] == 1.0  # the ratios are to the unmodified model
+    # the interval is of the rounds' ratios (the baseline's own are all 1), around their median
+    assert rows["hf"]["paired_ratio_interval"] == [1.0, 1.0]
+    low, high = rows["elastic"]["paired_ratio_interval"]
+    assert low <= rows["elastic"]["paired_ratio_to_none"] <= high
     # the attached arms hold the HF model's own weights (elastic adds none), not copies ...
     assert rows["none"]["parameters"] == rows["elastic"]["parameters"] == rows["hf"]["parameters"]
     # ... and the hf arm is the HF model's own forward, not the attached window
