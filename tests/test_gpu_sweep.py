@@ -45,7 +45,10 @@ def run_sweep(mode: str, tmp: Path, **env: str) -> tuple[subprocess.CompletedPro
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(RECORDER)
-    (bin_dir / "python").chmod(0o755)
+    # on a GPU machine the full sweep would start NVIDIA MPS for its jobs: here it finds none
+    (bin_dir / "nvidia-cuda-mps-control").write_text("#!/bin/sh\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
     log = tmp / "calls"
     log.mkdir()
     inherited = {k: v for k, v in os.environ.items() if k not in ("SMOLLM2", "SWEEP_SECONDS")}
