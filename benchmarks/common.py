@@ -10,7 +10,8 @@
 - :func:`finish` : the Markdown + JSON report and its plot, with the preset's settings;
   :func:`report` : the same for scripts without a preset; :func:`figure` : the plot alone.
 - :func:`int_list` : a comma-separated list of integers from the command line.
-- :func:`median_interval` : a distribution-free confidence interval for a median (timing rounds).
+- :func:`median_interval` : a distribution-free confidence interval for a median (timing rounds);
+  :func:`interval_text` : one as table text.
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
 """
@@ -100,6 +101,11 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
         return None
     ordered = sorted(values)
     return ordered[k - 1], ordered[n - k]
+
+
+def interval_text(interval: Sequence[float] | None) -> str:
+    """``(0.886, 0.961)`` -> ``"0.886-0.961"``; None (no interval) -> ``""``."""
+    return "" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
 
 
 def parse(description: str, presets: dict[str, Preset], add: Callable[[argparse.ArgumentParser], None] | None = None,

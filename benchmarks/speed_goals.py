@@ -136,10 +136,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        interval = r.get("interval")
         lines.append(f"| {r['goal']} | {r['target']:g} | {r.get('device', '')} | {r.get('rounds', '')} | "
-                     f"{common.fmt(r.get('ratio'))} | "
-                     f"{'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} | {r['verdict']} | "
+                     f"{common.fmt(r.get('ratio'))} | {common.interval_text(r.get('interval'))} | {r['verdict']} | "
                      f"[{r['report']}]({r['report']}.md) |")
     commands = sorted({(r["report"], r["command"]) for r in rows if r.get("command")})
     lines += ["", "Commands of the reports read:", ""] + [f"- {name}: `{command}`" for name, command in commands]

@@ -375,10 +375,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
     for r in rows:
-        interval = r["paired_ratio_interval"]
         lines.append(f"| {r['mode']} | {r['memory']} | {r['scale']}x | {r['parameters']:,} | {r['step_s']:.3f} | "
                      f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | **{fmt(r['paired_ratio_to_none'])}** | "
-                     f"{'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} | "
+                     f"{common.interval_text(r['paired_ratio_interval'])} | "
                      f"{fmt(r['ratio_to_none'])} | {fmt(r['median_ratio_to_none'])} |")
     counted = [r for r in rows if r["ops_per_step"] is not None]
     if counted:
