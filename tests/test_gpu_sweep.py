@@ -4,8 +4,7 @@ A device machine is lent rarely and for minutes, so a sweep whose command line a
 accepts (an option renamed, a choice dropped, a memory spec misspelt) loses the loan. Each mode
 of the sweep runs here with ``python`` replaced by a recorder on ``PATH``; every benchmark command
 it would have run is then put through that script's own parser and checks. Nothing is built or
-timed. The other way round, a bad option to the timing scripts ends with one line naming it
-before anything is built.
+timed. And a speed run given SWEEP_SECONDS starts no step that could run past them.
 """
 
 from __future__ import annotations
@@ -31,7 +30,9 @@ for a in "$@"; do printf '%s{ARG_END}' "$a"; done > "$(mktemp "$SWEEP_LOG/call.X
 """
 
 
-pytestmark = pytest.mark.usefixtures("benchmarks_on_path")
+pytestmark = [pytest.mark.usefixtures("benchmarks_on_path"),
+              pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                 reason="the sweep needs bash and coreutils' timeout")]
 
 
 class Parsed(Exception):
@@ -85,8 +86,6 @@ def check_command(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch)
             module.main(argv)
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                    reason="needs bash and coreutils' timeout")
 @pytest.mark.parametrize("mode", ["speed", "check", ""])
 def test_sweep_commands_parse(mode, tmp_path, monkeypatch, capsys):
     done, calls = run_sweep(mode, tmp_path)
