@@ -10,6 +10,9 @@ step times. So "elastic 1x >= 2x knn 16x" is measured round by round like "elast
 the bare model". The verdict is **met** when the whole interval is at or above the target,
 **missed** when it is below, and **undecided** when it spans the target (or, with fewer than 6
 rounds, when there is no interval). A goal whose report or arm is absent is **not measured**.
+Where the report counted FLOPs (``--count-ops``), the goal's FLOP ceiling (the second arm's
+FLOPs / the first's: the ratio if time followed them) is given beside it; a ceiling below the
+target says the goal needs less work, not faster kernels.
 
 Writes ``RESULTS/speed_goals_SET.md`` and ``.json`` (default ``--results``: docs/results/gpu for
 ``--set gpu``, docs/results for ``--set cpu``).
@@ -99,11 +102,13 @@ def measure(goal: Goal, results: Path) -> dict[str, Any]:
     arms = {(r["mode"], r["memory"], r["scale"]): r for r in report["data"]["results"]}
     if goal.numerator not in arms or goal.denominator not in arms:
         return {**row, "verdict": "not measured (the report lacks an arm)"}
-    mine, theirs = arms[goal.numerator]["step_times_s"], arms[goal.denominator]["step_times_s"]
-    paired = [b / a for a, b in zip(mine, theirs)]
+    mine, theirs = arms[goal.numerator], arms[goal.denominator]
+    paired = [b / a for a, b in zip(mine["step_times_s"], theirs["step_times_s"])]
     ratio, interval = statistics.median(paired), common.median_interval(paired)
+    flops = mine.get("flops_per_step"), theirs.get("flops_per_step")
     return {**row, "device": report["data"]["config"].get("device", "cpu"), "rounds": len(paired),
             "ratio": ratio, "interval": interval, "verdict": verdict(ratio, interval, goal.target),
+            "flop_ceiling": flops[1] / flops[0] if all(flops) else None,
             "date": report.get("date"), "command": report.get("command")}
 
 
@@ -131,13 +136,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         f"The {args.set.upper()} speed goals against the throughput reports in `{args.results}`. Ratio: the median "
         "over rounds of (the second arm's step time / the first's), both timed side by side in the goal's report; "
         "the 95% interval is of that median (order statistics of the rounds' ratios). Met: the interval is at or "
-        "above the target; missed: below it; undecided: it spans it.\n",
-        "| goal | target | device | rounds | ratio | 95% interval | verdict | report |",
-        "|---|---|---|---|---|---|---|---|",
+        "above the target; missed: below it; undecided: it spans it. FLOP ceiling: the second arm's FLOPs / the "
+        "first's, where the report counted them (below the target: the goal needs less work, not faster "
+        "kernels).\n",
+        "| goal | target | device | rounds | ratio | 95% interval | verdict | FLOP ceiling | report |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['goal']} | {r['target']:g} | {r.get('device', '')} | {r.get('rounds', '')} | "
                      f"{common.fmt(r.get('ratio'))} | {common.interval_text(r.get('interval'))} | {r['verdict']} | "
+                     f"{common.fmt(r.get('flop_ceiling'))} | "
                      f"[{r['report']}]({r['report']}.md) |")
     commands = sorted({(r["report"], r["command"]) for r in rows if r.get("command")})
     lines += ["", "Commands of the reports read:", ""] + [f"- {name}: `{command}`" for name, command in commands]
@@ -149,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 def figure(data: dict[str, Any]) -> Callable[[Any], None]:
     """The plot of a speed-goals report's JSON ``data``: each measured goal's ratio with its 95%
-    interval, and its target as a red mark on the same row."""
+    interval, its target as a red mark on the same row, and its FLOP ceiling (where counted) as a
+    grey cross."""
     measured = [r for r in data["goals"] if "ratio" in r]
 
     def draw(plt: Any) -> None:
@@ -160,6 +169,9 @@ def figure(data: dict[str, Any]) -> Callable[[Any], None]:
                                          [hi - v for v, (_, hi) in zip(ratios, spans)]], fmt="o", capsize=3,
                      label="measured (95% interval)")
         plt.scatter([r["target"] for r in measured], rows, marker="|", s=300, color="red", label="target")
+        ceilings = [(r["flop_ceiling"], row) for r, row in zip(measured, rows) if r.get("flop_ceiling")]
+        if ceilings:
+            plt.scatter(*zip(*ceilings), marker="x", color="grey", label="FLOP ceiling")
         plt.yticks(rows, [r["goal"] for r in measured], fontsize=7)
         plt.gca().invert_yaxis()
         plt.xlabel("throughput ratio (paired)")

@@ -11,9 +11,12 @@ import pytest
 pytestmark = pytest.mark.usefixtures("benchmarks_on_path")
 
 
-def write_report(folder: Path, name: str, arms: dict[tuple[str, str, int], list[float]]) -> None:
-    """A throughput report's JSON with only what speed_goals reads: step times per arm."""
-    results = [{"mode": mode, "memory": memory, "scale": scale, "step_times_s": times}
+def write_report(folder: Path, name: str, arms: dict[tuple[str, str, int], list[float]],
+                 flops: dict[tuple[str, str, int], int] | None = None) -> None:
+    """A throughput report's JSON with only what speed_goals reads: step times per arm, and FLOPs
+    per step where given."""
+    results = [{"mode": mode, "memory": memory, "scale": scale, "step_times_s": times,
+                "flops_per_step": (flops or {}).get((mode, memory, scale))}
                for (mode, memory, scale), times in arms.items()]
     data = {"config": {"device": "cuda"}, "results": results}
     (folder / f"{name}.json").write_text(json.dumps({"date": "d", "command": f"python {name}", "data": data}))
@@ -44,17 +47,20 @@ def test_verdicts_from_round_by_round_ratios(tmp_path):
     assert rows["tiny, compiled: elastic 1x / bare"]["verdict"] == "not measured (no report)"
     assert rows["85M, compiled: elastic 1x / bare"]["verdict"] == "not measured (no report)"
     text = (tmp_path / "speed_goals_gpu.md").read_text()
-    assert "| tiny, eager: elastic 1x / bare | 0.85 | cuda | 8 | 0.880 | 0.880-0.880 | met |" in text
+    assert "| tiny, eager: elastic 1x / bare | 0.85 | cuda | 8 | 0.880 | 0.880-0.880 | met |  |" in text  # no FLOPs
     assert "- throughput_tiny_eager: `python throughput_tiny_eager`" in text
 
 
 def test_a_report_without_the_arm_and_a_missed_goal(tmp_path):
     import speed_goals
 
-    write_report(tmp_path, "throughput", {("eager", "none", 1): [1.0] * 7, ("eager", "elastic", 16): [4.0] * 7})
+    write_report(tmp_path, "throughput", {("eager", "none", 1): [1.0] * 7, ("eager", "elastic", 16): [4.0] * 7},
+                 flops={("eager", "none", 1): 100, ("eager", "elastic", 16): 400})
     rows = {r["goal"]: r for r in speed_goals.main(["--set", "cpu", "--results", str(tmp_path)])}
     assert rows["tiny, eager: elastic 16x / bare"]["ratio"] == 0.25
     assert rows["tiny, eager: elastic 16x / bare"]["verdict"] == "missed"
+    # the bare model's FLOPs over elastic's: the ratio if time followed them
+    assert rows["tiny, eager: elastic 16x / bare"]["flop_ceiling"] == 0.25
     assert rows["tiny, eager: elastic 1x / bare"]["verdict"] == "not measured (the report lacks an arm)"
 
 
