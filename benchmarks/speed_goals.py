@@ -73,15 +73,12 @@ GOALS: dict[str, list[Goal]] = {
                                  ("fused_float32", (1, 16)), ("dense_float32", (16,)), ("sequential_bf16x6", (16,)))
           for scale, target in ((1, 0.85), (16, 0.5)) if scale in scales),
     ],
-    "cpu": [
-        Goal("tiny, eager: elastic 1x / bare", "throughput", ("eager", "elastic", 1), ("eager", "none", 1), 0.9),
-        Goal("tiny, eager: elastic 16x / bare", "throughput", ("eager", "elastic", 16), ("eager", "none", 1), 0.5),
-    ],
+    "cpu": [_tiny("throughput", 1, 0.9), _tiny("throughput", 16, 0.5)],
 }
 
 
-def verdict(ratio: float, interval: tuple[float, float] | None, target: float) -> str:
-    """met / missed / undecided for a median ``ratio`` with its 95% ``interval``."""
+def verdict(interval: tuple[float, float] | None, target: float) -> str:
+    """met / missed / undecided against ``target`` for a ratio's 95% ``interval`` (of its median)."""
     if interval is None:
         return "undecided (too few rounds for an interval)"
     low, high = interval
@@ -107,7 +104,7 @@ def measure(goal: Goal, results: Path) -> dict[str, Any]:
     ratio, interval = statistics.median(paired), common.median_interval(paired)
     flops = mine.get("flops_per_step"), theirs.get("flops_per_step")
     return {**row, "device": report["data"]["config"].get("device", "cpu"), "rounds": len(paired),
-            "ratio": ratio, "interval": interval, "verdict": verdict(ratio, interval, goal.target),
+            "ratio": ratio, "interval": interval, "verdict": verdict(interval, goal.target),
             "flop_ceiling": flops[1] / flops[0] if all(flops) else None,
             "date": report.get("date"), "command": report.get("command")}
 
