@@ -11,6 +11,7 @@
   :func:`report` : the same for scripts without a preset; :func:`figure` : the plot alone.
 - :func:`int_list` : a comma-separated list of integers from the command line.
 - :func:`median_interval` : a distribution-free confidence interval for a median (timing rounds);
+  :func:`paired_ratio` : an arm's speed against a reference timed in the same rounds, with one;
   :func:`interval_text` : one as table text.
 
 Scripts run as ``python benchmarks/NAME.py`` (this folder is then on ``sys.path``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -101,6 +103,13 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
         return None
     ordered = sorted(values)
     return ordered[k - 1], ordered[n - k]
+
+
+def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """How fast an arm ran against a reference timed in the same rounds: the median over rounds of
+    (reference's step time / the arm's), and its 95% interval (:func:`median_interval`)."""
+    ratios = [b / a for a, b in zip(times, reference)]
+    return statistics.median(ratios), median_interval(ratios)
 
 
 def interval_text(interval: Sequence[float] | None) -> str:

@@ -95,10 +95,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    if args.layers != "all":
-        args.layers = common.int_list(args.layers, "--layers", minimum=0, also="'all' or ", error=p.error)
-    else:
-        args.layers = None
+    args.layers = None if args.layers == "all" else common.int_list(args.layers, "--layers", minimum=0,
+                                                                     also="'all' or ", error=p.error)
     return args
 
 

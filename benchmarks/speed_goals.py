@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,10 +99,9 @@ def measure(goal: Goal, results: Path) -> dict[str, Any]:
     if goal.numerator not in arms or goal.denominator not in arms:
         return {**row, "verdict": "not measured (the report lacks an arm)"}
     mine, theirs = arms[goal.numerator], arms[goal.denominator]
-    paired = [b / a for a, b in zip(mine["step_times_s"], theirs["step_times_s"])]
-    ratio, interval = statistics.median(paired), common.median_interval(paired)
+    ratio, interval = common.paired_ratio(mine["step_times_s"], theirs["step_times_s"])
     flops = mine.get("flops_per_step"), theirs.get("flops_per_step")
-    return {**row, "device": report["data"]["config"].get("device", "cpu"), "rounds": len(paired),
+    return {**row, "device": report["data"]["config"].get("device", "cpu"), "rounds": len(mine["step_times_s"]),
             "ratio": ratio, "interval": interval, "verdict": verdict(interval, goal.target),
             "flop_ceiling": flops[1] / flops[0] if all(flops) else None,
             "date": report.get("date"), "command": report.get("command")}

@@ -57,10 +57,9 @@ from memplug.hippo.scan import SCAN_METHODS, SCAN_PRECISIONS
 
 def build(name: str, scale: int, args: argparse.Namespace, hf: torch.nn.Module | None = None) -> torch.nn.Module:
     """The arm ``name`` at ``scale``: on the tiny backbone, or around the pretrained ``hf`` (the
-    arm ``hf`` is that model itself; the others attach to it, sharing its weights)."""
+    arm ``hf`` is that model itself, which :func:`parse` makes sure is given; the others attach to
+    it, sharing its weights)."""
     if name == "hf":
-        if hf is None:
-            raise SystemExit("--memories: the arm 'hf' needs --backbone hf:MODEL")
         return hf
     torch.manual_seed(0)
     options = build_options(name, scale, args.block)
@@ -337,14 +336,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = arms.get((baseline, 1))
         for (name, scale), arm in arms.items():
             best, median = min(arm["times"]), statistics.median(arm["times"])
-            # this arm's speed relative to the baseline's, round by round
-            paired = None if base is None else [b / a for a, b in zip(arm["times"], base["times"])]
+            paired, interval = (None, None) if base is None else common.paired_ratio(arm["times"], base["times"])
             rows.append(dict(mode=mode, memory=name, scale=scale, step_s=best, median_step_s=median,
                              tokens_per_s=args.batch * args.seq / best,
                              ratio_to_none=None if base is None else min(base["times"]) / best,
                              median_ratio_to_none=None if base is None else statistics.median(base["times"]) / median,
-                             paired_ratio_to_none=None if paired is None else statistics.median(paired),
-                             paired_ratio_interval=None if paired is None else common.median_interval(paired),
+                             paired_ratio_to_none=paired, paired_ratio_interval=interval,
                              step_times_s=arm["times"], warmup_s=arm["warmup_s"], parameters=arm["params"],
                              ops_per_step=sum(arm["ops"].values()) if "ops" in arm else None,
                              top_ops=arm["ops"].most_common(5) if "ops" in arm else None,
